@@ -1,0 +1,108 @@
+"""Exact (brute-force) index: the reference every approximate index is tested against.
+
+It keeps the full embeddings in one contiguous matrix (rows swapped on delete
+so the matrix never has holes) and answers a query with one matrix-vector
+product. Up to a few tens of thousands of entries this is also the fastest
+index there is, so small caches use it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from semcache._types import FloatArray, IdArray
+from semcache.errors import IndexStateError
+from semcache.index.base import check_batch
+
+__all__ = ["ExactIndex"]
+
+
+class ExactIndex:
+    """Brute-force cosine search over full-dimension embeddings.
+
+    Parameters
+    ----------
+    dim : int or None
+        Embedding width ``d``; taken from the first :meth:`add` when None.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.dim = dim
+        self._vectors = np.zeros((0, dim or 0), dtype=np.float32)
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._row: dict[int, int] = {}
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self._row
+
+    def _reserve(self, extra: int, dim: int) -> None:
+        need = self._n + extra
+        if need <= self._vectors.shape[0]:
+            return
+        cap = max(need, 2 * self._vectors.shape[0], 64)
+        grown = np.zeros((cap, dim), dtype=np.float32)
+        grown[: self._n] = self._vectors[: self._n]
+        ids = np.zeros(cap, dtype=np.int64)
+        ids[: self._n] = self._ids[: self._n]
+        self._vectors, self._ids = grown, ids
+
+    def add(self, ids: IdArray, low: FloatArray, full: FloatArray) -> None:
+        """Insert entries (``low`` is ignored: exact search uses ``full``)."""
+        ids_a, _, full_a = check_batch(ids, low, full)
+        if self.dim is None:
+            self.dim = full_a.shape[1]
+        if full_a.shape[1] != self.dim:
+            raise IndexStateError(f"expected {self.dim}-d embeddings, got {full_a.shape[1]}-d")
+        clash = [int(i) for i in ids_a if int(i) in self._row]
+        if clash:
+            raise IndexStateError(f"ids already in the index: {clash[:5]}")
+        self._reserve(len(ids_a), self.dim)
+        start = self._n
+        self._vectors[start : start + len(ids_a)] = full_a
+        self._ids[start : start + len(ids_a)] = ids_a
+        for k, i in enumerate(ids_a.tolist()):
+            self._row[i] = start + k
+        self._n += len(ids_a)
+
+    def remove(self, ids: IdArray) -> None:
+        """Remove entries by id; absent ids are ignored."""
+        for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
+            row = self._row.pop(i, None)
+            if row is None:
+                continue
+            last = self._n - 1
+            if row != last:
+                # Move the last row into the hole so the live rows stay contiguous.
+                moved = int(self._ids[last])
+                self._vectors[row] = self._vectors[last]
+                self._ids[row] = moved
+                self._row[moved] = row
+            self._n = last
+
+    def scores(self, q_full: FloatArray) -> tuple[IdArray, FloatArray]:
+        """Cosine similarity of ``q_full`` (shape (d,)) with every entry.
+
+        Returns
+        -------
+        ids : ndarray of int64, shape (n,)
+        scores : ndarray of float32, shape (n,)
+        """
+        if self._n == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        q = np.asarray(q_full, dtype=np.float32).reshape(-1)
+        return self._ids[: self._n].copy(), self._vectors[: self._n] @ q
+
+    def candidates(self, q_low: FloatArray, q_full: FloatArray, threshold: float) -> IdArray:
+        """Ids with ``cos >= threshold``, best first."""
+        ids, scores = self.scores(q_full)
+        keep = np.flatnonzero(scores >= threshold)
+        order = keep[np.argsort(-scores[keep], kind="stable")]
+        return ids[order]
+
+    def vectors(self) -> tuple[IdArray, FloatArray]:
+        """All ids and their embeddings (copies), shapes (n,) and (n, d)."""
+        return self._ids[: self._n].copy(), self._vectors[: self._n].copy()
