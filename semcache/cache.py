@@ -20,6 +20,7 @@ in step with other processes through the store's journal.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import inspect
 import logging
@@ -257,6 +258,10 @@ class SemanticCache:
         Seconds to wait for a store lock held by another process.
     index_params : mapping, optional
         Extra keyword arguments for the approximate index constructor.
+    max_wrong : int
+        :meth:`feedback` deletes an entry reported wrong this many times.
+    feedback_margin : float
+        How far above a wrong hit's score :meth:`feedback` raises the entry's bar.
 
     Examples
     --------
@@ -286,6 +291,8 @@ class SemanticCache:
         fail_open: bool = True,
         timeout: float = 10.0,
         index_params: Mapping[str, Any] | None = None,
+        max_wrong: int = 2,
+        feedback_margin: float = 1e-3,
     ) -> None:
         self.threshold = _check_threshold(threshold)
         self.ttl = _check_ttl(ttl)
@@ -307,6 +314,10 @@ class SemanticCache:
             if not callable(g):
                 raise ConfigError("every guard must be callable(new_prompt, stored_prompt, score)")
         self.fail_open = bool(fail_open)
+        self.max_wrong = int(_check_count(max_wrong, "max_wrong", False) or 0)
+        if not (0.0 <= feedback_margin < 1.0):
+            raise ConfigError(f"feedback_margin must be in [0, 1), got {feedback_margin!r}")
+        self.feedback_margin = float(feedback_margin)
         self.embedder = as_embedder(embedder)
 
         if isinstance(store, str):
@@ -418,6 +429,8 @@ class SemanticCache:
                 self._foreign_ids.add(entry_id)
                 continue
             if entry_id in self._meta:
+                # A journalled metadata update (feedback): same vector, new meta.
+                self._meta[entry_id] = meta
                 continue
             if self._table.dim is not None and vec.shape[0] != self._table.dim:
                 log.error("semcache: entry %d has a %d-d vector, expected %d-d; skipped",
@@ -701,7 +714,11 @@ class SemanticCache:
                     score = float(scores[j])
                     if score < thr:
                         break
-                    hit = self._serve(int(cand[j]), score, exact=False, now=now, query=norm)
+                    entry_id = int(cand[j])
+                    own = self._meta[entry_id].threshold if entry_id in self._meta else None
+                    if own is not None and score < own:
+                        continue  # feedback raised this entry's bar
+                    hit = self._serve(entry_id, score, exact=False, now=now, query=norm)
                     if hit:
                         break
             self._latency["verify"].append(time.perf_counter() - t_verify)
@@ -858,6 +875,42 @@ class SemanticCache:
         excess = len(self._meta) - self.max_entries
         victims = [entry_id for entry_id, _ in zip(self._lru, range(excess), strict=False)]
         self._delete_ids(victims, counter="evictions")
+
+    def feedback(self, hit: Hit, correct: bool) -> None:
+        """Report whether a served hit answered the prompt correctly.
+
+        A wrong semantic hit raises that entry's own threshold just above the
+        score it was served at, so the same near-miss is not served again while
+        closer paraphrases still are; an entry reported wrong ``max_wrong`` times
+        is deleted. A wrong *exact* hit deletes the entry (the answer itself is
+        bad). Feedback is stored with the entry, so it survives reopening and is
+        seen by other processes.
+
+        Parameters
+        ----------
+        hit : Hit
+            A hit returned by :meth:`get`.
+        correct : bool
+        """
+        self._check_open()
+        if not isinstance(hit, Hit):
+            raise ConfigError("feedback() takes a Hit returned by get()")
+        with self._lock:
+            self._sync()
+            meta = self._meta.get(hit.entry_id)
+            if meta is None:
+                return
+            if correct:
+                new = dataclasses.replace(meta, right=meta.right + 1)
+            else:
+                wrong = meta.wrong + 1
+                if hit.exact or wrong >= self.max_wrong:
+                    self._delete_ids([hit.entry_id], counter="deletes")
+                    return
+                raised = min(1.0, max(meta.threshold or self.threshold, hit.score + self.feedback_margin))
+                new = dataclasses.replace(meta, wrong=wrong, threshold=raised)
+            if self._store.update_meta(hit.entry_id, new):
+                self._sync()
 
     def delete(self, entry_id: int) -> bool:
         """Delete one entry (from the store and the index). Returns whether it existed."""

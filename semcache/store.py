@@ -13,6 +13,8 @@ nothing is ever unpickled):
     rebuilding the index never reads completions.
 ``o:<seq>``
     tombstone: the id deleted by the operation that took ``seq``.
+``u:<seq>``
+    the id whose metadata the operation that took ``seq`` rewrote (feedback).
 ``settings``, ``blob:<name>``
     cache settings (checked on reopen) and opaque blobs (the fitted projection).
 
@@ -149,6 +151,12 @@ class EntryMeta:
     fingerprint: str
     created: float
     expires: float | None
+    #: Per-entry cosine threshold learned from feedback (None: the cache's own).
+    threshold: float | None = None
+    #: How many times a hit on this entry was reported wrong.
+    wrong: int = 0
+    #: How many times a hit on this entry was reported right.
+    right: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +177,9 @@ def encode_meta(meta: EntryMeta, vector: FloatArray) -> bytes:
             "fp": meta.fingerprint,
             "created": meta.created,
             "expires": meta.expires,
+            "thr": meta.threshold,
+            "wrong": meta.wrong,
+            "right": meta.right,
         },
         separators=(",", ":"),
     ).encode()
@@ -193,6 +204,9 @@ def decode_meta(raw: bytes) -> tuple[EntryMeta, FloatArray]:
             fingerprint=str(head["fp"]),
             created=float(head["created"]),
             expires=None if head["expires"] is None else float(head["expires"]),
+            threshold=None if head.get("thr") is None else float(head["thr"]),
+            wrong=int(head.get("wrong", 0)),
+            right=int(head.get("right", 0)),
         )
     except (struct.error, ValueError, KeyError, TypeError) as exc:
         raise SerializationError(f"corrupt entry record: {exc}") from exc
@@ -319,11 +333,27 @@ class RecordStore:
 
         return self._call(run) if ids else []
 
+    def update_meta(self, entry_id: int, meta: EntryMeta) -> bool:
+        """Rewrite an entry's metadata (vector unchanged) and journal it; False if it is gone."""
+
+        def run() -> bool:
+            with self.kv.transact():
+                raw = self.kv.get(f"m:{entry_id}")
+                if raw is None:
+                    return False
+                _, vec = decode_meta(bytes(raw))
+                self.kv.set(f"m:{entry_id}", encode_meta(meta, vec))
+                op = self.kv.incr("seq")
+                self.kv.set(f"u:{op}", entry_id)
+                return True
+
+        return self._call(run)
+
     def changes(self, since: int, until: int) -> Iterator[tuple[int, StoredEntry | None]]:
         """Replay the journal over ``(since, until]``.
 
-        Yields ``(entry_id, entry)`` for entries put in that range and still
-        present, and ``(entry_id, None)`` for entries deleted in it. Records that
+        Yields ``(entry_id, entry)`` for entries put or updated in that range and
+        still present, and ``(entry_id, None)`` for entries deleted in it. Records that
         cannot be decoded are logged and skipped rather than stopping the replay.
         """
         for op in range(since + 1, until + 1):
@@ -338,6 +368,16 @@ class RecordStore:
             deleted = self._call(lambda op=op: self.kv.get(f"o:{op}"))  # type: ignore[misc]
             if deleted is not None:
                 yield int(deleted), None
+                continue
+            updated = self._call(lambda op=op: self.kv.get(f"u:{op}"))  # type: ignore[misc]
+            if updated is not None:
+                try:
+                    entry = self.get_entry(int(updated))
+                except SerializationError as exc:
+                    log.error("semcache: skipping unreadable entry %s: %s", updated, exc)
+                    continue
+                if entry is not None:
+                    yield int(updated), entry
 
     def clear(self) -> None:
         """Remove every entry and blob; settings stay.

@@ -1,0 +1,65 @@
+"""The ``semcache`` command.
+
+Each subcommand lives in its own module, which provides
+``configure(parser: argparse.ArgumentParser) -> None`` and
+``run(args: argparse.Namespace) -> int``; modules import their heavy or
+optional dependencies inside ``run``, so ``semcache --help`` stays fast and
+works without the extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("semcache.demo", "replay real prompts through a cache and report hits, errors, latency"),
+    "info": ("semcache.info", "show what a cache directory holds"),
+    "eval": ("semcache.evaluation", "measure hit rate and wrong-hit rate on labelled data"),
+    "calibrate": ("semcache.calibration", "derive thresholds for target wrong-hit rates"),
+    "serve": ("semcache.adapters.server", "run an OpenAI-compatible caching proxy"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semcache", description="A semantic cache for LLM applications.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            # The subcommand needs an extra that is not installed: say which.
+            p.set_defaults(_missing=str(exc))
+            continue
+        mod.configure(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``semcache`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    missing = getattr(args, "_missing", None)
+    if missing:
+        print(f"semcache {args.command}: {missing}", file=sys.stderr)
+        return 2
+    mod = importlib.import_module(args._module)
+    code: int = mod.run(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
