@@ -25,7 +25,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check semcache adapters tests benchmarks
-	$(VENV)/bin/mypy semcache
+	$(VENV)/bin/mypy semcache adapters
 
 unit: setup
 	$(PY) -m pytest

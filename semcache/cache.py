@@ -396,6 +396,10 @@ class SemanticCache:
     # ------------------------------------------------------------- journal sync
     def _sync(self) -> None:
         """Apply what the store's journal holds beyond what this process has seen."""
+        if self.directory is not None and not (self.directory / "cache.db").is_file():
+            # SQLite keeps a deleted database open and would go on "storing" into a
+            # file nobody can reopen; say so instead of losing writes silently.
+            raise StoreError(f"the cache directory {self.directory} was removed or replaced")
         head = self._store.seq()
         if head == self._seq:
             return
@@ -669,7 +673,7 @@ class SemanticCache:
             return self._failed("get", exc)
         with self._lock:
             self._counters["hits" if hit else "misses"] += 1
-            if hit and hit.exact:
+            if isinstance(hit, Hit) and hit.exact:
                 self._counters["exact_hits"] += 1
             self._latency["total"].append(time.perf_counter() - t0)
         return hit
@@ -689,9 +693,9 @@ class SemanticCache:
             self._reclaim(now)
             eid = self._exact.get((sid, key))
             if eid is not None:
-                hit = self._serve(eid, 1.0, exact=True, now=now, query=None)
-                if hit:
-                    return hit
+                exact = self._serve(eid, 1.0, exact=True, now=now, query=None)
+                if exact:
+                    return exact
             if sid not in self._parts:
                 return MISS
         t_embed = time.perf_counter()
@@ -818,11 +822,11 @@ class SemanticCache:
         for p, c in zip(prompts, completions, strict=True):
             dumps_completion(p, c)  # raise on a bad completion before anything is written
         ids: list[int] = []
-        starts = range(0, len(prompts), batch_size)
+        starts: Iterable[int] = range(0, len(prompts), batch_size)
         if progress:
-            from tqdm import tqdm
+            from semcache.progress import progress as bar
 
-            starts = tqdm(starts, desc="storing", unit="batch")
+            starts = bar(starts, desc="storing", unit="batch")
         try:
             for s in starts:
                 vecs = self._embed(norms[s : s + batch_size], keys[s : s + batch_size])

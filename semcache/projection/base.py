@@ -22,7 +22,7 @@ import numpy.typing as npt
 from semcache._types import FloatArray
 from semcache.errors import NotFittedError, ProjectionError
 
-__all__ = ["BaseProjection", "Projection", "load_projection", "dump_projection"]
+__all__ = ["BaseProjection", "Projection", "dump_projection", "load_projection"]
 
 
 @runtime_checkable
@@ -151,7 +151,7 @@ def load_projection(data: bytes) -> BaseProjection:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # numpy raises several types for corrupt files
         raise ProjectionError(f"stored projection is unreadable: {exc}") from exc
-    kind = str(arrays.pop("__kind__", "")) 
+    kind = str(arrays.pop("__kind__", ""))
     cls = PROJECTIONS.get(kind)
     if cls is None:
         raise ProjectionError(f"unknown stored projection kind {kind!r}")

@@ -1,0 +1,374 @@
+"""ASGI middleware that puts a semantic cache in front of an OpenAI-compatible server.
+
+>>> from semcache.adapters.middleware import SemanticCacheMiddleware     # doctest: +SKIP
+>>> app.add_middleware(SemanticCacheMiddleware, cache=SemanticCache())  # FastAPI / Starlette
+>>> app = SemanticCacheMiddleware(app, cache)                           # any ASGI app
+
+Plain ASGI (no framework needed), written in the Starlette style: the object
+is stateless between requests and everything about one request lives in the
+call. For ``POST .../chat/completions`` and ``POST .../responses`` it
+
+1. reads the request body and replays it, unchanged, to the inner app;
+2. builds the cache key (:mod:`semcache.adapters.requests`) and looks it up;
+3. serves a hit itself, as JSON or as an SSE stream matching ``stream``;
+4. otherwise calls the inner app, passes its response on as it comes (chunk by
+   chunk for streams) while capturing it, and stores it if it is a complete,
+   successful answer (HTTP 200, identity encoding, JSON or event stream).
+
+Responses carry ``x-semcache: hit|miss|bypass`` and, on hits,
+``x-semcache-similarity`` (the cosine score). Every other request passes
+through untouched. A ``cache-control: no-cache`` request header skips the
+lookup but stores the answer; ``no-store`` bypasses the cache entirely. The
+tenant comes from a configurable header (default ``x-semcache-tenant``).
+Cache failures never fail a request: it goes to the inner app.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Final, TypeAlias
+
+from semcache import SemanticCache
+from semcache.cache import ScopeLike
+
+from .requests import DEFAULT_TENANT_HEADER, Plan, RequestCache, endpoint_of, hit_headers
+from .sse import StreamCapture, replay
+
+__all__ = ["CacheMetrics", "SemanticCacheMiddleware"]
+
+log = logging.getLogger("semcache.adapters")
+
+# The ASGI types, spelled out so the middleware needs no framework installed.
+Message: TypeAlias = MutableMapping[str, Any]
+ASGIScope: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
+
+#: Seconds; the upper bounds of the latency histogram buckets.
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                          2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: Largest request body the middleware buffers to key (bigger ones pass through).
+MAX_BODY: Final = 16 * 1024 * 1024
+
+
+class _Histogram:
+    """A Prometheus histogram: cumulative bucket counts, sum and count."""
+
+    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        out = []
+        running = 0
+        sep = "," if labels else ""
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append(f'{name}_bucket{{{labels}{sep}le="{bound:g}"}} {running}')
+        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
+        braces = f"{{{labels}}}" if labels else ""
+        out.append(f"{name}_sum{braces} {self.sum:.6f}")
+        out.append(f"{name}_count{braces} {self.count}")
+        return out
+
+
+class CacheMetrics:
+    """Counters and latency histograms of a middleware, in Prometheus text format.
+
+    ``semcache_requests_total{outcome}`` counts requests by outcome (``hit``,
+    ``miss``, ``bypass``); ``semcache_request_duration_seconds{outcome}`` is the
+    time to the end of the response; ``semcache_lookup_duration_seconds`` the
+    time of the cache lookup alone; ``semcache_stored_total`` the answers stored;
+    ``semcache_upstream_errors_total`` non-2xx answers from the inner app;
+    ``semcache_errors_total`` cache failures (the requests still succeeded);
+    ``semcache_entries`` the entries in the cache.
+    """
+
+    OUTCOMES: Final = ("hit", "miss", "bypass")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = dict.fromkeys(self.OUTCOMES, 0)
+        self.stored = 0
+        self.upstream_errors = 0
+        self.duration = {o: _Histogram() for o in self.OUTCOMES}
+        self.lookup = _Histogram()
+
+    def request(self, outcome: str, seconds: float) -> None:
+        with self._lock:
+            self.requests[outcome] += 1
+            self.duration[outcome].observe(seconds)
+
+    def looked_up(self, seconds: float) -> None:
+        with self._lock:
+            self.lookup.observe(seconds)
+
+    def add(self, *, stored: int = 0, upstream_errors: int = 0) -> None:
+        with self._lock:
+            self.stored += stored
+            self.upstream_errors += upstream_errors
+
+    def render(self, cache: SemanticCache | None = None, adapter_errors: int = 0) -> str:
+        """The metrics as Prometheus text exposition (version 0.0.4)."""
+        entries, cache_errors = 0, 0
+        if cache is not None:
+            try:
+                stats = cache.stats()
+                entries, cache_errors = stats.entries, stats.errors
+            except Exception as exc:  # a broken cache must not break /metrics
+                log.warning("semcache: stats unavailable: %r", exc)
+        with self._lock:
+            lines = [
+                "# HELP semcache_requests_total Cacheable-endpoint requests by outcome.",
+                "# TYPE semcache_requests_total counter",
+                *(f'semcache_requests_total{{outcome="{o}"}} {n}'
+                  for o, n in self.requests.items()),
+                "# HELP semcache_hits_total Requests answered from the cache.",
+                "# TYPE semcache_hits_total counter",
+                f"semcache_hits_total {self.requests['hit']}",
+                "# HELP semcache_misses_total Requests sent upstream after a lookup.",
+                "# TYPE semcache_misses_total counter",
+                f"semcache_misses_total {self.requests['miss']}",
+                "# HELP semcache_stored_total Answers stored in the cache.",
+                "# TYPE semcache_stored_total counter",
+                f"semcache_stored_total {self.stored}",
+                "# HELP semcache_upstream_errors_total Error answers from upstream (never stored).",
+                "# TYPE semcache_upstream_errors_total counter",
+                f"semcache_upstream_errors_total {self.upstream_errors}",
+                "# HELP semcache_errors_total Cache failures; the requests went upstream.",
+                "# TYPE semcache_errors_total counter",
+                f"semcache_errors_total {cache_errors + adapter_errors}",
+                "# HELP semcache_entries Entries in the cache.",
+                "# TYPE semcache_entries gauge",
+                f"semcache_entries {entries}",
+                "# HELP semcache_request_duration_seconds Time to the end of the response.",
+                "# TYPE semcache_request_duration_seconds histogram",
+            ]
+            for o in self.OUTCOMES:
+                lines += self.duration[o].lines("semcache_request_duration_seconds",
+                                                f'outcome="{o}"')
+            lines += [
+                "# HELP semcache_lookup_duration_seconds Time of the cache lookup.",
+                "# TYPE semcache_lookup_duration_seconds histogram",
+                *self.lookup.lines("semcache_lookup_duration_seconds", ""),
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def _header(scope: ASGIScope) -> Callable[[str], str | None]:
+    raw: list[tuple[bytes, bytes]] = scope.get("headers") or []
+
+    def get(name: str) -> str | None:
+        wanted = name.lower().encode("latin-1")
+        for k, v in raw:
+            if k.lower() == wanted:
+                return v.decode("latin-1")
+        return None
+
+    return get
+
+
+def _with_headers(headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[str, str]]
+                  ) -> list[tuple[bytes, bytes]]:
+    """Response headers with ``extra`` set (replacing any of the same name)."""
+    names = {k.lower().encode("latin-1") for k, _ in extra}
+    out = [(k, v) for k, v in headers if k.lower() not in names]
+    out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra]
+    return out
+
+
+class SemanticCacheMiddleware:
+    """Serve OpenAI-compatible chat requests from a semantic cache.
+
+    Parameters
+    ----------
+    app : ASGI app
+        The OpenAI-compatible server (FastAPI, Starlette, a vLLM-style server,
+        or :mod:`semcache.adapters.server`'s forwarding app).
+    cache : SemanticCache
+    scope : Scope, mapping or str, optional
+        Base scope of every entry; request fields are added to it.
+    threshold : float, optional
+        Cosine threshold for lookups (default: the cache's).
+    ttl : float, optional
+        Lifetime of stored entries (default: the cache's).
+    tenant_header : str or None
+        Request header naming the tenant; None: one shared tenant.
+    cache_truncated, cache_tool_calls : bool
+        Also store ``finish_reason="length"`` / tool-call answers.
+    metrics : CacheMetrics, optional
+        Where to count requests (the proxy exposes them at ``/metrics``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        cache: SemanticCache,
+        *,
+        scope: ScopeLike = None,
+        threshold: float | None = None,
+        ttl: float | None = None,
+        tenant_header: str | None = DEFAULT_TENANT_HEADER,
+        cache_truncated: bool = False,
+        cache_tool_calls: bool = False,
+        metrics: CacheMetrics | None = None,
+    ) -> None:
+        self.app = app
+        self.rc = RequestCache(
+            cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
+            cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
+        )
+        self.metrics = metrics if metrics is not None else CacheMetrics()
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if endpoint_of(scope.get("path", "")) is None:
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        body, complete, first = await self._read_body(receive)
+        replay_receive = self._replaying(receive, first)
+        if not complete:
+            # Too large to key: hand the (partially read) body on and stay out of the way.
+            await self._forward(scope, replay_receive, send, Plan(None, reason="body too large"),
+                                t0)
+            return
+        plan = self.rc.plan("POST", scope.get("path", ""), _header(scope), body)
+        if plan.key is not None and plan.lookup:
+            t_look = time.perf_counter()
+            hit = await self.rc.alookup(plan)
+            self.metrics.looked_up(time.perf_counter() - t_look)
+            if hit is not None:
+                await self._serve_hit(send, plan, hit)
+                self.metrics.request("hit", time.perf_counter() - t0)
+                return
+        await self._forward(scope, replay_receive, send, plan, t0)
+
+    # ------------------------------------------------------------ request
+    @staticmethod
+    async def _read_body(receive: Receive) -> tuple[bytes, bool, list[Message]]:
+        """Read the request body; returns (body, read completely, messages read)."""
+        messages: list[Message] = []
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return b"".join(parts), False, messages  # disconnected
+            chunk = message.get("body", b"")
+            parts.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts), True, messages
+            if size > MAX_BODY:
+                return b"".join(parts), False, messages
+
+    @staticmethod
+    def _replaying(receive: Receive, messages: list[Message]) -> Receive:
+        """A ``receive`` that first hands out what was already read, then the rest."""
+        pending = list(messages)
+
+        async def replayed() -> Message:
+            if pending:
+                return pending.pop(0)
+            return await receive()
+
+        return replayed
+
+    # ---------------------------------------------------------------- hits
+    async def _serve_hit(self, send: Send, plan: Plan, hit: Any) -> None:
+        assert plan.key is not None
+        key = plan.key
+        headers = hit_headers(hit, key.stream)
+        if key.stream:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": _with_headers([], headers)})
+            for chunk in replay(key.endpoint, hit.completion, include_usage=key.include_usage):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        body = json.dumps(hit.completion, separators=(",", ":"), ensure_ascii=False).encode()
+        headers.append(("content-length", str(len(body))))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": _with_headers([], headers)})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    # -------------------------------------------------------------- misses
+    async def _forward(self, scope: ASGIScope, receive: Receive, send: Send, plan: Plan,
+                       t0: float) -> None:
+        """Call the inner app; pass its response on, capture and store it."""
+        outcome = "bypass" if plan.key is None else "miss"
+        state: dict[str, Any] = {"capture": None, "buffer": None, "done": False}
+
+        async def finish(final: Any) -> None:
+            if state["done"]:
+                return
+            state["done"] = True
+            if final is not None and await self.rc.astore(plan, final):
+                self.metrics.add(stored=1)
+
+        async def wrapped_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                if status >= 400:
+                    self.metrics.add(upstream_errors=1)
+                raw_headers = list(message.get("headers") or [])
+                names = {k.lower(): v.lower() for k, v in raw_headers}
+                ctype = names.get(b"content-type", b"")
+                encoding = names.get(b"content-encoding", b"identity")
+                if plan.key is not None and plan.store and status == 200 and encoding in (
+                    b"", b"identity"
+                ):
+                    if ctype.startswith(b"text/event-stream"):
+                        state["capture"] = StreamCapture(plan.key.endpoint)
+                    elif ctype.startswith(b"application/json"):
+                        state["buffer"] = bytearray()
+                message = {**message,
+                           "headers": _with_headers(raw_headers, [("x-semcache", outcome)])}
+            elif message["type"] == "http.response.body":
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                capture: StreamCapture | None = state["capture"]
+                buffer: bytearray | None = state["buffer"]
+                if capture is not None:
+                    # Store before passing on the terminal event, so a client that sends
+                    # its next request right away already finds the entry.
+                    if capture.feed(chunk) or not more:
+                        await finish(capture.finish())
+                elif buffer is not None:
+                    buffer += chunk
+                    if len(buffer) > MAX_BODY:
+                        state["buffer"] = None
+                    elif not more:
+                        try:
+                            final = json.loads(bytes(buffer))
+                        except ValueError:
+                            final = None
+                        await finish(final)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped_send)
+        finally:
+            self.metrics.request(outcome, time.perf_counter() - t0)
+
+    def render_metrics(self) -> str:
+        """This middleware's metrics (and its cache's size) in Prometheus text format."""
+        return self.metrics.render(self.rc.cache, self.rc.errors)
