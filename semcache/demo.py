@@ -48,6 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qqp", type=int, default=400, help="QQP dev pairs to replay")
     parser.add_argument("--llm-latency", type=float, default=0.1,
                         help="seconds the stand-in LLM takes per call")
+    parser.add_argument("--warm", type=int, default=None,
+                        help="warm with only this many CLINC150 train queries (default: all 15,000)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
@@ -116,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
         # ---- CLINC150 ---------------------------------------------------
         train = load_clinc150("train")
+        if args.warm is not None:
+            keep = sorted(rng.sample(range(len(train.texts)), min(args.warm, len(train.texts))))
+            train = type(train)([train.texts[i] for i in keep], [train.intents[i] for i in keep])
         print(f"warming the cache with {len(train.texts)} CLINC150 train queries")
         warm_scope = _decorator_scope(llm, train.texts[0], "clinc")
         cache.put_many(train.texts, [_answer(i) for i in train.intents], scope=warm_scope,

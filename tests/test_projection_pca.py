@@ -1,0 +1,71 @@
+"""PCA and identity projections: the scikit-learn estimator contract, against sklearn itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+
+from semcache import ConfigError, NotFittedError, ProjectionError
+from semcache.projection import IdentityProjection, PCAProjection, dump_projection, load_projection
+
+
+@pytest.fixture(scope="module")
+def X() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((600, 48)) @ rng.standard_normal((48, 48))
+    return (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_pca_matches_scikit_learn(X: np.ndarray) -> None:
+    ours = PCAProjection(n_components=8)
+    assert ours.fit(X) is ours  # fit returns self
+    ref = PCA(n_components=8, random_state=0).fit(X)
+    Z, R = ours.transform(X), ref.transform(X)
+    # Components are defined up to sign.
+    signs = np.sign(np.sum(Z * R, axis=0))
+    np.testing.assert_allclose(Z, R * signs, atol=1e-4)
+    assert ours.n_components_out == 8 and ours.n_features_in_ == 48
+    np.testing.assert_allclose(ours.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-4)
+    one = ours.transform(X[0])
+    assert one.shape == (8,) and np.allclose(one, Z[0], atol=1e-6)
+
+
+def test_init_only_stores_parameters_and_checks_happen_at_use(X: np.ndarray) -> None:
+    p = PCAProjection(n_components=8)
+    assert p.get_params() == {"n_components": 8, "max_samples": 50_000, "random_state": 0}
+    assert not [k for k in vars(p) if k.endswith("_")]
+    with pytest.raises(NotFittedError):
+        p.transform(X)
+    p.fit(X)
+    with pytest.raises(ProjectionError, match="48-d"):
+        p.transform(X[:, :10])
+    with pytest.raises(ProjectionError):
+        PCAProjection(n_components=8).fit(np.full((10, 48), np.nan, dtype=np.float32))
+    with pytest.raises(ConfigError):
+        PCAProjection(n_components=100).fit(X)
+
+
+def test_round_trip_without_pickle(X: np.ndarray) -> None:
+    p = PCAProjection(n_components=6).fit(X)
+    blob = dump_projection(p)
+    q = load_projection(blob)
+    assert isinstance(q, PCAProjection)
+    np.testing.assert_array_equal(p.transform(X), q.transform(X))
+    with pytest.raises(ProjectionError):
+        load_projection(b"garbage")
+
+
+def test_prefix_of_a_wider_pca_is_the_narrower_pca(X: np.ndarray) -> None:
+    wide = PCAProjection(n_components=16).fit(X).transform(X)
+    narrow = PCAProjection(n_components=4).fit(X).transform(X)
+    signs = np.sign(np.sum(wide[:, :4] * narrow, axis=0))
+    np.testing.assert_allclose(wide[:, :4], narrow * signs, atol=1e-4)
+
+
+def test_identity(X: np.ndarray) -> None:
+    p = IdentityProjection().fit(X)
+    np.testing.assert_array_equal(p.transform(X), X)
+    with pytest.raises(ProjectionError):
+        p.transform(X[:, :3])
+    assert isinstance(load_projection(dump_projection(p)), IdentityProjection)
