@@ -28,6 +28,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -262,6 +263,9 @@ class SemanticCache:
         :meth:`feedback` deletes an entry reported wrong this many times.
     feedback_margin : float
         How far above a wrong hit's score :meth:`feedback` raises the entry's bar.
+    snapshot_min_entries : int
+        :meth:`close` writes an index snapshot (so the next open skips replaying the
+        journal) when the cache holds at least this many entries.
 
     Examples
     --------
@@ -293,6 +297,7 @@ class SemanticCache:
         index_params: Mapping[str, Any] | None = None,
         max_wrong: int = 2,
         feedback_margin: float = 1e-3,
+        snapshot_min_entries: int = 10_000,
     ) -> None:
         self.threshold = _check_threshold(threshold)
         self.ttl = _check_ttl(ttl)
@@ -318,6 +323,7 @@ class SemanticCache:
         if not (0.0 <= feedback_margin < 1.0):
             raise ConfigError(f"feedback_margin must be in [0, 1), got {feedback_margin!r}")
         self.feedback_margin = float(feedback_margin)
+        self.snapshot_min_entries = int(_check_count(snapshot_min_entries, "snapshot_min_entries", False) or 0)
         self.embedder = as_embedder(embedder)
 
         if isinstance(store, str):
@@ -346,6 +352,7 @@ class SemanticCache:
         try:
             self._check_settings()
             self._load_projection()
+            self._load_snapshot()
             self._sync()
         except Exception:
             self._store.close()
@@ -360,6 +367,7 @@ class SemanticCache:
     # ------------------------------------------------------------------ state
     def _reset_state(self) -> None:
         self._seq = 0
+        self._snapshot_seq = -1
         self._meta: dict[int, EntryMeta] = {}
         self._table = ExactIndex()
         self._parts: dict[str, _Partition] = {}
@@ -380,14 +388,41 @@ class SemanticCache:
     def _check_settings(self) -> None:
         settings = self._store.load_settings()
         if settings is None:
-            self._store.save_settings({"format": STORE_FORMAT, "created": time.time()})
-            return
+            settings = {"format": STORE_FORMAT, "created": time.time(), "store_id": uuid.uuid4().hex}
+            self._store.save_settings(settings)
         fmt = settings.get("format")
         if fmt != STORE_FORMAT:
             raise ConfigError(
                 f"{self._store.where} holds a semcache store of format {fmt!r}; this version "
                 f"reads format {STORE_FORMAT}. Use another directory or clear this one."
             )
+        self._store_id = str(settings.get("store_id", ""))
+
+    def _load_snapshot(self) -> None:
+        if self.directory is None or not self._store_id:
+            return
+        from semcache.snapshot import load_snapshot
+
+        snap = load_snapshot(self.directory, self._store_id)
+        if snap is None or snap.seq > self._store.seq():
+            return
+        self._add_local([(int(i), m, snap.vectors[k]) for k, (i, m) in enumerate(
+            zip(snap.ids.tolist(), snap.metas, strict=True))])
+        self._seq = self._snapshot_seq = snap.seq
+
+    def _save_snapshot(self) -> None:
+        """Write a snapshot on close when the cache is large and changed since the last one."""
+        if (self.directory is None or not self._store_id or self._seq == self._snapshot_seq
+                or len(self._meta) + self._foreign < self.snapshot_min_entries):
+            return
+        from semcache.snapshot import save_snapshot
+
+        ids = np.array(list(self._meta), dtype=np.int64)
+        try:
+            save_snapshot(self.directory, self._store_id, self._seq, ids, self._table.take(ids),
+                          [self._meta[i] for i in ids.tolist()])
+        except OSError as exc:  # derived data: the journal still has everything
+            log.warning("semcache: could not write the index snapshot: %s", exc)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1029,6 +1064,11 @@ class SemanticCache:
             if self._closed:
                 return
             self._closed = True
+            try:
+                self._sync()
+                self._save_snapshot()
+            except SemcacheError as exc:
+                log.warning("semcache: no snapshot written at close: %s", exc)
             self._store.close()
 
     def __enter__(self) -> SemanticCache:

@@ -138,6 +138,8 @@ def DiskKV(directory: str | Path, timeout: float = 10.0) -> KeyValue:
             str(path), timeout=timeout, eviction_policy="none", statistics=False
         )
     except (OSError, sqlite3.Error) as exc:
+        if "locked" in str(exc):
+            raise StoreLockedError(f"the cache directory {path} is locked: {exc}") from exc
         raise StoreError(f"cannot open the cache directory {path}: {exc}") from exc
     return kv
 

@@ -124,3 +124,83 @@ def test_reopen_after_many_writes_and_deletes(tmp_path: Path, hash_embedder: Has
     with SemanticCache(directory, embedder=hash_embedder) as cache:
         assert len(cache) == live == 500 - len(ids[::3])
         assert not cache.get("p0") and cache.get("p1")
+
+
+def test_snapshot_speeds_reopen_and_never_disagrees_with_the_store(
+    tmp_path: Path, hash_embedder: HashEmbedder
+) -> None:
+    from semcache.snapshot import FILENAME
+
+    directory = tmp_path / "c"
+    with SemanticCache(directory, embedder=hash_embedder, snapshot_min_entries=1) as cache:
+        ids = cache.put_many([f"p{i}" for i in range(50)], list(range(50)))
+        cache.feedback(cache.get("p0"), correct=True)  # type: ignore[arg-type]
+    assert (directory / FILENAME).is_file()
+    # Changes after the snapshot, then a crash (no close, so no new snapshot).
+    crashed = SemanticCache(directory, embedder=hash_embedder, snapshot_min_entries=1)
+    assert crashed._snapshot_seq > 0  # the snapshot was used
+    crashed.delete(ids[1])
+    crashed.put("late", "entry")
+    crashed._store.close()
+    with SemanticCache(directory, embedder=hash_embedder) as cache:
+        assert len(cache) == 50
+        assert not cache.get("p1") and cache.get("late") and cache.get("p2")
+        assert cache._meta[ids[0]].right == 1
+    # A snapshot copied from another store is ignored, not trusted.
+    other = tmp_path / "other"
+    with SemanticCache(other, embedder=hash_embedder) as cache:
+        cache.put("only here", 1)
+    (other / FILENAME).write_bytes((directory / FILENAME).read_bytes())
+    with SemanticCache(other, embedder=hash_embedder) as cache:
+        assert len(cache) == 1 and not cache.get("p2")
+    # A torn snapshot is ignored too.
+    (directory / FILENAME).write_bytes(b"torn")
+    with SemanticCache(directory, embedder=hash_embedder) as cache:
+        assert len(cache) == 50
+
+
+def test_locked_store_fails_open_then_recovers(tmp_path: Path, hash_embedder: HashEmbedder) -> None:
+    import sqlite3
+
+    import pytest
+
+    from semcache import StoreLockedError
+
+    directory = tmp_path / "c"
+    with SemanticCache(directory, embedder=hash_embedder, timeout=0.2) as cache:
+        cache.put("before", 1)
+        other = sqlite3.connect(directory / "cache.db", timeout=0)
+        try:
+            other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+            assert cache.put("during", 2) is None  # logged, counted, not raised
+            assert cache.stats().errors == 1
+            cache.fail_open = False
+            with pytest.raises(StoreLockedError):
+                cache.put("during", 2)
+            cache.fail_open = True
+            assert cache.get("before")  # readers still read
+        finally:
+            other.rollback()
+            other.close()
+        assert cache.put("after", 3) is not None
+        assert cache.get("before") and cache.get("after") and not cache.get("during")
+
+
+def test_threads_share_one_cache(hash_embedder: HashEmbedder) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with SemanticCache(store="memory", embedder=hash_embedder, max_entries=500) as cache:
+        def work(t: int) -> int:
+            served = 0
+            for i in range(200):
+                cache.put(f"t{t}-{i}", i)
+                hit = cache.get(f"t{t}-{i}")
+                served += int(isinstance(hit, Hit) and hit.completion == i)
+            return served
+
+        with ThreadPoolExecutor(4) as pool:
+            served = list(pool.map(work, range(4)))
+        assert served == [200] * 4
+        assert len(cache) == 500
+        part = next(iter(cache._parts.values()))
+        assert len(part.index) == len(cache._table) == 500
