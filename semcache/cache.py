@@ -203,9 +203,7 @@ def _check_ttl(value: object, what: str = "ttl") -> float | None:
     return float(value)
 
 
-def _check_count(value: object, what: str, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
+def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{what} must be a positive int, got {value!r}")
     return value
@@ -301,16 +299,14 @@ class SemanticCache:
     ) -> None:
         self.threshold = _check_threshold(threshold)
         self.ttl = _check_ttl(ttl)
-        self.max_entries = _check_count(max_entries, "max_entries")
+        self.max_entries = None if max_entries is None else _positive_int(max_entries, "max_entries")
         if index != "auto" and index not in INDEXES:
             raise ConfigError(f"unknown index {index!r}; choose 'auto' or one of {sorted(INDEXES)}")
         self.index_kind = index
         self.index_params = dict(index_params or {})
-        self.projection_dims = int(_check_count(projection_dims, "projection_dims", False) or 0)
-        self.approx_min_entries = int(_check_count(approx_min_entries, "approx_min_entries", False) or 0)
-        self.projection_min_entries = int(
-            _check_count(projection_min_entries, "projection_min_entries", False) or 0
-        )
+        self.projection_dims = _positive_int(projection_dims, "projection_dims")
+        self.approx_min_entries = _positive_int(approx_min_entries, "approx_min_entries")
+        self.projection_min_entries = _positive_int(projection_min_entries, "projection_min_entries")
         if isinstance(projection, str) and projection not in PROJECTIONS and projection != "learned":
             raise ConfigError(f"unknown projection {projection!r}; choose one of {sorted(PROJECTIONS)}")
         self._projection_spec = projection
@@ -319,11 +315,11 @@ class SemanticCache:
             if not callable(g):
                 raise ConfigError("every guard must be callable(new_prompt, stored_prompt, score)")
         self.fail_open = bool(fail_open)
-        self.max_wrong = int(_check_count(max_wrong, "max_wrong", False) or 0)
+        self.max_wrong = _positive_int(max_wrong, "max_wrong")
         if not (0.0 <= feedback_margin < 1.0):
             raise ConfigError(f"feedback_margin must be in [0, 1), got {feedback_margin!r}")
         self.feedback_margin = float(feedback_margin)
-        self.snapshot_min_entries = int(_check_count(snapshot_min_entries, "snapshot_min_entries", False) or 0)
+        self.snapshot_min_entries = _positive_int(snapshot_min_entries, "snapshot_min_entries")
         self.embedder = as_embedder(embedder)
 
         if isinstance(store, str):
