@@ -501,10 +501,7 @@ def responses_events(response: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def encode_event(data: Any, event: str | None = None) -> bytes:
     """One SSE event as bytes (compact JSON data)."""
-    if isinstance(data, str):
-        text = data
-    else:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {text}\n\n".encode()
 

@@ -9,6 +9,4 @@ import numpy.typing as npt
 
 FloatArray: TypeAlias = npt.NDArray[np.float32]
 IdArray: TypeAlias = npt.NDArray[np.int64]
-JSONValue: TypeAlias = (
-    None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
-)
+JSONValue: TypeAlias = bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"] | None

@@ -11,9 +11,9 @@ from langchain_core.globals import set_llm_cache
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, Generation
 from langchain_openai import ChatOpenAI
-from semcache.adapters.langchain import SemanticLangChainCache
 
 from semcache import SemanticCache
+from semcache.adapters.langchain import SemanticLangChainCache
 from tests.servers import ThreadServer
 from tests.upstream_stub import MODEL, PARAPHRASE, Q, RaisingCache, UpstreamStub
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from semcache.adapters.middleware import SemanticCacheMiddleware
 
 from semcache import SemanticCache
+from semcache.adapters.middleware import SemanticCacheMiddleware
 from tests.servers import ThreadServer
 from tests.upstream_stub import MODEL, PARAPHRASE, Q, RaisingCache, UpstreamStub
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import openai
 import pytest
+
+from semcache import SemanticCache
 from semcache.adapters.openai import async_caching_client, caching_client
 from semcache.adapters.requests import (
     NotCacheable,
@@ -21,8 +23,6 @@ from semcache.adapters.requests import (
     storable,
 )
 from semcache.adapters.sse import SSEDecoder, assemble, chat_chunks, replay, responses_events
-
-from semcache import SemanticCache
 from tests.servers import ThreadServer
 from tests.upstream_stub import MODEL, PARAPHRASE, Q, RaisingCache, UpstreamStub
 

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from semcache.adapters.server import ProxyApp
 
 from semcache import SemanticCache
+from semcache.adapters.server import ProxyApp
 from tests.servers import ProcessServer, ThreadServer
 from tests.upstream_stub import MODEL, PARAPHRASE, Q, UpstreamStub
 
