@@ -47,7 +47,13 @@ from semcache.errors import (
     StoreError,
 )
 from semcache.index import INDEXES, ExactIndex, Index, make_index
-from semcache.projection import PROJECTIONS, BaseProjection, dump_projection, load_projection
+from semcache.projection import (
+    PROJECTIONS,
+    BaseProjection,
+    PCAProjection,
+    dump_projection,
+    load_projection,
+)
 from semcache.prompts import normalize_prompt, prompt_key
 from semcache.scope import Scope, scope_id
 from semcache.store import (
@@ -240,13 +246,18 @@ class SemanticCache:
         ``"memory"`` keeps nothing after the process ends (tests, ephemeral use).
     index : {"auto", "exact", "grid", "thermal"}
         ``"auto"`` searches small scopes exactly and switches a scope to the
-        approximate index once it holds ``approx_min_entries`` entries.
-    projection : {"pca", "learned", "identity"} or BaseProjection
+        approximate index once it holds ``approx_min_entries`` entries: the grid,
+        or the thermal index when ``projection_dims <= 3``.
+    projection : {"learned", "pca", "identity"} or BaseProjection
         Projection fitted on the cache's own embeddings for approximate indexes.
+        ``"learned"`` keeps paraphrases close (it falls back to PCA when the cache
+        holds too few near-duplicates to learn from).
     projection_dims : int
-        Output width of the projection.
+        Output width of the projection (the grid hashes a prefix, its filter uses all).
     approx_min_entries : int
         Scope size at which ``index="auto"`` switches to the approximate index.
+        Measured on real QQP embeddings (single thread): exact search takes 0.12 ms
+        at 5k entries, 0.35 ms at 10k, 2.0 ms at 20k; the grid 0.015-0.05 ms.
     guards : sequence of callables, optional
         Each gets ``(new_prompt, stored_prompt, score)`` and may veto a hit.
     fail_open : bool
@@ -285,9 +296,9 @@ class SemanticCache:
         max_entries: int | None = None,
         store: Literal["disk", "memory"] | KeyValue = "disk",
         index: str = "auto",
-        projection: str | BaseProjection = "pca",
+        projection: str | BaseProjection = "learned",
         projection_dims: int = 32,
-        approx_min_entries: int = 20_000,
+        approx_min_entries: int = 5_000,
         projection_min_entries: int = 2_048,
         guards: Sequence[Guard] = (),
         fail_open: bool = True,
@@ -374,6 +385,7 @@ class SemanticCache:
         self._foreign_ids: set[int] = set()
         self._projection: BaseProjection | None = None
         self._proj_fit_n = 0
+        self._proj_check_n = 0
         self._proj_residual = 0.0
 
     @property
@@ -597,23 +609,27 @@ class SemanticCache:
             if wanted and n >= self.projection_min_entries:
                 self._fit_projection()
             return
-        if n >= 2 * self._proj_fit_n:
-            # Check drift each time the cache doubles: a projection fitted on the first
-            # topics can squash later ones together, which costs index recall.
+        grown = n >= 4 * self._proj_fit_n
+        if not grown and isinstance(self._projection, PCAProjection) and n >= 2 * self._proj_check_n:
+            # PCA: refit early when new entries reconstruct worse (the data drifted to
+            # topics the first fit squashed together, which costs index recall).
             _, vecs = self._table.vectors()
             residual = _residual(self._projection, vecs[-min(len(vecs), 4096):])
             if residual > 1.2 * self._proj_residual:
                 log.info("semcache: data drifted (residual %.4f -> %.4f); refitting the projection",
                          self._proj_residual, residual)
-                self._fit_projection()
-            else:
-                self._proj_fit_n = n
+                grown = True
+            self._proj_check_n = n
+        if grown:
+            # Any projection: refit each time the cache has grown 4x, which keeps the
+            # amortised cost of refitting and rebuilding O(1) per insert.
+            self._fit_projection()
 
     def _fit_projection(self) -> None:
         _, vecs = self._table.vectors()
         proj = self._new_projection().fit(vecs)
         self._projection = proj
-        self._proj_fit_n = len(vecs)
+        self._proj_fit_n = self._proj_check_n = len(vecs)
         self._proj_residual = _residual(proj, vecs[-min(len(vecs), 4096):])
         try:
             self._store.set_blob("projection", dump_projection(proj))
@@ -639,7 +655,7 @@ class SemanticCache:
             log.warning("semcache: stored projection ignored (%s); it will be refitted", exc)
             return
         self._projection = proj
-        self._proj_fit_n = int(fit_n)
+        self._proj_fit_n = self._proj_check_n = int(fit_n)
         self._proj_residual = float(residual)
 
     # --------------------------------------------------------------- embedding

@@ -2,20 +2,45 @@
 
 See :mod:`semcache.index.base` for the contract. :func:`make_index` builds an
 index by name; the cache uses it so the choice is a configuration string.
+
+The approximate indexes (:class:`~semcache.index.grid.GridIndex`,
+:class:`~semcache.index.thermal.ThermalIndex`) are imported on first use: their
+numba kernels take seconds to compile on a fresh install, which ``import
+semcache`` and caches that never grow past exact search should not pay.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from semcache.errors import ConfigError
 from semcache.index.base import Index, check_batch
 from semcache.index.exact import ExactIndex
 
-#: Index constructors by name. Approximate indexes register here too.
+if TYPE_CHECKING:
+    from semcache.index.grid import GridIndex
+    from semcache.index.thermal import ThermalIndex
+
+#: Where the lazily imported indexes live: attribute name -> module.
+_LAZY = {"GridIndex": "semcache.index.grid", "ThermalIndex": "semcache.index.thermal"}
+
+
+def _lazy(name: str) -> Callable[..., Index]:
+    def build(**params: Any) -> Index:
+        cls: Callable[..., Index] = getattr(importlib.import_module(_LAZY[name]), name)
+        return cls(**params)
+
+    build.__name__ = build.__qualname__ = name
+    return build
+
+
+#: Index constructors by name.
 INDEXES: dict[str, Callable[..., Index]] = {
     "exact": ExactIndex,
+    "grid": _lazy("GridIndex"),
+    "thermal": _lazy("ThermalIndex"),
 }
 
 
@@ -37,4 +62,18 @@ def make_index(kind: str, **params: Any) -> Index:
         raise ConfigError(f"bad parameters for index {kind!r}: {exc}") from exc
 
 
-__all__ = ["INDEXES", "ExactIndex", "Index", "check_batch", "make_index"]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "INDEXES",
+    "ExactIndex",
+    "GridIndex",
+    "Index",
+    "ThermalIndex",
+    "check_batch",
+    "make_index",
+]

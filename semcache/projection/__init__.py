@@ -12,18 +12,21 @@ from semcache.projection.base import (
     load_projection,
 )
 from semcache.projection.identity import IdentityProjection
+from semcache.projection.learned import LearnedProjection
 from semcache.projection.pca import PCAProjection
 
 #: Registry used to rebuild a stored projection by its ``kind``.
 PROJECTIONS: dict[str, type[BaseProjection]] = {
     IdentityProjection.kind: IdentityProjection,
     PCAProjection.kind: PCAProjection,
+    LearnedProjection.kind: LearnedProjection,
 }
 
 __all__ = [
     "PROJECTIONS",
     "BaseProjection",
     "IdentityProjection",
+    "LearnedProjection",
     "PCAProjection",
     "Projection",
     "dump_projection",

@@ -1,0 +1,556 @@
+"""Index benchmark of issue #3: semcache grid / thermal against exact search, faiss, hnswlib, usearch.
+
+Run (single thread; the script pins every library to one thread itself)::
+
+    python benchmarks/index_bench.py --quick     # 10k and full real corpus, a few minutes
+    python benchmarks/index_bench.py             # + 1M synthetic (tens of minutes)
+
+Data: MiniLM embeddings of every distinct question of ``qqp/pairs_dev`` plus the
+real prompts (embedded once, cached under ``benchmarks/.cache``). 2,000 random
+QQP questions (500 with ``--quick``) are held out as queries; the rest, with half
+of the distinct real prompts, is the cache. The mixed-workload stream replays the
+other half of the prompts in file order (with their real repeats) shuffled with
+the held-out questions. The 1M set adds synthetic rows: a real row moved by one or two real
+paraphrase differences (pairs mined from the data), renormalised, so the
+synthetic rows have the near-duplicate structure of real prompts.
+
+Per N and method it reports: build time and batched insert rate, single
+insert and single delete cost, recall of threshold hits (the exact best match
+with cosine >= t is returned) at t = 0.85 / 0.9 / 0.95, lookup p50 / p99 at
+t = 0.9 one query at a time (semcache timings include the query projection and
+the exact re-rank of the candidates, as the cache does them), index bytes per
+entry beyond the raw float32 vectors, and a mixed cache workload (replay a
+prompt stream: lookup, insert on miss) in operations per second. Each kNN peer
+returns its 10 nearest neighbours; its search parameter (ef / nprobe) is the
+smallest of a sweep reaching the recall of the semcache grid, so comparisons are
+at equal or better recall. Ratios are against peers measured in the same run.
+Plots go to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from common import RESULTS_DIR, embed_cached, percentiles, print_table  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from semcache.datasets import load_qqp_pairs, load_real_prompts  # noqa: E402
+from semcache.index import ExactIndex, GridIndex, ThermalIndex  # noqa: E402
+from semcache.projection import LearnedProjection, PCAProjection  # noqa: E402
+from semcache.projection.learned import mine_pairs  # noqa: E402
+
+THRESHOLDS = (0.85, 0.9, 0.95)
+LOOKUP_T = 0.9
+K_NN = 10
+
+# ----------------------------------------------------------------------------- data
+
+
+def qqp_questions() -> list[str]:
+    """Distinct questions of the QQP dev pairs, in first-seen order (deterministic)."""
+    seen: dict[str, None] = {}
+    for p in load_qqp_pairs():
+        seen.setdefault(p.text_a, None)
+        seen.setdefault(p.text_b, None)
+    return list(seen)
+
+
+def real_prompts() -> list[str]:
+    """Real chat prompts in file order, repeats kept (a replayed stream has repeats)."""
+    return [str(r["prompt"]) for r in load_real_prompts()]
+
+
+def load_real_corpus() -> dict[str, np.ndarray]:
+    """Embeddings of the QQP questions and of the distinct real prompts (cached on disk)."""
+    q = qqp_questions()
+    prompts = real_prompts()
+    uniq = list(dict.fromkeys(prompts))
+    pos = {p: i for i, p in enumerate(uniq)}
+    return {
+        "qqp": embed_cached(q, "qqp-questions"),
+        "prompts": embed_cached(uniq, "real-prompts"),
+        "prompt_stream": np.array([pos[p] for p in prompts], dtype=np.int64),
+    }
+
+
+def synthetic(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` rows near ``base`` rows, moved by real paraphrase differences."""
+    rng = np.random.default_rng(seed)
+    sample = base[rng.choice(len(base), min(len(base), 10_000), replace=False)]
+    a, b, _ = mine_pairs(sample, 0.75)
+    diffs = (sample[a] - sample[b]).astype(np.float32)
+    out = np.empty((n, base.shape[1]), dtype=np.float32)
+    for i in range(0, n, 100_000):
+        m = min(100_000, n - i)
+        c = base[rng.integers(0, len(base), m)]
+        w1 = rng.normal(0, 0.8, (m, 1)).astype(np.float32)
+        w2 = rng.normal(0, 0.5, (m, 1)).astype(np.float32)
+        x = c + w1 * diffs[rng.integers(0, len(diffs), m)] + w2 * diffs[
+            rng.integers(0, len(diffs), m)
+        ]
+        out[i : i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def ground_truth(X: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact best match (row, cosine) of each query."""
+    best = np.empty(len(Q), dtype=np.int64)
+    score = np.empty(len(Q), dtype=np.float32)
+    for i in range(0, len(Q), 256):
+        S = Q[i : i + 256] @ X.T
+        best[i : i + 256] = S.argmax(1)
+        score[i : i + 256] = S[np.arange(len(S)), best[i : i + 256]]
+    return best, score
+
+
+# -------------------------------------------------------------------------- methods
+
+
+@dataclass
+class Method:
+    """One index under test, with uniform single-row operations."""
+
+    name: str
+    build: Callable[[np.ndarray], None]
+    search: Callable[[np.ndarray, float], np.ndarray]  # (q_full, t) -> ids with cos >= t
+    add_one: Callable[[int, np.ndarray], None] | None
+    remove_one: Callable[[int], None] | None
+    nbytes: Callable[[int], float]
+    set_param: Callable[[Any], None] | None = None
+    sweep: list[Any] = field(default_factory=list)
+    param: Any = None
+
+
+class Store:
+    """Full vectors by id (row = id), as the cache keeps them for re-ranking."""
+
+    def __init__(self, cap: int, d: int) -> None:
+        self.X = np.zeros((cap, d), dtype=np.float32)
+
+    def put(self, ids: np.ndarray | int, X: np.ndarray) -> None:
+        self.X[ids] = X
+
+
+def semcache_method(name: str, make: Callable[[], GridIndex], proj: Any, store: Store) -> Method:
+    holder: dict[str, GridIndex] = {}
+    W = np.ascontiguousarray(proj.components_.T)
+    mu = proj.mean_
+
+    def build(X: np.ndarray) -> None:
+        idx = make()
+        idx.add(np.arange(len(X), dtype=np.int64), proj.transform(X), X)
+        holder["i"] = idx
+
+    def search(q: np.ndarray, t: float) -> np.ndarray:
+        q_low = (q - mu) @ W
+        c = holder["i"].candidates(q_low, q, t)
+        if len(c) == 0:
+            return c
+        s = store.X[c] @ q
+        return c[s >= t]
+
+    def add_one(i: int, x: np.ndarray) -> None:
+        low = ((x - mu) @ W)[None, :]
+        holder["i"].add(np.array([i], dtype=np.int64), low, x[None, :])
+
+    def remove_one(i: int) -> None:
+        holder["i"].remove(np.array([i], dtype=np.int64))
+
+    return Method(name, build, search, add_one, remove_one,
+                  lambda n: holder["i"].stats()["bytes"] / max(1, n))
+
+
+def exact_method() -> Method:
+    holder: dict[str, ExactIndex] = {}
+
+    def build(X: np.ndarray) -> None:
+        ex = ExactIndex()
+        ex.add(np.arange(len(X), dtype=np.int64), X[:, :1], X)
+        holder["i"] = ex
+
+    def add_one(i: int, x: np.ndarray) -> None:
+        holder["i"].add(np.array([i]), x[None, :1], x[None, :])
+
+    return Method(
+        "exact-numpy", build, lambda q, t: holder["i"].candidates(q[:1], q, t), add_one,
+        lambda i: holder["i"].remove(np.array([i])),
+        # The id array and the Python dict id -> row.
+        lambda n: (sys.getsizeof(holder["i"]._row) + 8 * n) / max(1, n),
+    )
+
+
+def faiss_methods(d: int) -> list[Method]:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    out = []
+
+    def knn(index: Any, q: np.ndarray, t: float) -> np.ndarray:
+        D, Ids = index.search(q[None, :], K_NN)
+        keep = (Ids[0] >= 0) & (D[0] >= t)
+        return Ids[0][keep].astype(np.int64)
+
+    def size(index: Any, n: int) -> float:
+        return max(0.0, (len(faiss.serialize_index(index)) - n * d * 4) / max(1, n))
+
+    # Flat with an id map (needed for removals).
+    h: dict[str, Any] = {}
+
+    def b_flat(X: np.ndarray) -> None:
+        h["flat"] = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+        h["flat"].add_with_ids(X, np.arange(len(X), dtype=np.int64))
+
+    out.append(Method(
+        "faiss-flat", b_flat, lambda q, t: knn(h["flat"], q, t),
+        lambda i, x: h["flat"].add_with_ids(x[None, :], np.array([i], dtype=np.int64)),
+        lambda i: h["flat"].remove_ids(np.array([i], dtype=np.int64)),
+        lambda n: size(h["flat"], n)))
+
+    def b_ivf(X: np.ndarray) -> None:
+        nlist = int(4 * np.sqrt(len(X)))
+        quant = faiss.IndexFlatIP(d)
+        ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        ivf.train(X[rng.choice(len(X), min(len(X), 40 * nlist), replace=False)])
+        ivf.add_with_ids(X, np.arange(len(X), dtype=np.int64))
+        h["ivf"] = ivf
+
+    out.append(Method(
+        "faiss-ivf", b_ivf, lambda q, t: knn(h["ivf"], q, t),
+        lambda i, x: h["ivf"].add_with_ids(x[None, :], np.array([i], dtype=np.int64)),
+        lambda i: h["ivf"].remove_ids(np.array([i], dtype=np.int64)),
+        lambda n: size(h["ivf"], n),
+        set_param=lambda p: setattr(h["ivf"], "nprobe", p), sweep=[4, 8, 16, 32, 64, 128]))
+
+    def b_hnsw(X: np.ndarray) -> None:
+        hn = faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)
+        hn.hnsw.efConstruction = 100
+        hn.add(X)
+        h["hnsw"] = hn
+
+    out.append(Method(
+        "faiss-hnsw", b_hnsw, lambda q, t: knn(h["hnsw"], q, t),
+        lambda i, x: h["hnsw"].add(x[None, :]), None,  # no removals in IndexHNSW
+        lambda n: size(h["hnsw"], n),
+        set_param=lambda p: setattr(h["hnsw"].hnsw, "efSearch", p),
+        sweep=[10, 16, 24, 32, 48, 64, 128]))
+    return out
+
+
+def hnswlib_method(d: int, cap: int) -> Method:
+    import hnswlib
+
+    h: dict[str, Any] = {}
+
+    def build(X: np.ndarray) -> None:
+        p = hnswlib.Index(space="ip", dim=d)
+        p.init_index(max_elements=cap, ef_construction=100, M=16, allow_replace_deleted=True)
+        p.set_num_threads(1)
+        p.add_items(X, np.arange(len(X)))
+        h["p"] = p
+
+    def search(q: np.ndarray, t: float) -> np.ndarray:
+        n = h["p"].get_current_count()
+        labels, dist = h["p"].knn_query(q[None, :], k=min(K_NN, n))
+        keep = (1.0 - dist[0]) >= t
+        return labels[0][keep].astype(np.int64)
+
+    return Method(
+        "hnswlib", build, search, lambda i, x: h["p"].add_items(x[None, :], [i]),
+        lambda i: h["p"].mark_deleted(i),
+        lambda n: (16 * 2 * 4 + 4 + 8 + 16 * 4 * 0.06) * 1.0,  # level-0 links, label, upper levels
+        set_param=lambda p: h["p"].set_ef(p), sweep=[10, 16, 24, 32, 48, 64, 128])
+
+
+def usearch_method(d: int) -> Method | None:
+    try:
+        from usearch.index import Index
+    except ImportError:
+        return None
+    h: dict[str, Any] = {}
+
+    def build(X: np.ndarray) -> None:
+        ix = Index(ndim=d, metric="ip", connectivity=16, expansion_add=100, dtype="f32")
+        ix.add(np.arange(len(X)), X, threads=1)
+        h["u"] = ix
+
+    def search(q: np.ndarray, t: float) -> np.ndarray:
+        m = h["u"].search(q, K_NN, threads=1)
+        keep = (1.0 - m.distances) >= t
+        return np.asarray(m.keys[keep], dtype=np.int64)
+
+    return Method(
+        "usearch", build, search, lambda i, x: h["u"].add(i, x, threads=1),
+        lambda i: h["u"].remove(i),
+        lambda n: max(0.0, (h["u"].memory_usage - n * d * 4) / max(1, n)),
+        set_param=lambda p: setattr(h["u"], "expansion_search", p),
+        sweep=[10, 16, 24, 32, 48, 64, 128])
+
+
+# ------------------------------------------------------------------------ measuring
+
+
+def recall_of(m: Method, Q: np.ndarray, best: np.ndarray, score: np.ndarray) -> dict[float, float]:
+    out = {}
+    for t in THRESHOLDS:
+        hit = np.flatnonzero(score >= t)
+        found = sum(int(best[i] in set(m.search(Q[i], t).tolist())) for i in hit)
+        out[t] = found / max(1, len(hit))
+    return out
+
+
+def lookup_times(m: Method, Q: np.ndarray) -> tuple[float, float]:
+    ts = []
+    for q in Q:
+        t0 = time.perf_counter()
+        m.search(q, LOOKUP_T)
+        ts.append(time.perf_counter() - t0)
+    return percentiles(ts)
+
+
+def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj: Any,
+             args: argparse.Namespace, curves: dict[str, list[tuple[float, float]]]) -> list[dict[str, Any]]:
+    n, d = X.shape
+    extra = len(stream) + 2 * args.ops
+    store = Store(n + extra, d)
+    store.put(np.arange(n), X)
+    best, score = ground_truth(X, Q)
+    new_rows = stream[: args.ops]
+    methods: list[Method] = [
+        semcache_method("semcache-grid", lambda: GridIndex(**args.grid), proj, store),
+        semcache_method("semcache-thermal", lambda: ThermalIndex(**args.thermal), proj, store),
+        exact_method(),
+    ]
+    if not args.no_peers:
+        methods += faiss_methods(d)
+        methods.append(hnswlib_method(d, n + extra))
+        um = usearch_method(d)
+        if um is not None:
+            methods.append(um)
+    rows = []
+    target = None
+    for m in tqdm(methods, desc=f"N={label}", unit="index"):
+        row: dict[str, Any] = {"N": label, "method": m.name}
+        t0 = time.perf_counter()
+        m.build(X)
+        row["build_s"] = time.perf_counter() - t0
+        row["batch_ins_per_s"] = n / row["build_s"]
+        if m.sweep and m.set_param is not None:
+            # Smallest setting reaching the grid's recall (equal or better).
+            chosen = m.sweep[-1]
+            for p in m.sweep:
+                m.set_param(p)
+                rec = recall_of(m, Q, best, score)
+                p50, _ = lookup_times(m, Q[: min(200, len(Q))])
+                curves.setdefault(f"{m.name} N={label}", []).append((p50, rec[LOOKUP_T]))
+                if target is not None and min(rec.values()) >= target - 1e-9:
+                    chosen = p
+                    break
+            m.set_param(chosen)
+            m.param = chosen
+        rec = recall_of(m, Q, best, score)
+        if m.name == "semcache-grid":
+            target = min(rec.values())
+        for t in THRESHOLDS:
+            row[f"recall@{t}"] = rec[t]
+        row["p50_ms"], row["p99_ms"] = lookup_times(m, Q)
+        curves.setdefault(f"{m.name} N={label}", []).append((row["p50_ms"], rec[LOOKUP_T]))
+        row["param"] = m.param
+        # Single inserts (new ids n..), then single deletes of the same rows.
+        if m.add_one is not None:
+            ts = []
+            for j, r in enumerate(new_rows):
+                x = stream_vec(args, r)
+                store.put(n + j, x)
+                t0 = time.perf_counter()
+                m.add_one(n + j, x)
+                ts.append(time.perf_counter() - t0)
+            row["insert_us"] = 1e6 * float(np.mean(ts))
+        if m.remove_one is not None:
+            ts = []
+            for j in range(len(new_rows)):
+                t0 = time.perf_counter()
+                m.remove_one(n + j)
+                ts.append(time.perf_counter() - t0)
+            row["delete_us"] = 1e6 * float(np.mean(ts))
+        row["bytes_per_entry"] = m.nbytes(n)
+        row["overhead_pct"] = 100.0 * row["bytes_per_entry"] / (d * 4)
+        # Mixed workload: replay the stream, insert on miss.
+        if m.add_one is not None:
+            next_id = n + len(new_rows) + 1
+            t0 = time.perf_counter()
+            hits = 0
+            for r in stream:
+                x = stream_vec(args, r)
+                if len(m.search(x, LOOKUP_T)):
+                    hits += 1
+                else:
+                    store.put(next_id, x)
+                    m.add_one(next_id, x)
+                    next_id += 1
+            el = time.perf_counter() - t0
+            row["mixed_ops_s"] = len(stream) / el
+            row["mixed_hit_rate"] = hits / len(stream)
+        rows.append(row)
+    return rows
+
+
+_STREAM: dict[str, np.ndarray] = {}
+
+
+def stream_vec(args: argparse.Namespace, r: int) -> np.ndarray:
+    return _STREAM["vecs"][r]
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    by_n: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_n.setdefault(r["N"], []).append(r)
+    for label, rs in by_n.items():
+        ref = next((r for r in rs if r["method"] == "hnswlib"), None)
+        peers = [r for r in rs if not r["method"].startswith("semcache")]
+        best_mixed = max((r.get("mixed_ops_s", 0.0) for r in peers), default=0.0)
+        print(f"\n== N = {label} ==")
+        headers = ["method", "param", "build s", "batch ins/s", "ins us", "del us",
+                   "R@.85", "R@.9", "R@.95", "p50 ms", "p99 ms", "B/entry", "ovh %",
+                   "mixed op/s", "hit %"]
+        table = []
+        for r in rs:
+            table.append([
+                r["method"], str(r.get("param", "")), r["build_s"], r["batch_ins_per_s"],
+                r.get("insert_us", float("nan")), r.get("delete_us", float("nan")),
+                r["recall@0.85"], r["recall@0.9"], r["recall@0.95"], r["p50_ms"], r["p99_ms"],
+                r["bytes_per_entry"], r["overhead_pct"], r.get("mixed_ops_s", float("nan")),
+                100 * r.get("mixed_hit_rate", float("nan")),
+            ])
+        print_table(headers, table)
+        if ref is not None:
+            print(f"\nratios vs hnswlib (ef={ref['param']}) and the best peer in mixed workload "
+                  f"({best_mixed:.0f} op/s), N = {label}:")
+            rt = []
+            for r in rs:
+                if not r["method"].startswith("semcache"):
+                    continue
+                rt.append([
+                    r["method"], r["p50_ms"] / ref["p50_ms"],
+                    ref.get("insert_us", np.nan) / r.get("insert_us", np.nan),
+                    r.get("mixed_ops_s", np.nan) / best_mixed if best_mixed else np.nan,
+                    r["overhead_pct"],
+                ])
+            print_table(["method", "p50 / hnswlib (<=1 target)", "insert speedup (>=100)",
+                         "mixed / best peer (>=2)", "overhead % (<15)"], rt)
+
+
+def plots(rows: list[dict[str, Any]], curves: dict[str, list[tuple[float, float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    labels = list(dict.fromkeys(r["N"] for r in rows))
+    sizes = {lab: next(r["n"] for r in rows if r["N"] == lab) for lab in labels}
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for meth in dict.fromkeys(r["method"] for r in rows):
+        pts = [(sizes[r["N"]], r["p50_ms"]) for r in rows if r["method"] == meth]
+        ax.plot(*zip(*pts, strict=True), marker="o", label=meth)
+    ax.set(xscale="log", yscale="log", xlabel="N entries", ylabel="lookup p50 (ms)",
+           title="Lookup latency vs N (single thread, t=0.9)")
+    ax.legend(fontsize=8)
+    fig.savefig(RESULTS_DIR / "index_latency_vs_n.png", dpi=120, bbox_inches="tight")
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, pts in curves.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
+    ax.set(xscale="log", xlabel="lookup p50 (ms)", ylabel="recall of cos>=0.9 hits",
+           title="Recall vs latency")
+    ax.legend(fontsize=6)
+    fig.savefig(RESULTS_DIR / "index_recall_vs_latency.png", dpi=120, bbox_inches="tight")
+    print(f"\nplots saved to {RESULTS_DIR}")
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="10k and the full real corpus only")
+    ap.add_argument("--sizes", default=None, help="comma list of 10k,full,1M (default by mode)")
+    ap.add_argument("--queries", type=int, default=None)
+    ap.add_argument("--ops", type=int, default=None, help="single inserts/deletes timed")
+    ap.add_argument("--stream", type=int, default=None, help="mixed-workload stream length")
+    ap.add_argument("--projection", choices=["learned", "pca"], default="learned")
+    ap.add_argument("--k", type=int, default=32, help="projection width")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--embed-only", action="store_true")
+    args = ap.parse_args()
+    data = load_real_corpus()
+    if args.embed_only:
+        print({k: v.shape for k, v in data.items()})
+        return
+    sizes = (args.sizes or ("10k,full" if args.quick else "10k,full,1M")).split(",")
+    n_q = args.queries or (500 if args.quick else 2000)
+    args.ops = args.ops or (500 if args.quick else 2000)
+    n_stream = args.stream or (3000 if args.quick else 10_000)
+    args.grid = {}
+    args.thermal = {}
+
+    rng = np.random.default_rng(0)
+    qqp = data["qqp"]
+    perm = rng.permutation(len(qqp))
+    Q = np.ascontiguousarray(qqp[perm[:n_q]])
+    # The distinct prompts split in two: one half is cached content, the other
+    # half (in file order, with its repeats) is replayed with the held-out QQP
+    # questions as the mixed-workload stream, so the stream is unseen traffic.
+    n_p = len(data["prompts"])
+    p_perm = rng.permutation(n_p)
+    p_cache, p_stream = p_perm[: n_p // 2], np.sort(p_perm[n_p // 2 :])
+    real = np.ascontiguousarray(np.vstack([qqp[perm[n_q:]], data["prompts"][p_cache]]))
+    stream_vecs = np.vstack([data["prompts"], Q])
+    prompt_ids = data["prompt_stream"][np.isin(data["prompt_stream"], p_stream)]
+    sel = np.concatenate([prompt_ids, n_p + np.arange(len(Q))])
+    rng.shuffle(sel)
+    _STREAM["vecs"] = stream_vecs
+    stream = sel[:n_stream]
+
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for label in sizes:
+        if label == "10k":
+            X = real[rng.choice(len(real), 10_000, replace=False)]
+        elif label == "full":
+            X = real
+        elif label == "1M":
+            X = np.vstack([real, synthetic(real, 1_000_000 - len(real))])
+        else:
+            raise SystemExit(f"unknown size {label}")
+        X = np.ascontiguousarray(X)
+        t0 = time.perf_counter()
+        proj = (LearnedProjection(args.k) if args.projection == "learned"
+                else PCAProjection(args.k)).fit(X)
+        print(f"N={label} ({len(X)} rows): {args.projection} projection k={args.k} fitted in "
+              f"{time.perf_counter() - t0:.1f}s")
+        rs = run_size(label, X, Q, stream, proj, args, curves)
+        for r in rs:
+            r["n"] = len(X)
+        rows += rs
+        report(rs)
+    plots(rows, curves)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,752 @@
+"""Multiprobe grid index over projected embeddings, with an exact ball filter.
+
+How a lookup works
+------------------
+1. **Cells.** The first ``m`` projected coordinates are cut by per-dimension
+   quantile boundaries into ``G`` slices each, so every slice holds about the
+   same share of the data (min/max boundaries leave most cells nearly empty and
+   a few overfull). Only occupied cells exist: a hash table maps a cell's code
+   to a block of rows, and the rows of a cell are stored contiguously.
+2. **Probe.** Cells are visited best-first by the lower bound of the distance
+   from the query to the cell box (its *wall distance*, summed over
+   dimensions), from the home cell outwards. The walk stops at a probe radius,
+   or after ``n_probe`` occupied cells or ``max_scan`` scanned rows. Empty cells
+   are skipped and the walk goes on, which is the paper's nearest-occupied-cell
+   fallback without a precomputed O(G^m) BFS table. ``probe="orthant"`` gives
+   the paper's scheme (home cell plus the orthant cells by wall distance).
+3. **Filter.** Every row of a visited cell passes a ball test on a short vector
+   before it becomes a candidate, so the cache re-ranks tens of rows instead of
+   thousands.
+
+The exact filter
+----------------
+The cache's projection is linear: ``low = x @ W + b``. On the first large add
+the index recovers ``W`` and ``b`` by least squares from the ``(full, low)``
+rows it is given, checks on held-out rows that the map is exact, and keeps an
+orthonormal basis ``U`` of its row space. Each row is stored as
+``v = (z, s)`` with ``z = x @ U`` and ``s = sqrt(1 - |z|^2)`` the norm of the
+part of the unit embedding outside that space. For unit ``x`` and ``q``,
+``|x - q|^2 = |z_x - z_q|^2 + |r_x - r_q|^2 >= |v_x - v_q|^2``, and
+``cos(x, q) >= t`` means ``|x - q|^2 <= 2 - 2t``, so rows with
+``|v_x - v_q|^2 > 2 - 2t`` cannot be hits: the filter never loses one. (A
+projection that is not linear disables the filter; candidates are then the
+rows of the visited cells.)
+
+The probe radius
+----------------
+The same bound applied to the ``m`` hashed coordinates gives a probe radius
+that loses nothing either, but in 8 dimensions it reaches most cells. The
+radius actually used is calibrated from the data: the index mines near-duplicate
+pairs among the rows of its calibration set (exact cosine, found through the
+filter), measures ``rho = |low_x - low_q|_m / |x - q|`` for each, and probes to
+``quantile(rho, probe_quantile) * sqrt(2 - 2t)``; when there are too few pairs
+it falls back to the lossless radius.
+
+Streaming
+---------
+Inserts and deletes are amortised O(1) (see :mod:`semcache.index.kernels`).
+Until ``min_calibration`` rows have been seen everything sits in one cell with
+the filter off (a scan, which is what an index that small should do anyway),
+and the index keeps their embeddings to calibrate from. Boundaries are refitted
+when the index has grown ``recalibrate_growth`` times since the last fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from semcache._types import FloatArray, IdArray
+from semcache.errors import ConfigError, IndexStateError
+from semcache.index import kernels as K
+from semcache.index.base import check_batch
+
+__all__ = ["GridIndex", "LinearMap", "fit_linear_map", "mine_near_pairs"]
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """A projection ``low = x @ W + b`` recovered from data, in usable form.
+
+    Attributes
+    ----------
+    b : ndarray of float32, shape (k,)
+        Intercept.
+    T : ndarray of float32, shape (k, r)
+        ``z = (low - b) @ T`` are orthonormal coordinates of ``x`` in the map's
+        row space (rank ``r``).
+    Tinv : ndarray of float32, shape (r, k)
+        ``low = z @ Tinv + b``.
+    tol2 : float
+        Slack added to squared filter radii for float32 rounding, measured on
+        held-out rows.
+    """
+
+    b: FloatArray
+    T: FloatArray
+    Tinv: FloatArray
+    tol2: float
+
+    def to_z(self, low: FloatArray) -> FloatArray:
+        """Orthonormal coordinates, shape (n, r), of projected rows (n, k)."""
+        return np.ascontiguousarray((low - self.b) @ self.T, dtype=np.float32)
+
+    def lipschitz(self, m: int) -> float:
+        """Largest factor by which the first ``m`` coordinates of ``low`` stretch ``|Δx|``."""
+        if m == 0:
+            return 0.0
+        return float(np.linalg.norm(self.Tinv[:, :m].astype(np.float64), ord=2))
+
+
+def fit_linear_map(full: FloatArray, low: FloatArray, *, seed: int = 0) -> LinearMap | None:
+    """Recover a linear projection from rows and their projections.
+
+    Parameters
+    ----------
+    full : ndarray of float32, shape (n, d)
+        Unit embeddings; ``n`` must exceed ``d + 1`` by a margin for held-out checks.
+    low : ndarray of float32, shape (n, k)
+        Their projections.
+    seed : int
+        Seed of the fit / held-out split.
+
+    Returns
+    -------
+    LinearMap or None
+        None when the rows do not determine a map or the projection is not
+        linear (held-out error above 1e-3 of the coordinates' spread).
+    """
+    n, d = full.shape
+    if n < d + 64:
+        return None
+    rng = np.random.default_rng(seed)
+    # A linear map is pinned down by a few times d rows; more only costs time.
+    perm = rng.permutation(n)[: max(4 * d, 2048)]
+    n_fit = max(d + 32, int(0.75 * len(perm)))
+    fit, val = perm[:n_fit], perm[n_fit:]
+    F = np.hstack([full[fit].astype(np.float64), np.ones((len(fit), 1))])
+    # Directions the rows barely span are not determined by them; the cutoff
+    # gives the minimum-norm map there instead of noise with a huge norm
+    # (which would inflate the Lipschitz bound of the exact probe radius).
+    beta, *_ = np.linalg.lstsq(F, low[fit].astype(np.float64), rcond=1e-3)
+    W, b = beta[:d], beta[d]
+    pred = full[val].astype(np.float64) @ W + b
+    spread = float(np.std(low[fit].astype(np.float64))) + 1e-12
+    if float(np.max(np.abs(pred - low[val]))) > 1e-3 * spread:
+        return None
+    U, S, Vt = np.linalg.svd(W, full_matrices=False)
+    keep = 1e-6 * S[0] < S if S.size and S[0] > 0 else np.zeros(0, dtype=bool)
+    if not keep.any():
+        return None
+    S, Vt, U = S[keep], Vt[keep], U[:, keep]
+    T = (Vt.T / S).astype(np.float32)
+    Tinv = (S[:, None] * Vt).astype(np.float32)
+    bm = b.astype(np.float32)
+    # How far float32 arithmetic puts the stored vector from the exact one.
+    z_low = (low[val] - bm) @ T
+    z_full = full[val].astype(np.float64) @ U
+    err = float(np.max(np.linalg.norm(z_low - z_full, axis=1))) if len(val) else 0.0
+    err = 2.0 * err + 1e-5  # z and the residual norm each carry this error
+    return LinearMap(b=bm, T=np.ascontiguousarray(T), Tinv=np.ascontiguousarray(Tinv), tol2=err)
+
+
+def stored_vectors(low: FloatArray, lmap: LinearMap | None, width: int) -> FloatArray:
+    """The vectors rows are stored as (see the module docstring), shape (n, width)."""
+    out = np.zeros((low.shape[0], width), dtype=np.float32)
+    if lmap is None:
+        w = min(width, low.shape[1])
+        out[:, :w] = low[:, :w]
+        return out
+    z = lmap.to_z(low)
+    out[:, :-1] = z
+    out[:, -1] = np.sqrt(np.maximum(0.0, 1.0 - np.sum(z.astype(np.float64) ** 2, axis=1)))
+    return out
+
+
+def mine_near_pairs(
+    full: FloatArray,
+    threshold: float,
+    *,
+    n_queries: int = 1000,
+    max_refs: int = 30_000,
+    seed: int = 0,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Pairs of rows with cosine >= ``threshold``: each sampled query's matches.
+
+    Exact cosine of ``n_queries`` sampled rows against up to ``max_refs`` rows
+    (one BLAS product per block, ~10 GFlop at the defaults: about a second on
+    one core, paid once per calibration).
+
+    Parameters
+    ----------
+    full : ndarray of float32, shape (n, d)
+        Unit embeddings.
+    threshold : float
+    n_queries, max_refs : int
+        Sample sizes.
+    seed : int
+
+    Returns
+    -------
+    a, b : ndarray of int64, shape (p,)
+        Row pairs (query row, matching row), ``a != b``.
+    cos : ndarray of float32, shape (p,)
+    """
+    n = full.shape[0]
+    rng = np.random.default_rng(seed)
+    refs = np.arange(n) if n <= max_refs else np.sort(rng.choice(n, max_refs, replace=False))
+    qs = refs if len(refs) <= n_queries else rng.choice(refs, n_queries, replace=False)
+    A: list[npt.NDArray[np.int64]] = []
+    B: list[npt.NDArray[np.int64]] = []
+    C: list[npt.NDArray[np.float32]] = []
+    R = np.ascontiguousarray(full[refs])
+    for i in range(0, len(qs), 256):
+        qb = qs[i : i + 256]
+        sims = full[qb] @ R.T
+        qi, rj = np.nonzero(sims >= threshold)
+        a, b = qb[qi], refs[rj]
+        keep = a != b
+        A.append(a[keep])
+        B.append(b[keep])
+        C.append(sims[qi, rj][keep].astype(np.float32))
+    if not A:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(A), np.concatenate(B), np.concatenate(C)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(4, (max(2, n) - 1).bit_length())
+
+
+class GridIndex:
+    """Multiprobe grid over the first ``m`` projected coordinates (see the module docstring).
+
+    Parameters
+    ----------
+    m : int
+        Number of projected coordinates hashed into the grid (<= k). The
+        default ``m=6, grid=3, max_scan=0.1`` is the fastest setting measured
+        with recall >= 0.995 of threshold hits on the QQP corpus
+        (``benchmarks/index_bench.py``), with a learned projection of width 32.
+    grid : int
+        Cells per dimension ``G`` (``G**m`` must fit in int64).
+    probe : {"calibrated", "exact", "orthant"}
+        How far to probe: to the calibrated radius, to the lossless radius, or
+        the paper's orthant scheme (cells by wall distance, budget only).
+    probe_quantile : float
+        Quantile of the near-pair stretch ratio used for the calibrated probe radius.
+    probe_margin : float
+        Factor on the calibrated probe and filter radii.
+    n_probe : int
+        At most this many occupied cells per lookup.
+    max_scan : float
+        At most this share of the entries is scanned per lookup (the walk stops
+        after the cell that crosses it). This budget, not the radius, is what
+        bounds lookup cost: on MiniLM embeddings the calibrated ball reaches a
+        large share of the cells, while the cells nearest the query hold
+        nearly all the hits.
+    min_scan : int
+        The budget is never below this many rows: scanning a couple of
+        thousand short vectors costs tens of microseconds, and small indexes
+        have cells too coarse for a 10% budget to reach every hit.
+    filter : {"calibrated", "exact", "none"}
+        ``"calibrated"``: rows are stored as their projected coordinates and
+        kept within the calibrated radius (never beyond the lossless one);
+        ``"exact"``: rows are stored as ``(z, s)`` and kept within the lossless
+        radius of the module docstring; ``"none"``: every row of a visited cell.
+    filter_quantile : float
+        Quantile of the near-pair ratio used for the calibrated filter radius.
+    calibration_threshold : float
+        Cosine from which rows count as near-duplicates when calibrating.
+    min_pairs : int
+        Fewer near pairs than this: use the lossless radii.
+    min_calibration : int
+        Rows needed before the first calibration (must exceed the embedding
+        width for the map to be recovered).
+    recalibrate_growth : float
+        Refit the boundaries when the index has grown this much.
+    slack : float
+        Spare room per cell block at (re)build time, as a share of its rows.
+    random_state : int
+        Seed of every sample.
+
+    Attributes
+    ----------
+    n_pairs_ : int
+        Near pairs the last calibration found.
+    last_stats : ndarray of int64, shape (3,)
+        (occupied cells visited, rows scanned, cells popped) of the last lookup.
+    """
+
+    kind = "grid"
+
+    def __init__(
+        self,
+        m: int = 6,
+        grid: int = 3,
+        probe: str = "calibrated",
+        probe_quantile: float = 0.999,
+        probe_margin: float = 1.1,
+        n_probe: int = 1 << 20,
+        max_scan: float = 0.1,
+        min_scan: int = 2048,
+        filter: str = "calibrated",
+        filter_quantile: float = 0.999,
+        calibration_threshold: float = 0.8,
+        min_pairs: int = 50,
+        min_calibration: int = 1024,
+        recalibrate_growth: float = 4.0,
+        slack: float = 0.125,
+        random_state: int = 0,
+    ) -> None:
+        if not isinstance(m, int) or m < 1:
+            raise ConfigError(f"m must be a positive int, got {m!r}")
+        if not isinstance(grid, int) or grid < 2:
+            raise ConfigError(f"grid must be an int >= 2, got {grid!r}")
+        if m * math.log2(grid) > 62:
+            raise ConfigError(f"grid**m = {grid}**{m} does not fit in int64")
+        if probe not in ("calibrated", "exact", "orthant"):
+            raise ConfigError(f"probe must be 'calibrated', 'exact' or 'orthant', got {probe!r}")
+        if filter not in ("calibrated", "exact", "none"):
+            raise ConfigError(f"filter must be 'calibrated', 'exact' or 'none', got {filter!r}")
+        if not (0.0 < probe_quantile <= 1.0 and 0.0 < filter_quantile <= 1.0) or probe_margin <= 0:
+            raise ConfigError("quantiles must be in (0, 1] and probe_margin > 0")
+        if n_probe < 1 or not 0.0 < max_scan <= 1.0 or min_scan < 1:
+            raise ConfigError("n_probe and min_scan must be >= 1 and max_scan in (0, 1]")
+        if recalibrate_growth <= 1.0 or min_calibration < 2 or slack < 0:
+            raise ConfigError("recalibrate_growth must be > 1, min_calibration >= 2, slack >= 0")
+        self.m = m
+        self.grid = grid
+        self.probe = probe
+        self.probe_quantile = probe_quantile
+        self.probe_margin = probe_margin
+        self.n_probe = n_probe
+        self.max_scan = max_scan
+        self.min_scan = min_scan
+        self.filter = filter
+        self.filter_quantile = filter_quantile
+        self.calibration_threshold = calibration_threshold
+        self.min_pairs = min_pairs
+        self.min_calibration = min_calibration
+        self.recalibrate_growth = recalibrate_growth
+        self.slack = slack
+        self.random_state = random_state
+
+        self._k: int | None = None
+        self._d: int | None = None
+        self._map: LinearMap | None = None
+        self._rho: float | None = None  # calibrated stretch ratio of the probe
+        self._rho_filter: float | None = None  # and of the filter
+        self._rho_exact = math.inf
+        self._lip_k = math.inf
+        self.n_pairs_ = 0
+        self._calibrated_at = 0
+        # Rows kept (full, low) until a calibration succeeds.
+        self._res_full: list[FloatArray] = []
+        self._res_low: list[FloatArray] = []
+        self._res_n = 0
+        self._m_eff = 0
+        self._edges = np.zeros((0, grid - 1), dtype=np.float32)
+        self._b = np.zeros(1, dtype=np.float32)
+        self._T = np.zeros((1, 1), dtype=np.float32)
+        self._mapped = 0
+        self._width = 2
+        self._alloc_empty(2)
+        self._out = np.empty(256, dtype=np.int64)
+        #: (occupied cells visited, rows scanned, cells popped) of the last lookup.
+        self.last_stats = np.zeros(3, dtype=np.int64)
+        self._work_f = np.empty(1, dtype=np.float64)
+        self._work_i = np.empty(1, dtype=np.int64)
+        self._size_work()
+
+    # ------------------------------------------------------------------ state
+
+    def _alloc_empty(self, width: int, pool: int = 64, cells: int = 16) -> None:
+        self._meta = np.zeros(4, dtype=np.int64)
+        self._cells = np.zeros((cells, 4), dtype=np.int64)
+        self._ctab_k = np.full(_pow2(2 * cells), -1, dtype=np.int64)
+        self._ctab_v = np.full(_pow2(2 * cells), -1, dtype=np.int64)
+        self._pvec = np.zeros((pool, width), dtype=np.float32)
+        self._pids = np.zeros(pool, dtype=np.int64)
+        self._pcell = np.zeros(pool, dtype=np.int32)
+        self._itab_k = np.full(64, -1, dtype=np.int64)
+        self._itab_v = np.full(64, -1, dtype=np.int64)
+
+    def _size_work(self) -> None:
+        m = max(1, self._m_eff)
+        nodes = 64 * m + 8 * min(self.n_probe, 4096) * m
+        self._work_f = np.empty(nodes, dtype=np.float64)
+        self._work_i = np.empty(nodes * (m + 2), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._meta[0])
+
+    def __contains__(self, entry_id: object) -> bool:
+        if not isinstance(entry_id, int | np.integer) or int(entry_id) < 0:
+            return False
+        return bool(K.table_find(self._itab_k, int(entry_id)) >= 0)
+
+    @property
+    def calibrated(self) -> bool:
+        """True once cell boundaries (and the filter map, if linear) have been fitted."""
+        return self._m_eff > 0
+
+    def stats(self) -> dict[str, float]:
+        """Sizes for reports: entries, cells, pool rows, bytes of index arrays."""
+        n = len(self)
+        nbytes = sum(
+            a.nbytes
+            for a in (
+                self._cells, self._ctab_k, self._ctab_v, self._pvec, self._pids,
+                self._pcell, self._itab_k, self._itab_v, self._edges,
+            )
+        )
+        nbytes += sum(a.nbytes for a in self._res_full) + sum(a.nbytes for a in self._res_low)
+        return {
+            "entries": float(n),
+            "cells": float(self._meta[1]),
+            "pool_rows": float(self._meta[2]),
+            "pool_dead": float(self._meta[3]),
+            "bytes": float(nbytes),
+            "bytes_per_entry": float(nbytes) / max(1, n),
+            "rho": float(self._rho) if self._rho is not None else math.nan,
+            "rho_filter": float(self._rho_filter) if self._rho_filter is not None else math.nan,
+            "rho_exact": float(self._rho_exact),
+            "pairs": float(self.n_pairs_),
+        }
+
+    # --------------------------------------------------------------- growing
+
+    def _grow_for(self, n_new: int) -> None:
+        """Make room so an insert of ``n_new`` rows is unlikely to stop early."""
+        need = int(self._meta[0]) + n_new
+        if 2 * need > len(self._itab_k):
+            self._rehash_ids(_pow2(4 * need))
+
+    def _rehash_ids(self, cap: int) -> None:
+        keys = np.full(cap, -1, dtype=np.int64)
+        vals = np.full(cap, -1, dtype=np.int64)
+        K.table_rehash(self._itab_k, self._itab_v, keys, vals)
+        self._itab_k, self._itab_v = keys, vals
+
+    def _grow_cells(self) -> None:
+        n_cells = int(self._meta[1])
+        if n_cells >= len(self._cells):
+            grown = np.zeros((2 * len(self._cells), 4), dtype=np.int64)
+            grown[:n_cells] = self._cells[:n_cells]
+            self._cells = grown
+        if 2 * (n_cells + 1) > len(self._ctab_k):
+            cap = 2 * len(self._ctab_k)
+            keys = np.full(cap, -1, dtype=np.int64)
+            vals = np.full(cap, -1, dtype=np.int64)
+            K.table_rehash(self._ctab_k, self._ctab_v, keys, vals)
+            self._ctab_k, self._ctab_v = keys, vals
+
+    def _grow_pool(self) -> None:
+        top, dead = int(self._meta[2]), int(self._meta[3])
+        live_room = top - dead
+        # Reclaim dead blocks when they are most of the pool, else double it.
+        cap = max(64, 2 * live_room + 64, len(self._pids) if dead * 2 < top else 0)
+        if dead * 2 >= top and dead > 0:
+            cap = max(cap, 2 * live_room + 64)
+            self._compact(cap)
+            return
+        cap = 2 * len(self._pids)
+        pvec = np.zeros((cap, self._width), dtype=np.float32)
+        pvec[:top] = self._pvec[:top]
+        pids = np.zeros(cap, dtype=np.int64)
+        pids[:top] = self._pids[:top]
+        pcell = np.zeros(cap, dtype=np.int32)
+        pcell[:top] = self._pcell[:top]
+        self._pvec, self._pids, self._pcell = pvec, pids, pcell
+
+    def _compact(self, cap: int) -> None:
+        pvec = np.zeros((cap, self._width), dtype=np.float32)
+        pids = np.zeros(cap, dtype=np.int64)
+        pcell = np.zeros(cap, dtype=np.int32)
+        K.grid_compact(
+            self._cells, self._meta, self._pvec, self._pids, self._pcell, pvec, pids, pcell,
+            self.slack,
+        )
+        self._pvec, self._pids, self._pcell = pvec, pids, pcell
+        self._itab_k.fill(-1)
+        self._itab_v.fill(-1)
+        K.grid_index_ids(self._pids, self._cells, self._meta, self._itab_k, self._itab_v)
+
+    # ------------------------------------------------------------ calibration
+
+    def _live(self) -> tuple[IdArray, FloatArray]:
+        """Ids and stored vectors of all live rows."""
+        n_cells = int(self._meta[1])
+        blocks = [
+            (int(s), int(c)) for s, c in self._cells[:n_cells, :2].tolist() if c > 0
+        ]
+        if not blocks:
+            return np.zeros(0, np.int64), np.zeros((0, self._width), np.float32)
+        idx = np.concatenate([np.arange(s, s + c) for s, c in blocks])
+        return self._pids[idx], self._pvec[idx]
+
+    def _low_of(self, vecs: FloatArray) -> FloatArray:
+        """Projected coordinates of stored vectors (inverse of :func:`stored_vectors`)."""
+        if not self._mapped or self._map is None:
+            assert self._k is not None
+            return np.ascontiguousarray(vecs[:, : self._k])
+        return np.ascontiguousarray(vecs[:, :-1] @ self._map.Tinv + self._map.b, dtype=np.float32)
+
+    def _calibrate(self, full: FloatArray | None, low: FloatArray | None) -> None:
+        """Fit the map and probe radius (when embeddings are given) and rebuild.
+
+        Parameters
+        ----------
+        full, low : arrays of shape (n, d), (n, k) or None
+            Rows with embeddings to learn the map and near-pair ratios from;
+            None keeps the current map and ratios and only refits boundaries.
+        """
+        assert self._k is not None
+        ids, vecs = self._live()
+        low_all = self._low_of(vecs)
+        if full is not None and low is not None and self.filter != "none" and self._map is None:
+            self._map = fit_linear_map(full, low, seed=self.random_state)
+        if full is not None and low is not None and (self._rho is None):
+            self._fit_rho(full, low)
+        m = min(self.m, self._k)
+        rng = np.random.default_rng(self.random_state)
+        sample = low_all if len(low_all) <= 200_000 else low_all[
+            rng.choice(len(low_all), 200_000, replace=False)
+        ]
+        self._edges = self._fit_edges(sample, m)
+        self._m_eff = m
+        if self._map is not None:
+            self._rho_exact = self._map.lipschitz(m)
+            self._lip_k = self._map.lipschitz(self._k)
+        if self._map is not None and self.filter == "exact":
+            self._b, self._T, self._mapped = self._map.b, self._map.T, 1
+            self._width = self._map.T.shape[1] + 1
+        else:
+            self._b = np.zeros(self._k, dtype=np.float32)
+            self._T = np.zeros((self._k, 1), dtype=np.float32)
+            self._mapped = 0
+            self._width = self._k
+        self._calibrated_at = len(ids)
+        self._size_work()
+        self._bulk_build(ids, low_all)
+        self._after_build()
+
+    def _fit_edges(self, low_all: FloatArray, m: int) -> FloatArray:
+        """Inner cell boundaries, shape (m, G - 1): per-dimension quantiles.
+
+        Quantiles give every slice the same share of the rows, where min/max
+        boundaries would leave the outer cells nearly empty and the middle
+        ones overfull.
+        """
+        qs = np.arange(1, self.grid) / self.grid
+        if len(low_all) == 0:
+            return np.zeros((m, self.grid - 1), dtype=np.float32)
+        edges = np.quantile(low_all[:, :m].astype(np.float64), qs, axis=0).T
+        return np.ascontiguousarray(edges, dtype=np.float32)
+
+    def _after_build(self) -> None:
+        """Hook for subclasses that derive structures from the cell table."""
+
+    def _fit_rho(self, full: FloatArray, low: FloatArray) -> None:
+        """Calibrate the probe and filter stretch ratios from near-duplicate pairs.
+
+        For pairs ``(x, y)`` with cosine >= ``calibration_threshold`` the ratios
+        ``|low_x - low_y|_m / |x - y|`` (hashed coordinates) and
+        ``|v_x - v_y| / |x - y|`` (stored vectors) are nearly independent of the
+        cosine (measured on QQP: the 99.9% quantile drifts down slightly as the
+        cosine rises), so a quantile over pairs from the lowest threshold of
+        interest gives radii for every threshold above it.
+        """
+        assert self._k is not None
+        m = min(self.m, self._k)
+        a, b, cos = mine_near_pairs(full, self.calibration_threshold, seed=self.random_state)
+        # Identical embeddings say nothing about the stretch (0/0).
+        keep = cos < 1.0 - 1e-6
+        a, b, cos = a[keep], b[keep], cos[keep]
+        self.n_pairs_ = len(a)
+        if len(a) < self.min_pairs:
+            return
+        dfull = np.sqrt(np.maximum(2.0 - 2.0 * cos.astype(np.float64), 1e-12))
+        dlow = np.linalg.norm((low[a, :m] - low[b, :m]).astype(np.float64), axis=1)
+        if self.filter == "exact" and self._map is not None:
+            vecs = stored_vectors(low, self._map, self._map.T.shape[1] + 1)
+        else:
+            vecs = low
+        dvec = np.linalg.norm((vecs[a] - vecs[b]).astype(np.float64), axis=1)
+        self._rho = float(np.quantile(dlow / dfull, self.probe_quantile))
+        self._rho_filter = float(np.quantile(dvec / dfull, self.filter_quantile))
+
+    def _bulk_build(self, ids: IdArray, low: FloatArray) -> None:
+        n = len(ids)
+        vecs = stored_vectors(low, self._map if self._mapped else None, self._width)
+        codes = K.grid_codes(np.ascontiguousarray(low), self._edges, self.grid)
+        order = np.argsort(codes, kind="stable").astype(np.int64)
+        codes_sorted = np.ascontiguousarray(codes[order])
+        n_cells = int(np.count_nonzero(np.diff(codes_sorted))) + 1 if n else 0
+        pool = int(n * (1 + self.slack)) + 2 * n_cells + 64
+        self._alloc_empty(self._width, pool=pool, cells=max(16, 2 * n_cells))
+        self._ctab_k = np.full(_pow2(4 * max(n_cells, 8)), -1, dtype=np.int64)
+        self._ctab_v = np.full(len(self._ctab_k), -1, dtype=np.int64)
+        self._itab_k = np.full(_pow2(4 * max(n, 16)), -1, dtype=np.int64)
+        self._itab_v = np.full(len(self._itab_k), -1, dtype=np.int64)
+        if n:
+            K.grid_build(
+                order, codes_sorted, vecs, np.ascontiguousarray(ids, dtype=np.int64),
+                self._cells, self._meta, self._pvec, self._pids, self._pcell,
+                self._ctab_k, self._ctab_v, self.slack,
+            )
+            K.grid_index_ids(self._pids, self._cells, self._meta, self._itab_k, self._itab_v)
+
+    # ------------------------------------------------------------- protocol
+
+    def add(self, ids: IdArray, low: FloatArray, full: FloatArray) -> None:
+        """Insert entries (see :class:`~semcache.index.base.Index`).
+
+        Raises
+        ------
+        IndexStateError
+            Shapes disagree with each other or with earlier rows, or an id
+            repeats or is already present.
+        """
+        ids_a, low_a, full_a = check_batch(ids, low, full)
+        n = len(ids_a)
+        if n == 0:
+            return
+        if self._k is None:
+            self._k, self._d = low_a.shape[1], full_a.shape[1]
+            self._width = self._k
+            self._alloc_empty(self._width)
+        if low_a.shape[1] != self._k or full_a.shape[1] != self._d:
+            raise IndexStateError(
+                f"expected rows of widths ({self._k}, {self._d}), "
+                f"got ({low_a.shape[1]}, {full_a.shape[1]})"
+            )
+        if (ids_a < 0).any():
+            raise IndexStateError("ids must be non-negative")
+        clash = [int(i) for i in ids_a if K.table_find(self._itab_k, int(i)) >= 0]
+        if clash:
+            raise IndexStateError(f"ids already in the index: {clash[:5]}")
+        total = len(self) + n
+        if not self.calibrated:
+            self._insert(ids_a, low_a)
+            self._res_full.append(full_a.copy())
+            self._res_low.append(low_a.copy())
+            self._res_n += n
+            if total >= self.min_calibration:
+                res_full = np.concatenate(self._res_full)
+                res_low = np.concatenate(self._res_low)
+                self._res_full, self._res_low, self._res_n = [], [], 0
+                self._calibrate(res_full, res_low)
+            return
+        if total >= self.recalibrate_growth * max(1, self._calibrated_at):
+            self._insert(ids_a, low_a)
+            # A large batch can also teach the ratio when the first one could not.
+            use = n >= self.min_calibration and self._rho is None
+            self._calibrate(full_a if use else None, low_a if use else None)
+            return
+        self._insert(ids_a, low_a)
+
+    def _insert(self, ids: IdArray, low: FloatArray) -> None:
+        self._grow_for(len(ids))
+        done = 0
+        n = len(ids)
+        while done < n:
+            step = K.grid_insert(
+                low[done:], ids[done:], self._edges, self.grid, self._b, self._T, self._mapped,
+                self._cells, self._meta, self._pvec, self._pids, self._pcell,
+                self._ctab_k, self._ctab_v, self._itab_k, self._itab_v,
+            )
+            done += int(step)
+            if done < n:
+                self._make_room()
+
+    def _make_room(self) -> None:
+        if 2 * (int(self._meta[0]) + 1) > len(self._itab_k):
+            self._rehash_ids(2 * len(self._itab_k))
+        n_cells = int(self._meta[1])
+        if n_cells >= len(self._cells) or 2 * (n_cells + 1) > len(self._ctab_k):
+            self._grow_cells()
+        # The pool may be short for a new block or a relocated one.
+        self._grow_pool()
+
+    def remove(self, ids: IdArray) -> None:
+        """Remove entries; absent ids are ignored."""
+        ids_a = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        ids_a = ids_a[ids_a >= 0]
+        if len(ids_a) == 0 or len(self) == 0:
+            return
+        K.grid_remove(
+            ids_a, self._cells, self._meta, self._pvec, self._pids, self._pcell,
+            self._itab_k, self._itab_v,
+        )
+
+    def radii(self, threshold: float) -> tuple[float, float]:
+        """Squared (probe, filter) radii for a cosine threshold.
+
+        ``sqrt(2 - 2t)`` is the largest distance between unit embeddings with
+        cosine >= t; the exact radii stretch it by the map's Lipschitz factor
+        (probe) or not at all (filter, see the module docstring), the
+        calibrated ones by the measured near-pair quantiles times the margin,
+        never beyond the exact ones.
+        """
+        base = math.sqrt(max(0.0, 2.0 - 2.0 * float(threshold)))
+        tol = math.sqrt(self._map.tol2) if self._map is not None else 0.0
+        # Stored (z, s) vectors are never farther apart than the embeddings;
+        # stored projected coordinates at most the map's Lipschitz factor more.
+        lip = 1.0 if self._mapped else self._lip_k
+        exact_filter = lip * (base + tol) if math.isfinite(lip) else math.inf
+        if self.filter == "none":
+            filt = math.inf
+        elif self.filter == "calibrated" and self._rho_filter is not None:
+            filt = min(exact_filter, self._rho_filter * self.probe_margin * base + lip * tol)
+        else:
+            filt = exact_filter
+        rx = self._rho_exact
+        exact_probe = rx * (base + tol) if math.isfinite(rx) else math.inf
+        if self.probe == "orthant":
+            probe = math.inf
+        elif self.probe == "calibrated" and self._rho is not None:
+            probe = min(exact_probe, self._rho * self.probe_margin * base + rx * tol)
+        else:
+            probe = exact_probe
+        return probe * probe, filt * filt
+
+    def candidates(self, q_low: FloatArray, q_full: FloatArray, threshold: float) -> IdArray:
+        """Ids that may have ``cos >= threshold`` with the query (see the module docstring).
+
+        Parameters
+        ----------
+        q_low : ndarray of float32, shape (k,)
+        q_full : ndarray of float32, shape (d,)
+            Unused: the filter works on the projected coordinates.
+        threshold : float
+
+        Returns
+        -------
+        ndarray of int64, shape (c,)
+        """
+        n = len(self)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        q = np.ascontiguousarray(q_low, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self._k:
+            raise IndexStateError(f"expected a {self._k}-d query, got {q.shape[0]}-d")
+        probe_r2, filt_r2 = self.radii(threshold)
+        max_points = max(self.min_scan, int(self.max_scan * n)) if self.max_scan < 1.0 else n + 1
+        orthant = 1 if self.probe == "orthant" else 0
+        while True:
+            got = K.grid_query(
+                q, self._b, self._T, self._mapped, self._edges, self.grid, probe_r2,
+                filt_r2, self.n_probe, max_points, orthant, self._cells, self._meta,
+                self._pvec, self._pids, self._ctab_k, self._ctab_v, self._out,
+                self._work_f, self._work_i, self.last_stats,
+            )
+            if got >= 0:
+                return self._out[:got].copy()
+            self._out = np.empty(2 * (-got) + 64, dtype=np.int64)

@@ -1,0 +1,1088 @@
+"""Numba kernels of the grid and thermal indexes.
+
+Everything here is a pure function of contiguous NumPy arrays with an explicit
+signature, compiled ahead of first use and cached on disk (``cache=True``), the
+way pynndescent organises its kernels: the Python classes in
+:mod:`semcache.index.grid` and :mod:`semcache.index.thermal` own the arrays,
+grow them when a kernel reports that it ran out of room, and call in here for
+every loop over entries, cells or coordinates.
+
+Two open-addressing hash tables (linear probing, ``-1`` marks an empty slot,
+backward-shift deletion so there are no tombstones) map
+
+* entry id -> position in the entry pool, and
+* grid cell code -> cell number,
+
+so neither structure costs Python objects per entry: a Python ``dict`` of ints
+costs ~100 bytes per entry, more than the whole memory budget of the index.
+
+Kernels that may run out of room return a negative status *before* mutating
+anything, so the caller can grow the arrays and call again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba as nb
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "NEED_CELLS",
+    "NEED_CTAB",
+    "NEED_ITAB",
+    "NEED_POOL",
+    "cell_code",
+    "codes_of_ids",
+    "filter_vec",
+    "grid_build",
+    "grid_codes",
+    "grid_compact",
+    "grid_index_ids",
+    "grid_insert",
+    "grid_query",
+    "grid_remove",
+    "table_find",
+    "table_rehash",
+    "thermal_add_patch",
+    "thermal_climb",
+    "thermal_gather",
+    "thermal_occupy",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+#: Scalar ints as kernels see them: Python ints or NumPy int64.
+Int = int | np.integer[Any]
+
+
+def _kernel(signature: str) -> Callable[[_F], _F]:
+    """``numba.njit`` with an explicit signature, typed for mypy.
+
+    ``cache=True`` keeps the machine code on disk so a new process does not pay
+    the compile time again; ``nogil=True`` lets a multi-threaded server run
+    lookups of different partitions in parallel.
+    """
+    return cast(Callable[[_F], _F], nb.njit(signature, cache=True, nogil=True))
+
+
+# Status codes returned by kernels that need the caller to grow an array.
+NEED_POOL = -1
+NEED_CELLS = -2
+NEED_CTAB = -3
+NEED_ITAB = -4
+
+_EMPTY = -1
+
+
+# ---------------------------------------------------------------------------
+# Hash tables (int64 key -> int64 value), capacity a power of two.
+# ---------------------------------------------------------------------------
+
+
+@_kernel("uint64(int64)")
+def _mix(key: Int) -> np.uint64:
+    # splitmix64 finaliser: ids and cell codes are often sequential, and linear
+    # probing degrades badly on clustered hashes.
+    x = np.uint64(key)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+@_kernel("int64(int64[::1], int64)")
+def table_find(keys: I64, key: Int) -> int:
+    """Slot holding ``key`` in a table, or -1.
+
+    Parameters
+    ----------
+    keys : ndarray of int64, shape (cap,)
+        Table keys, ``-1`` where empty; ``cap`` is a power of two.
+    key : int
+        Non-negative key.
+    """
+    mask = np.uint64(keys.shape[0] - 1)
+    s = np.int64(_mix(key) & mask)
+    while True:
+        k = keys[s]
+        if k == key:
+            return int(s)
+        if k == _EMPTY:
+            return -1
+        s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+
+
+@_kernel("int64(int64[::1], int64[::1], int64, int64)")
+def _table_put(keys: I64, vals: I64, key: Int, val: Int) -> int:
+    # The caller guarantees a free slot exists (load factor kept <= 1/2).
+    mask = np.uint64(keys.shape[0] - 1)
+    s = np.int64(_mix(key) & mask)
+    while True:
+        k = keys[s]
+        if k == key or k == _EMPTY:  # noqa: SIM109 - numba compiles plain comparisons best
+            keys[s] = key
+            vals[s] = val
+            return int(s)
+        s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+
+
+@_kernel("void(int64[::1], int64[::1], int64)")
+def _table_delete_slot(keys: I64, vals: I64, slot: int) -> None:
+    # Backward-shift deletion: pull later members of the probe run into the
+    # hole so lookups never need tombstones.
+    mask = np.uint64(keys.shape[0] - 1)
+    hole = np.uint64(slot)
+    s = hole
+    while True:
+        s = (s + np.uint64(1)) & mask
+        k = keys[np.int64(s)]
+        if k == _EMPTY:
+            break
+        home = _mix(k) & mask
+        # Move k into the hole unless its home lies cyclically in (hole, s].
+        stays = (hole < home <= s) if hole <= s else (home > hole or home <= s)
+        if not stays:
+            keys[np.int64(hole)] = k
+            vals[np.int64(hole)] = vals[np.int64(s)]
+            hole = s
+    keys[np.int64(hole)] = _EMPTY
+    vals[np.int64(hole)] = _EMPTY
+
+
+@_kernel("void(int64[::1], int64[::1], int64[::1], int64[::1])")
+def table_rehash(old_keys: I64, old_vals: I64, new_keys: I64, new_vals: I64) -> None:
+    """Move every key of a table into a new (empty, larger) table.
+
+    Parameters
+    ----------
+    old_keys, old_vals : ndarray of int64, shape (cap,)
+    new_keys, new_vals : ndarray of int64, shape (new_cap,)
+        Filled with -1 by the caller; ``new_cap`` a power of two.
+    """
+    for s in range(old_keys.shape[0]):
+        k = old_keys[s]
+        if k != _EMPTY:
+            _table_put(new_keys, new_vals, k, old_vals[s])
+
+
+# ---------------------------------------------------------------------------
+# Multiprobe grid.
+#
+# Entries live in a pool of rows, one contiguous block per cell, so scanning a
+# cell reads consecutive memory. ``cells[c] = (start, count, capacity, code)``.
+# A full cell moves to a block twice as large at the end of the pool (the old
+# block becomes dead space, reclaimed by ``grid_compact``), which keeps
+# inserts amortised O(1). ``meta = [n_items, n_cells, pool_top, pool_dead]``.
+# ---------------------------------------------------------------------------
+
+_START = 0
+_COUNT = 1
+_CAP = 2
+_CODE = 3
+
+
+
+@_kernel("void(float32[::1], float32[::1], float32[:, ::1], int64, float32[::1])")
+def filter_vec(low: F32, b: F32, T: F32, mapped: int, out: F32) -> None:
+    """The vector a row is stored and filtered as.
+
+    With a recovered linear map (``mapped == 1``) the row's projected
+    coordinates become orthonormal coordinates ``z = (low - b) @ T`` of the
+    unit embedding in the projection's row space, plus its residual norm
+    ``sqrt(1 - |z|^2)``; Euclidean distance between two such vectors is a lower
+    bound of the distance between the embeddings (see :mod:`semcache.index.grid`).
+    Otherwise (``mapped == 0``) the vector is ``low`` itself (zero-padded to
+    the output width).
+
+    Parameters
+    ----------
+    low : ndarray of float32, shape (k,)
+    b : ndarray of float32, shape (k,)
+    T : ndarray of float32, shape (k, r)
+    mapped : int
+    out : ndarray of float32, shape (r + 1,) or (k,)
+    """
+    k = low.shape[0]
+    r = out.shape[0] - 1
+    if mapped == 0:
+        for j in range(r + 1):
+            out[j] = low[j] if j < k else np.float32(0.0)
+        return
+    sq = 0.0
+    for j in range(r):
+        acc = 0.0
+        for i in range(k):
+            acc += (low[i] - b[i]) * T[i, j]
+        out[j] = acc
+        sq += acc * acc
+    out[r] = np.sqrt(max(0.0, 1.0 - sq))
+
+
+@_kernel("int64(float32[::1], float32[:, ::1], int64)")
+def cell_code(low: F32, edges: F32, grid: int) -> int:
+    """Cell code of one row (see :func:`grid_codes`)."""
+    code = np.int64(0)
+    mult = np.int64(1)
+    for j in range(edges.shape[0]):
+        x = low[j]
+        c = 0
+        while c < grid - 1 and x >= edges[j, c]:
+            c += 1
+        code += c * mult
+        mult *= grid
+    return int(code)
+
+
+@_kernel("int64[::1](float32[:, ::1], float32[:, ::1], int64)")
+def grid_codes(low: F32, edges: F32, grid: int) -> I64:
+    """Cell code of each row.
+
+    Parameters
+    ----------
+    low : ndarray of float32, shape (n, k)
+        Projected coordinates; the first ``m`` columns are hashed.
+    edges : ndarray of float32, shape (m, grid - 1)
+        Inner cell boundaries per dimension, ascending.
+    grid : int
+        Cells per dimension ``G``.
+
+    Returns
+    -------
+    ndarray of int64, shape (n,)
+        ``sum_j c_j G^j`` with ``c_j`` the cell coordinate along dimension j.
+    """
+    n = low.shape[0]
+    m = edges.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        code = np.int64(0)
+        mult = np.int64(1)
+        for j in range(m):
+            x = low[i, j]
+            # Linear scan beats bisection for the small G a grid uses.
+            c = 0
+            while c < grid - 1 and x >= edges[j, c]:
+                c += 1
+            code += c * mult
+            mult *= grid
+        out[i] = code
+    return out
+
+
+@_kernel(
+    "int64(int64[::1], int64[::1], float32[:, ::1], int64[::1], int64[:, ::1], int64[::1],"
+    " float32[:, ::1], int64[::1], int32[::1], int64[::1], int64[::1], float64)"
+)
+def grid_build(
+    order: I64,
+    codes_sorted: I64,
+    vecs: F32,
+    ids: I64,
+    cells: I64,
+    meta: I64,
+    pvec: F32,
+    pids: I64,
+    pcell: I32,
+    ctab_k: I64,
+    ctab_v: I64,
+    slack: float,
+) -> int:
+    """Bulk-load sorted rows into empty grid arrays (one block per cell).
+
+    Parameters
+    ----------
+    order : ndarray of int64, shape (n,)
+        Row order that sorts the rows by cell code.
+    codes_sorted : ndarray of int64, shape (n,)
+        Cell codes in that order.
+    vecs : ndarray of float32, shape (n, w)
+        Stored vectors (unsorted).
+    ids : ndarray of int64, shape (n,)
+        Entry ids (unsorted).
+    cells : ndarray of int64, shape (cell_cap, 4)
+        Cell table to fill; ``cell_cap`` >= number of distinct codes.
+    meta : ndarray of int64, shape (4,)
+    pvec, pids, pcell : pool arrays, first dimension >= total block size.
+    ctab_k, ctab_v : empty cell hash table (>= 2x the number of cells).
+    slack : float
+        Each block gets ``count * slack + 2`` rows of room for later inserts.
+
+    Returns
+    -------
+    int
+        Pool rows used. Ids are indexed afterwards by :func:`grid_index_ids`.
+    """
+    n = order.shape[0]
+    n_cells = 0
+    top = 0
+    i = 0
+    while i < n:
+        j = i
+        code = codes_sorted[i]
+        while j < n and codes_sorted[j] == code:
+            j += 1
+        count = j - i
+        cap = int(count + np.int64(count * slack) + 2)
+        c = n_cells
+        cells[c, _START] = top
+        cells[c, _COUNT] = count
+        cells[c, _CAP] = cap
+        cells[c, _CODE] = code
+        _table_put(ctab_k, ctab_v, code, c)
+        for r in range(count):
+            src = order[i + r]
+            pvec[top + r] = vecs[src]
+            pids[top + r] = ids[src]
+            pcell[top + r] = c
+        n_cells += 1
+        top += cap
+        i = j
+    meta[0] = n
+    meta[1] = n_cells
+    meta[2] = top
+    meta[3] = 0
+    return int(top)
+
+
+@_kernel("void(int64[::1], int64[:, ::1], int64[::1], int64[::1], int64[::1])")
+def grid_index_ids(pids: I64, cells: I64, meta: I64, itab_k: I64, itab_v: I64) -> None:
+    """Fill the (empty) id table from the live rows of every cell.
+
+    Parameters
+    ----------
+    pids : ndarray of int64, shape (pool_cap,)
+    cells : ndarray of int64, shape (cell_cap, 4)
+    meta : ndarray of int64, shape (4,)
+    itab_k, itab_v : empty id table.
+    """
+    for c in range(meta[1]):
+        start = cells[c, _START]
+        for p in range(start, start + cells[c, _COUNT]):
+            _table_put(itab_k, itab_v, pids[p], p)
+
+
+@_kernel(
+    "int64(float32[:, ::1], int64[::1], float32[:, ::1], int64, float32[::1], float32[:, ::1],"
+    " int64, int64[:, ::1], int64[::1], float32[:, ::1], int64[::1], int32[::1], int64[::1],"
+    " int64[::1], int64[::1], int64[::1])"
+)
+def grid_insert(
+    low: F32,
+    ids: I64,
+    edges: F32,
+    grid: int,
+    b: F32,
+    T: F32,
+    mapped: int,
+    cells: I64,
+    meta: I64,
+    pvec: F32,
+    pids: I64,
+    pcell: I32,
+    ctab_k: I64,
+    ctab_v: I64,
+    itab_k: I64,
+    itab_v: I64,
+) -> int:
+    """Insert rows one by one (amortised O(1) each).
+
+    Parameters
+    ----------
+    low : ndarray of float32, shape (n, k)
+        Projected coordinates of the new rows.
+    ids : ndarray of int64, shape (n,)
+        New ids (the caller checked they are absent).
+    edges, grid
+        Cell boundaries and cells per dimension (see :func:`grid_codes`).
+    b, T, mapped
+        Map to the stored vectors (see :func:`filter_vec`).
+    cells, meta, pvec, pids, pcell, ctab_k, ctab_v, itab_k, itab_v
+        Grid state (see the module comment).
+
+    Returns
+    -------
+    int
+        Number of rows inserted. Fewer than ``n`` means the kernel stopped
+        because an array is full, before touching the row it stopped at; the
+        caller grows the arrays and resumes from there.
+    """
+    n = low.shape[0]
+    vec = np.empty(pvec.shape[1], dtype=np.float32)
+    for i in range(n):
+        # Keep both tables at most half full so probe runs stay short.
+        if 2 * (meta[0] + 1) > itab_k.shape[0]:
+            return int(i)
+        code = cell_code(low[i], edges, grid)
+        slot = table_find(ctab_k, code)
+        if slot < 0:
+            if meta[1] >= cells.shape[0] or 2 * (meta[1] + 1) > ctab_k.shape[0]:
+                return int(i)
+            if meta[2] + 4 > pvec.shape[0]:
+                return int(i)
+            c = meta[1]
+            cells[c, _START] = meta[2]
+            cells[c, _COUNT] = 0
+            cells[c, _CAP] = 4
+            cells[c, _CODE] = code
+            meta[2] += 4
+            meta[1] += 1
+            _table_put(ctab_k, ctab_v, code, c)
+        else:
+            c = ctab_v[slot]
+        count = cells[c, _COUNT]
+        if count == cells[c, _CAP]:
+            # Move the block to the end of the pool with twice the room.
+            new_cap = max(4, 2 * count)
+            if meta[2] + new_cap > pvec.shape[0]:
+                return int(i)
+            old = cells[c, _START]
+            new = meta[2]
+            for r in range(count):
+                pvec[new + r] = pvec[old + r]
+                pids[new + r] = pids[old + r]
+                pcell[new + r] = c
+                _table_put(itab_k, itab_v, pids[new + r], new + r)
+            meta[3] += cells[c, _CAP]
+            meta[2] += new_cap
+            cells[c, _START] = new
+            cells[c, _CAP] = new_cap
+        pos = cells[c, _START] + count
+        filter_vec(low[i], b, T, mapped, vec)
+        pvec[pos] = vec
+        pids[pos] = ids[i]
+        pcell[pos] = c
+        _table_put(itab_k, itab_v, ids[i], pos)
+        cells[c, _COUNT] = count + 1
+        meta[0] += 1
+    return int(n)
+
+
+@_kernel(
+    "int64(int64[::1], int64[:, ::1], int64[::1], float32[:, ::1], int64[::1], int32[::1],"
+    " int64[::1], int64[::1])"
+)
+def grid_remove(
+    ids: I64,
+    cells: I64,
+    meta: I64,
+    pvec: F32,
+    pids: I64,
+    pcell: I32,
+    itab_k: I64,
+    itab_v: I64,
+) -> int:
+    """Remove entries by id (O(1) each); absent ids are ignored.
+
+    The last row of the cell moves into the hole, so blocks never have gaps.
+
+    Returns
+    -------
+    int
+        Number of entries removed.
+    """
+    removed = 0
+    for i in range(ids.shape[0]):
+        slot = table_find(itab_k, ids[i])
+        if slot < 0:
+            continue
+        pos = itab_v[slot]
+        _table_delete_slot(itab_k, itab_v, slot)
+        c = np.int64(pcell[pos])
+        last = cells[c, _START] + cells[c, _COUNT] - 1
+        if pos != last:
+            pvec[pos] = pvec[last]
+            pids[pos] = pids[last]
+            _table_put(itab_k, itab_v, pids[pos], pos)
+        cells[c, _COUNT] -= 1
+        meta[0] -= 1
+        removed += 1
+    return removed
+
+
+@_kernel(
+    "int64(int64[:, ::1], int64[::1], float32[:, ::1], int64[::1], int32[::1],"
+    " float32[:, ::1], int64[::1], int32[::1], float64)"
+)
+def grid_compact(
+    cells: I64,
+    meta: I64,
+    pvec: F32,
+    pids: I64,
+    pcell: I32,
+    new_pvec: F32,
+    new_pids: I64,
+    new_pcell: I32,
+    slack: float,
+) -> int:
+    """Copy the live rows into a fresh pool, dropping dead blocks.
+
+    The caller re-indexes ids afterwards (:func:`grid_index_ids`).
+
+    Returns
+    -------
+    int
+        New pool top.
+    """
+    top = 0
+    for c in range(meta[1]):
+        count = cells[c, _COUNT]
+        start = cells[c, _START]
+        cap = count + np.int64(count * slack) + 2
+        for r in range(count):
+            new_pvec[top + r] = pvec[start + r]
+            new_pids[top + r] = pids[start + r]
+            new_pcell[top + r] = c
+        cells[c, _START] = top
+        cells[c, _CAP] = cap
+        top += cap
+    meta[2] = top
+    meta[3] = 0
+    return int(top)
+
+
+@_kernel(
+    "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32[:, ::1],"
+    " int64, float64, float32, int64, int64, int64, int64[:, ::1], int64[::1], float32[:, ::1],"
+    " int64[::1], int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1])"
+)
+def grid_query(
+    q_low: F32,
+    b: F32,
+    T: F32,
+    mapped: int,
+    edges: F32,
+    grid: int,
+    probe_r2: float,
+    filter_r2: float,
+    max_cells: int,
+    max_points: int,
+    orthant: int,
+    cells: I64,
+    meta: I64,
+    pvec: F32,
+    pids: I64,
+    ctab_k: I64,
+    ctab_v: I64,
+    out: I64,
+    work_f: F64,
+    work_i: I64,
+    stats: I64,
+) -> int:
+    """Candidates of one query: best-first multiprobe, then the ball filter.
+
+    Cells are visited in increasing lower bound of the distance from
+    the query to the cell box in the ``m`` hashed dimensions: the home cell
+    first, then neighbours by wall distance (the paper's orthant order is the
+    special case of one step per dimension). Every visit stops at
+    ``probe_r2``, after ``max_cells`` occupied cells, or once ``max_points``
+    rows were scanned; empty cells cost a hash lookup and are not counted, so a
+    query in an empty region walks on to the nearest occupied cells (the
+    fallback of the paper, without its O(G^m) BFS table). Rows of the visited
+    cells are kept when their stored vector lies within ``sqrt(filter_r2)``
+    of the query's own vector.
+
+    Parameters
+    ----------
+    q_low : ndarray of float32, shape (k,)
+        Query's projected coordinates (the first m are hashed).
+    b, T, mapped
+        Map to the stored vectors (see :func:`filter_vec`).
+    edges : ndarray of float32, shape (m, G - 1)
+    grid : int
+        ``G``.
+    probe_r2 : float
+        Visit no cell whose lower bound exceeds this (squared, projected units).
+    filter_r2 : float
+        Squared radius of the filter ball (``inf`` keeps every row).
+    max_cells, max_points : int
+        Probe budget.
+    orthant : int
+        1 restricts the probe to the paper's scheme: one step per dimension,
+        towards the side of the home cell's midpoint the query lies on.
+    cells, meta, pvec, pids, ctab_k, ctab_v
+        Grid state.
+    out : ndarray of int64, shape (cap,)
+        Receives candidate ids.
+    work_f : ndarray of float64, shape (nodes,)
+    work_i : ndarray of int64, shape (nodes * (m + 2),)
+        Scratch space for the probe heap; the walk stops when it is full.
+    stats : ndarray of int64, shape (3,)
+        Receives (occupied cells visited, rows scanned, cells popped).
+
+    Returns
+    -------
+    int
+        Number of ids written, or ``-(needed)`` if ``out`` is too short.
+    """
+    m = edges.shape[0]
+    w = pvec.shape[1]
+    q_vec = np.empty(w, dtype=np.float32)
+    filter_vec(q_low, b, T, mapped, q_vec)
+    # Per dimension, the squared scaled gap from the query to the walls of the
+    # cells below (steps -1, -2, ...) and above (+1, +2, ...) its home cell.
+    # Options along dim j are encoded as signed steps; option cost is
+    # monotone in |step| on each side, so the best-first frontier only ever
+    # needs to extend a dimension by one step outward.
+    home = np.empty(m, dtype=np.int64)
+    side = np.empty(m, dtype=np.int64)
+    for j in range(m):
+        x = q_low[j]
+        c = 0
+        while c < grid - 1 and x >= edges[j, c]:
+            c += 1
+        home[j] = c
+        # Side of the home cell's midpoint (outer cells: towards the inside).
+        if c == 0:
+            side[j] = 1
+        elif c == grid - 1:
+            side[j] = -1
+        else:
+            side[j] = 1 if 2.0 * x >= edges[j, c - 1] + edges[j, c] else -1
+
+    # Best-first enumeration of cells as vectors of per-dimension steps.
+    # Each heap node is a step vector; successors move one dimension j >= the
+    # node's last-moved dimension one step further out (on the side already
+    # chosen, or start either side if the step is 0). This canonical order
+    # reaches every step vector exactly once.
+    cap_nodes = min(work_f.shape[0], work_i.shape[0] // (m + 2))
+    # Node storage in work_i: [steps (m) | last_dim | heap payload unused]
+    node_cost = work_f
+    heap = np.empty(cap_nodes, dtype=np.int64)
+    n_nodes = 0
+    hsize = 0
+
+    # Root: all zeros.
+    for j in range(m):
+        work_i[j] = 0
+    work_i[m] = 0
+    node_cost[0] = 0.0
+    n_nodes = 1
+    heap[0] = 0
+    hsize = 1
+
+    n_out = 0
+    overflow = 0
+    visited = 0
+    scanned = 0
+    n_cells = meta[1]
+    pops = 0
+    while hsize > 0:
+        # Pop the cheapest node.
+        top = heap[0]
+        hsize -= 1
+        if hsize > 0:
+            last = heap[hsize]
+            pos = 0
+            cl = node_cost[last]
+            while True:
+                left = 2 * pos + 1
+                if left >= hsize:
+                    break
+                right = left + 1
+                child = left
+                if right < hsize and node_cost[heap[right]] < node_cost[heap[left]]:
+                    child = right
+                if node_cost[heap[child]] < cl:
+                    heap[pos] = heap[child]
+                    pos = child
+                else:
+                    break
+            heap[pos] = last
+        cost = node_cost[top]
+        if cost > probe_r2:
+            break
+        pops += 1
+        base = top * (m + 2)
+        # Cell code of this node.
+        code = np.int64(0)
+        mult = np.int64(1)
+        for j in range(m):
+            code += (home[j] + work_i[base + j]) * mult
+            mult *= grid
+        if n_cells > 0:
+            slot = table_find(ctab_k, code)
+            if slot >= 0:
+                c = ctab_v[slot]
+                count = cells[c, _COUNT]
+                if count > 0:
+                    visited += 1
+                    start = cells[c, _START]
+                    for p in range(start, start + count):
+                        d2 = np.float32(0.0)
+                        for t in range(w):
+                            diff = pvec[p, t] - q_vec[t]
+                            d2 += diff * diff
+                        if d2 <= filter_r2:
+                            if n_out < out.shape[0]:
+                                out[n_out] = pids[p]
+                            else:
+                                overflow += 1
+                            n_out += 1
+                    scanned += count
+                    if visited >= max_cells or scanned >= max_points:
+                        break
+        # Push successors.
+        lastdim = work_i[base + m]
+        for j in range(lastdim, m):
+            s = work_i[base + j]
+            if s == 0:
+                # Start moving along j: try both directions.
+                for direction in (-1, 1):
+                    if orthant == 1 and direction != side[j]:
+                        continue
+                    nc = home[j] + direction
+                    if nc < 0 or nc > grid - 1:
+                        continue
+                    gap = (
+                        q_low[j] - edges[j, nc] if direction < 0 else edges[j, home[j]] - q_low[j]
+                    )
+                    ncost = cost + gap * gap
+                    if ncost > probe_r2 or n_nodes >= cap_nodes:
+                        continue
+                    nb_ = n_nodes * (m + 2)
+                    for t in range(m):
+                        work_i[nb_ + t] = work_i[base + t]
+                    work_i[nb_ + j] = direction
+                    work_i[nb_ + m] = j
+                    node_cost[n_nodes] = ncost
+                    # Sift up.
+                    pos = hsize
+                    hsize += 1
+                    while pos > 0:
+                        parent = (pos - 1) // 2
+                        if node_cost[heap[parent]] > ncost:
+                            heap[pos] = heap[parent]
+                            pos = parent
+                        else:
+                            break
+                    heap[pos] = n_nodes
+                    n_nodes += 1
+            elif j == lastdim and orthant == 0:
+                # Extend the last-moved dimension one more step outward.
+                direction = 1 if s > 0 else -1
+                nc = home[j] + s + direction
+                if nc < 0 or nc > grid - 1:
+                    continue
+                if direction < 0:
+                    gap_new = (q_low[j] - edges[j, nc])
+                    gap_old = (q_low[j] - edges[j, nc + 1])
+                else:
+                    gap_new = (edges[j, nc - 1] - q_low[j])
+                    gap_old = (edges[j, nc - 2] - q_low[j]) if nc >= 2 else 0.0
+                ncost = cost - gap_old * gap_old + gap_new * gap_new
+                if ncost > probe_r2 or n_nodes >= cap_nodes:
+                    continue
+                nb_ = n_nodes * (m + 2)
+                for t in range(m):
+                    work_i[nb_ + t] = work_i[base + t]
+                work_i[nb_ + j] = s + direction
+                work_i[nb_ + m] = j
+                node_cost[n_nodes] = ncost
+                pos = hsize
+                hsize += 1
+                while pos > 0:
+                    parent = (pos - 1) // 2
+                    if node_cost[heap[parent]] > ncost:
+                        heap[pos] = heap[parent]
+                        pos = parent
+                    else:
+                        break
+                heap[pos] = n_nodes
+                n_nodes += 1
+    stats[0] = visited
+    stats[1] = scanned
+    stats[2] = pops
+    if overflow > 0:
+        return int(-n_out)
+    return int(n_out)
+
+
+# ---------------------------------------------------------------------------
+# Thermal bloom field (dense, m <= 3 dimensions, flat index sum_j c_j G^j).
+# ---------------------------------------------------------------------------
+
+
+@_kernel("void(float64[::1], int64, int64, int64, float64[::1], float64)")
+def thermal_add_patch(field: F64, code: int, grid: int, m: int, w1d: F64, sign: float) -> None:
+    """Add ``sign`` times the separable Gaussian kernel centred on one cell.
+
+    This is the local re-diffusion of a streaming insert (``sign=+1``) or
+    delete (``-1``): with zero padding outside the grid, the full field is
+    exactly the sum of these patches over occupied cells, which is what
+    ``scipy.ndimage.gaussian_filter(mode="constant")`` computes on the
+    occupancy array.
+
+    Parameters
+    ----------
+    field : ndarray of float64, shape (G**m,)
+    code : int
+        Flat cell index.
+    grid, m : int
+    w1d : ndarray of float64, shape (2 * radius + 1,)
+        Normalised 1-D kernel.
+    sign : float
+    """
+    rad = (w1d.shape[0] - 1) // 2
+    c0 = code % grid
+    c1 = (code // grid) % grid if m > 1 else 0
+    c2 = (code // (grid * grid)) % grid if m > 2 else 0
+    lo0, hi0 = max(0, c0 - rad), min(grid - 1, c0 + rad)
+    lo1, hi1 = (max(0, c1 - rad), min(grid - 1, c1 + rad)) if m > 1 else (0, 0)
+    lo2, hi2 = (max(0, c2 - rad), min(grid - 1, c2 + rad)) if m > 2 else (0, 0)
+    for i2 in range(lo2, hi2 + 1):
+        f2 = w1d[i2 - c2 + rad] if m > 2 else 1.0
+        for i1 in range(lo1, hi1 + 1):
+            f1 = f2 * (w1d[i1 - c1 + rad] if m > 1 else 1.0)
+            base = i2 * grid * grid + i1 * grid
+            for i0 in range(lo0, hi0 + 1):
+                field[base + i0] += sign * f1 * w1d[i0 - c0 + rad]
+
+
+@_kernel("int64(int64[::1], int64, int32[::1], float64[::1], int64, int64, float64[::1])")
+def thermal_occupy(
+    codes: I64, delta: int, occ: I32, field: F64, grid: int, m: int, w1d: F64
+) -> int:
+    """Count rows into / out of cells; re-diffuse locally where occupancy flips.
+
+    Parameters
+    ----------
+    codes : ndarray of int64, shape (n,)
+        Flat cell index per row (-1 rows are skipped).
+    delta : int
+        +1 for inserted rows, -1 for removed ones.
+    occ : ndarray of int32, shape (G**m,)
+        Rows per cell.
+    field, grid, m, w1d
+        See :func:`thermal_add_patch`.
+
+    Returns
+    -------
+    int
+        Number of cells whose occupancy flipped (patches applied).
+    """
+    flips = 0
+    for i in range(codes.shape[0]):
+        c = codes[i]
+        if c < 0:
+            continue
+        before = occ[c]
+        occ[c] = before + delta
+        if before == 0 and delta > 0:
+            thermal_add_patch(field, c, grid, m, w1d, 1.0)
+            flips += 1
+        elif before + delta == 0 and delta < 0:
+            thermal_add_patch(field, c, grid, m, w1d, -1.0)
+            flips += 1
+    return flips
+
+
+@_kernel("int64[::1](int64[::1], int64[::1], int64[::1], int32[::1], int64[:, ::1])")
+def codes_of_ids(ids: I64, itab_k: I64, itab_v: I64, pcell: I32, cells: I64) -> I64:
+    """Cell code of each id, -1 for ids not in the index."""
+    out = np.full(ids.shape[0], -1, dtype=np.int64)
+    for i in range(ids.shape[0]):
+        slot = table_find(itab_k, ids[i])
+        if slot >= 0:
+            out[i] = cells[np.int64(pcell[itab_v[slot]]), _CODE]
+    return out
+
+
+@_kernel("int64(float64[::1], int64, int64, int64, int64)")
+def thermal_climb(field: F64, code: int, grid: int, m: int, max_steps: int) -> int:
+    """Steepest strictly-uphill walk on the field from a cell to a local maximum.
+
+    The reference algorithm steps by the sign of a central-difference gradient
+    and never checks that the field went up, so on plateaus and ridges it
+    oscillates until its step cap. Here every step moves to the neighbour
+    (of the 3^m - 1) with the highest field value, only if that value is
+    strictly higher than the current one; otherwise the walk stops, so it
+    terminates at a local maximum (or after ``max_steps``) and never revisits a
+    cell.
+
+    Returns
+    -------
+    int
+        Flat index of the final cell.
+    """
+    cur = code
+    for _ in range(max_steps):
+        c0 = cur % grid
+        c1 = (cur // grid) % grid if m > 1 else 0
+        c2 = (cur // (grid * grid)) % grid if m > 2 else 0
+        best = cur
+        best_v = field[cur]
+        r1 = 1 if m > 1 else 0
+        r2 = 1 if m > 2 else 0
+        for d2 in range(-r2, r2 + 1):
+            i2 = c2 + d2
+            if i2 < 0 or i2 >= grid:
+                continue
+            for d1 in range(-r1, r1 + 1):
+                i1 = c1 + d1
+                if i1 < 0 or i1 >= grid:
+                    continue
+                for d0 in range(-1, 2):
+                    i0 = c0 + d0
+                    if i0 < 0 or i0 >= grid:
+                        continue
+                    nb_ = i2 * grid * grid + i1 * grid + i0
+                    if field[nb_] > best_v:
+                        best_v = field[nb_]
+                        best = nb_
+        if best == cur:
+            break
+        cur = best
+    return int(cur)
+
+
+@_kernel("float64(float32[::1], float64[::1], float64[::1], int64, int64, int64, int64, float64)")
+def _gap(
+    q_low: F32, lo: F64, width: F64, grid: int, j: int, i: int, d: int, cell_scale: float
+) -> float:
+    # Squared gap along dimension j from the query (metric mode) or from the
+    # centre cell (cell mode) to cell i.
+    if cell_scale > 0:
+        return float(d * d)
+    x = float(q_low[j])
+    left = lo[j] + i * width[j]
+    right = left + width[j]
+    # Outer cells extend to infinity: points beyond the bounds are clamped in.
+    if i == 0:
+        left = -np.inf
+    if i == grid - 1:
+        right = np.inf
+    if x < left:
+        return (left - x) ** 2  # type: ignore[no-any-return]
+    if x > right:
+        return (x - right) ** 2  # type: ignore[no-any-return]
+    return 0.0
+
+
+@_kernel(
+    "int64(float32[::1], float32[::1], float32[:, ::1], int64, float64[::1], float64[::1], int64,"
+    " int64, float64, float32, float64, int32[::1], int64[:, ::1], float32[:, ::1], int64[::1],"
+    " int64[::1], int64[::1], int64[::1])"
+)
+def thermal_gather(
+    q_low: F32,
+    b: F32,
+    T: F32,
+    mapped: int,
+    lo: F64,
+    width: F64,
+    grid: int,
+    centre: int,
+    r2: float,
+    filter_r2: float,
+    cell_scale: float,
+    occ: I32,
+    cells: I64,
+    pvec: F32,
+    pids: I64,
+    ctab_k: I64,
+    ctab_v: I64,
+    out: I64,
+) -> int:
+    """Candidates from the cells near a centre cell.
+
+    With ``cell_scale == 0`` the neighbourhood is metric: cells whose box lies
+    within ``sqrt(r2)`` of the query point (lower bound over the box, in
+    projected units). With ``cell_scale > 0`` it is the paper's radius-r
+    neighbourhood of ``centre`` in cell units: cells whose index offset has
+    squared length <= ``r2``. Rows are kept when their stored vector lies
+    within ``sqrt(filter_r2)`` of the query's.
+
+    Parameters
+    ----------
+    q_low : ndarray of float32, shape (k,)
+    b, T, mapped
+        Map to the stored vectors (see :func:`filter_vec`).
+    lo, width : ndarray of float64, shape (m,)
+        Lower corner and cell width of the uniform grid per dimension.
+    grid : int
+    centre : int
+        Flat index of the centre cell.
+    r2, filter_r2 : float
+    cell_scale : float
+    occ : ndarray of int32, shape (G**m,)
+    cells, pvec, pids, ctab_k, ctab_v
+        Cell blocks (same layout as the grid index).
+    out : ndarray of int64
+        Receives ids.
+
+    Returns
+    -------
+    int
+        Ids written, or ``-(needed)`` when ``out`` is too short.
+    """
+    m = lo.shape[0]
+    w = pvec.shape[1]
+    q_vec = np.empty(w, dtype=np.float32)
+    filter_vec(q_low, b, T, mapped, q_vec)
+    cc = np.zeros(3, dtype=np.int64)
+    cc[0] = centre % grid
+    if m > 1:
+        cc[1] = (centre // grid) % grid
+    if m > 2:
+        cc[2] = (centre // (grid * grid)) % grid
+    # Per-dimension reach in cells, and the gap to each reachable cell.
+    reach = np.zeros(3, dtype=np.int64)
+    for j in range(m):
+        if cell_scale > 0:
+            reach[j] = np.int64(np.floor(np.sqrt(r2)))
+        else:
+            reach[j] = np.int64(np.ceil(np.sqrt(r2) / width[j])) + 1
+    n_out = 0
+    overflow = 0
+    for d2 in range(-reach[2], reach[2] + 1):
+        i2 = cc[2] + d2
+        if i2 < 0 or i2 >= grid:
+            continue
+        g2 = _gap(q_low, lo, width, grid, 2, i2, d2, cell_scale) if m > 2 else 0.0
+        if g2 > r2:
+            continue
+        for d1 in range(-reach[1], reach[1] + 1):
+            i1 = cc[1] + d1
+            if i1 < 0 or i1 >= grid:
+                continue
+            g1 = g2 + (_gap(q_low, lo, width, grid, 1, i1, d1, cell_scale) if m > 1 else 0.0)
+            if g1 > r2:
+                continue
+            for d0 in range(-reach[0], reach[0] + 1):
+                i0 = cc[0] + d0
+                if i0 < 0 or i0 >= grid:
+                    continue
+                g0 = g1 + _gap(q_low, lo, width, grid, 0, i0, d0, cell_scale)
+                if g0 > r2:
+                    continue
+                code = i2 * grid * grid + i1 * grid + i0
+                if occ[code] == 0:
+                    continue
+                slot = table_find(ctab_k, code)
+                if slot < 0:
+                    continue
+                c = ctab_v[slot]
+                start = cells[c, _START]
+                for p in range(start, start + cells[c, _COUNT]):
+                    d2v = np.float32(0.0)
+                    for t in range(w):
+                        diff = pvec[p, t] - q_vec[t]
+                        d2v += diff * diff
+                    if d2v <= filter_r2:
+                        if n_out < out.shape[0]:
+                            out[n_out] = pids[p]
+                        else:
+                            overflow += 1
+                        n_out += 1
+    if overflow > 0:
+        return int(-n_out)
+    return int(n_out)

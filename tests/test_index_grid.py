@@ -1,0 +1,198 @@
+"""GridIndex against ExactIndex on real MiniLM embeddings of QQP questions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semcache.errors import ConfigError, IndexStateError
+from semcache.index import GridIndex, make_index
+from semcache.index.grid import fit_linear_map, stored_vectors
+from tests._index_data import THRESHOLDS, corpus, exact_of, recall
+
+
+@pytest.fixture(scope="module")
+def built() -> GridIndex:
+    c = corpus()
+    g = GridIndex()
+    g.add(c.ids, c.low, c.full)
+    return g
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_recall_at_default_settings(built: GridIndex, threshold: float) -> None:
+    c = corpus()
+    r, hits, n_cand = recall(built, exact_of(c), c.q_low, c.q_full, threshold)
+    assert hits >= 20, "the test corpus must contain real threshold hits"
+    assert r >= 0.995, f"recall {r:.4f} at {threshold} over {hits} hits"
+    # The filter is what makes the grid worth having: a handful of candidates.
+    assert n_cand < 0.05 * len(c.ids)
+
+
+def test_calibration_learned_from_data(built: GridIndex) -> None:
+    st = built.stats()
+    assert built.calibrated
+    assert st["pairs"] >= 50
+    # PCA is a contraction, so the recovered map's exact stretch is 1 and the
+    # calibrated ratios of near pairs are below it.
+    assert st["rho_exact"] == pytest.approx(1.0, abs=0.02)
+    assert 0 < st["rho"] < 1 and 0 < st["rho_filter"] < 1
+
+
+def test_exact_filter_never_drops_a_match() -> None:
+    c = corpus()
+    g = GridIndex(probe="exact", filter="exact", max_scan=1.0)
+    g.add(c.ids, c.low, c.full)
+    ex = exact_of(c)
+    for t in THRESHOLDS:
+        for i in range(len(c.q_low)):
+            want = set(ex.candidates(c.q_low[i], c.q_full[i], t).tolist())
+            got = set(g.candidates(c.q_low[i], c.q_full[i], t).tolist())
+            assert want <= got
+
+
+def test_stored_vector_distance_bounds_embedding_distance() -> None:
+    c = corpus()
+    lmap = fit_linear_map(c.full, c.low)
+    assert lmap is not None
+    v = stored_vectors(c.low, lmap, lmap.T.shape[1] + 1)
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, len(v), 2000), rng.integers(0, len(v), 2000)
+    dv = np.linalg.norm(v[a] - v[b], axis=1)
+    dx = np.linalg.norm(c.full[a] - c.full[b], axis=1)
+    assert np.all(dv <= dx + np.sqrt(lmap.tol2))
+
+
+def test_nonlinear_projection_is_detected() -> None:
+    c = corpus()
+    assert fit_linear_map(c.full, np.tanh(4 * c.low)) is None
+    g = GridIndex()
+    g.add(c.ids, np.ascontiguousarray(np.tanh(4 * c.low)), c.full)
+    # Still an index: no exact filter, but the calibrated radii still apply.
+    q = np.ascontiguousarray(np.tanh(4 * c.q_low))
+    r, hits, _ = recall(g, exact_of(c), q, c.q_full, 0.9)
+    assert hits >= 20 and r >= 0.99
+
+
+def test_streaming_inserts_and_deletes_match_exact() -> None:
+    c = corpus()
+    n = len(c.ids)
+    g = GridIndex(min_calibration=512)
+    ex = exact_of(c)
+    # One at a time from empty: flat scan, calibration at 512 rows, then
+    # recalibration at 4x growth.
+    for i in range(n):
+        g.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
+    assert len(g) == n and g.calibrated
+    r, hits, _ = recall(g, ex, c.q_low, c.q_full, 0.9)
+    assert hits >= 20 and r >= 0.995
+    gone = c.ids[::2]
+    g.remove(gone)
+    ex.remove(gone)
+    g.remove(gone[:10])  # twice: ignored
+    assert len(g) == len(ex)
+    dead = set(gone.tolist())
+    for i in range(len(c.q_low)):
+        assert not dead & set(g.candidates(c.q_low[i], c.q_full[i], 0.85).tolist())
+    r, hits, _ = recall(g, ex, c.q_low, c.q_full, 0.9)
+    assert r >= 0.995
+    # Re-adding removed ids works and they are found again.
+    back = np.searchsorted(c.ids, gone[:300])
+    g.add(c.ids[back], c.low[back], c.full[back])
+    ex.add(c.ids[back], c.low[back], c.full[back])
+    assert len(g) == len(ex)
+    for j in back[:50]:
+        assert c.ids[j] in g.candidates(c.low[j], c.full[j], 0.95)
+
+
+def test_rebuild_from_bulk_agrees_with_streamed() -> None:
+    """The cache reopens a partition by one bulk add of its live entries."""
+    c = corpus()
+    streamed = GridIndex()
+    streamed.add(c.ids[:2000], c.low[:2000], c.full[:2000])
+    for i in range(2000, len(c.ids)):
+        streamed.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
+    streamed.remove(c.ids[::5])
+    keep = np.setdiff1d(np.arange(len(c.ids)), np.arange(0, len(c.ids), 5))
+    reopened = GridIndex()
+    reopened.add(c.ids[keep], c.low[keep], c.full[keep])
+    ex = exact_of(c)
+    ex.remove(c.ids[::5])
+    assert len(streamed) == len(reopened) == len(ex)
+    for g in (streamed, reopened):
+        assert recall(g, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995
+
+
+def test_empty_index() -> None:
+    g = GridIndex()
+    q = np.ones(8, dtype=np.float32)
+    assert len(g) == 0
+    assert len(g.candidates(q, q, 0.9)) == 0
+    g.remove(np.array([1, 2], dtype=np.int64))
+    assert len(g) == 0
+
+
+def test_one_item_then_more() -> None:
+    c = corpus()
+    g = GridIndex()
+    g.add(c.ids[:1], c.low[:1], c.full[:1])
+    assert len(g) == 1 and c.ids[0] in g
+    assert g.candidates(c.low[0], c.full[0], 0.95).tolist() == [c.ids[0]]
+    g.remove(c.ids[:1])
+    assert len(g) == 0 and len(g.candidates(c.low[0], c.full[0], 0.95)) == 0
+    g.add(c.ids[:3], c.low[:3], c.full[:3])
+    assert set(g.candidates(c.low[1], c.full[1], -1.0).tolist()) == set(c.ids[:3].tolist())
+
+
+def test_all_in_one_cell() -> None:
+    """Identical rows: every quantile boundary coincides, one cell holds all."""
+    c = corpus()
+    n = 3000
+    low = np.repeat(c.low[:1], n, axis=0)
+    full = np.repeat(c.full[:1], n, axis=0)
+    ids = np.arange(n, dtype=np.int64)
+    g = GridIndex()
+    g.add(ids, low, full)
+    assert g.stats()["cells"] == 1
+    got = g.candidates(c.low[0], c.full[0], 0.95)
+    assert set(got.tolist()) == set(ids.tolist())
+    far = np.flatnonzero(c.full @ c.full[0] < 0.2)[0]
+    assert len(g.candidates(c.low[far], c.full[far], 0.9)) == 0
+    g.remove(ids[: n // 2])
+    assert len(g.candidates(c.low[0], c.full[0], 0.95)) == n - n // 2
+
+
+def test_query_in_empty_region_walks_to_occupied_cells() -> None:
+    c = corpus()
+    g = GridIndex(probe="orthant", n_probe=4)
+    g.add(c.ids, c.low, c.full)
+    # A query far outside the data: its home and orthant cells are empty or
+    # sparse; the walk goes on to occupied cells instead of returning nothing.
+    q_low = np.ascontiguousarray(c.low[0] * 0 + 5.0)
+    g.candidates(q_low, c.full[0], -1.0)
+    assert g.last_stats[0] >= 1
+
+
+def test_bad_input_is_rejected() -> None:
+    c = corpus()
+    g = GridIndex()
+    g.add(c.ids[:10], c.low[:10], c.full[:10])
+    with pytest.raises(IndexStateError):
+        g.add(c.ids[5:15], c.low[5:15], c.full[5:15])  # ids present
+    with pytest.raises(IndexStateError):
+        g.add(np.array([1, 1]), c.low[:2], c.full[:2])  # ids repeat
+    with pytest.raises(IndexStateError):
+        g.add(c.ids[20:22] + 10**6, c.low[20:22, :8], c.full[20:22])  # width
+    with pytest.raises(IndexStateError):
+        g.candidates(c.low[0, :8], c.full[0], 0.9)
+    assert len(g) == 10
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"m": 0}, {"grid": 1}, {"m": 40, "grid": 8}, {"probe": "x"}, {"filter": "x"},
+     {"probe_quantile": 0.0}, {"n_probe": 0}, {"recalibrate_growth": 1.0}],
+)
+def test_bad_params(params: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        make_index("grid", **params)
