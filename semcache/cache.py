@@ -102,7 +102,7 @@ class Miss:
             cls._instance = super().__new__(cls)
         return cls._instance
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> Literal[False]:
         return False
 
     def __repr__(self) -> str:
@@ -148,7 +148,7 @@ class Hit:
     expires_at: float | None
     exact: bool
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> Literal[True]:
         return True
 
 
@@ -236,8 +236,15 @@ class SemanticCache:
     embedder : Embedder or callable, optional
         Default: the bundled all-MiniLM-L6-v2. A callable ``list[str] -> (n, d)``
         is wrapped by :class:`~semcache.embedding.FunctionEmbedder`.
-    threshold : float
-        Cosine similarity in [-1, 1] a stored prompt needs to be served.
+    threshold : float, optional
+        Cosine similarity in [-1, 1] a stored prompt needs to be served; default
+        :data:`DEFAULT_THRESHOLD`.
+    target_wrong_hit_rate : float, optional
+        Instead of a threshold: the share of hits allowed to be wrong. The
+        threshold comes from the calibration shipped for the embedder
+        (:func:`semcache.calibration.threshold_for`; the bundled model is
+        calibrated for 0.05 to 0.2). :class:`ConfigError` for an uncalibrated
+        embedder or target.
     ttl : float, optional
         Seconds an entry lives unless :meth:`put` says otherwise. None: forever.
     max_entries : int, optional
@@ -259,7 +266,10 @@ class SemanticCache:
         Measured on real QQP embeddings (single thread): exact search takes 0.12 ms
         at 5k entries, 0.35 ms at 10k, 2.0 ms at 20k; the grid 0.015-0.05 ms.
     guards : sequence of callables, optional
-        Each gets ``(new_prompt, stored_prompt, score)`` and may veto a hit.
+        Each gets ``(new_prompt, stored_prompt, score)`` and may veto a hit (the
+        next-best candidate above the threshold may still be served). None (the
+        default) uses :func:`semcache.guards.default_guards`, the guards that paid
+        off on the dev data (mismatched numbers, swapped roles); ``()`` turns them off.
     fail_open : bool
         When True (default) a failing store or embedder makes :meth:`get` return
         :data:`MISS` and :meth:`put` return None, with the error logged, so the
@@ -291,7 +301,8 @@ class SemanticCache:
         *,
         name: str = "default",
         embedder: Embedder | Callable[[list[str]], Any] | None = None,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
+        target_wrong_hit_rate: float | None = None,
         ttl: float | None = None,
         max_entries: int | None = None,
         store: Literal["disk", "memory"] | KeyValue = "disk",
@@ -300,7 +311,7 @@ class SemanticCache:
         projection_dims: int = 32,
         approx_min_entries: int = 5_000,
         projection_min_entries: int = 2_048,
-        guards: Sequence[Guard] = (),
+        guards: Sequence[Guard] | None = None,
         fail_open: bool = True,
         timeout: float = 10.0,
         index_params: Mapping[str, Any] | None = None,
@@ -308,7 +319,9 @@ class SemanticCache:
         feedback_margin: float = 1e-3,
         snapshot_min_entries: int = 10_000,
     ) -> None:
-        self.threshold = _check_threshold(threshold)
+        if threshold is not None and target_wrong_hit_rate is not None:
+            raise ConfigError("pass threshold or target_wrong_hit_rate, not both")
+        self.threshold = _check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
         self.ttl = _check_ttl(ttl)
         self.max_entries = None if max_entries is None else _positive_int(max_entries, "max_entries")
         if index != "auto" and index not in INDEXES:
@@ -321,6 +334,10 @@ class SemanticCache:
         if isinstance(projection, str) and projection not in PROJECTIONS and projection != "learned":
             raise ConfigError(f"unknown projection {projection!r}; choose one of {sorted(PROJECTIONS)}")
         self._projection_spec = projection
+        if guards is None:
+            from semcache.guards import default_guards
+
+            guards = default_guards()
         self.guards = tuple(guards)
         for g in self.guards:
             if not callable(g):
@@ -332,6 +349,10 @@ class SemanticCache:
         self.feedback_margin = float(feedback_margin)
         self.snapshot_min_entries = _positive_int(snapshot_min_entries, "snapshot_min_entries")
         self.embedder = as_embedder(embedder)
+        if target_wrong_hit_rate is not None:
+            from semcache.calibration import threshold_for
+
+            self.threshold = threshold_for(self.fingerprint, target_wrong_hit_rate)
 
         if isinstance(store, str):
             if store == "memory":

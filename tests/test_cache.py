@@ -438,3 +438,30 @@ def test_stats_report_latency_stages(cache: SemanticCache) -> None:
     assert st.hit_rate == pytest.approx(2 / 3)
     assert {"embed", "index", "verify", "total"} <= set(st.latency_ms)
     assert all(p50 <= p99 for p50, p99 in st.latency_ms.values())
+
+
+def test_target_wrong_hit_rate_sets_a_calibrated_threshold(embedder: object,
+                                                           hash_embedder: HashEmbedder) -> None:
+    from semcache.calibration import threshold_for
+
+    with SemanticCache(store="memory", embedder=embedder, target_wrong_hit_rate=0.1) as cache:  # type: ignore[arg-type]
+        assert cache.threshold == threshold_for(cache.fingerprint, 0.1)
+        with SemanticCache(store="memory", embedder=embedder, target_wrong_hit_rate=0.05) as strict:  # type: ignore[arg-type]
+            assert strict.threshold > cache.threshold  # fewer wrong hits allowed: a higher bar
+    with pytest.raises(ConfigError, match="not both"):
+        SemanticCache(store="memory", embedder=hash_embedder, threshold=0.9, target_wrong_hit_rate=0.1)
+    with pytest.raises(ConfigError):  # no calibration exists for this embedder
+        SemanticCache(store="memory", embedder=hash_embedder, target_wrong_hit_rate=0.1)
+    with pytest.raises(ConfigError):  # outside the calibrated range
+        SemanticCache(store="memory", embedder=embedder, target_wrong_hit_rate=0.001)  # type: ignore[arg-type]
+
+
+def test_default_guards_veto_a_number_mismatch(cache: SemanticCache) -> None:
+    cache.put("How do I convert 5 miles to kilometers?", "8.05 km")
+    hit = cache.get("How do I convert 5 miles to kilometres?")
+    assert isinstance(hit, Hit)
+    wrong = cache.get("How do I convert 50 miles to kilometers?", threshold=0.5)
+    assert wrong is MISS  # cosine clears 0.5 easily; the numbers guard vetoes it
+    with SemanticCache(store="memory", embedder=cache.embedder, guards=()) as unguarded:
+        unguarded.put("How do I convert 5 miles to kilometers?", "8.05 km")
+        assert unguarded.get("How do I convert 50 miles to kilometers?", threshold=0.5)

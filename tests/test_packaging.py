@@ -23,6 +23,7 @@ def test_wheel_layout(tmp_path: Path) -> None:
     for module in ("openai", "middleware", "server", "langchain", "requests", "sse"):
         assert f"semcache/adapters/{module}.py" in names
     assert "semcache/py.typed" in names
+    assert "semcache/data/calibration.json" in names
     assert not any(n.startswith("adapters/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "semcache = semcache.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
