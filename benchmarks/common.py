@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from semcache.embedding import Embedder, default_embedder  # noqa: E402
+from semcache.report import format_table  # noqa: E402
 
 CACHE_DIR = ROOT / ".cache"
 RESULTS_DIR = ROOT / "results"
@@ -54,13 +55,7 @@ def percentiles(samples_s: Sequence[float]) -> tuple[float, float]:
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Print (and return) a plain aligned text table."""
-    cells = [[str(h) for h in headers]] + [
-        [f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows
-    ]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    text = "\n".join(lines)
+    text = format_table(headers, rows)
     print(text)
     return text
 

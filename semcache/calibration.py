@@ -44,6 +44,7 @@ from typing import Any, Final
 import numpy as np
 
 from semcache.errors import ConfigError
+from semcache.report import format_table
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -300,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
             cells += [hs[0]["wrong_hit_rate"], hs[0]["hit_rate"]] if hs else ["-", "-"]
         rows.append(cells)
     print("Calibrated thresholds (dev data) and what they give on held-out CLINC150 test")
-    print(ev.format_table(
+    print(format_table(
         ("target", "thr all", "thr qqp_dev", "thr clinc_val", "test wrong (all)",
          "test hit (all)", "test wrong (clinc thr)", "test hit (clinc thr)"), rows))
     print('"-": not reachable on that dev set (needs >= --min-hits hits at every threshold '

@@ -79,18 +79,12 @@ class Tally:
         ]
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in [headers, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> int:
     from semcache.cache import SemanticCache
     from semcache.datasets import load_clinc150, load_qqp_pairs
     from semcache.decorator import semantic_cache
     from semcache.progress import progress
+    from semcache.report import format_table
 
     rng = random.Random(args.seed)
     tmp = None
@@ -192,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print(_table(
+    print(format_table(
         ["replay", "queries", "hit rate", "wrong-hit rate", "unlabelled hits", "misses that should hit"],
         [clinc.row(), qqp.row()],
     ))
@@ -204,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
                 p50, p99 = st.latency_ms[stage]
                 rows.append([name, stage, f"{p50:.3f}", f"{p99:.3f}"])
     print("lookup latency (ms); 'total' includes the exact fast path, which embeds nothing")
-    print(_table(["replay", "stage", "p50", "p99"], rows))
+    print(format_table(["replay", "stage", "p50", "p99"], rows))
     print()
     rows = []
     for t in (clinc, qqp):
@@ -214,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
                      f"{without / max(t.wall, 1e-9):.2f}x"])
     print(f"time with a {args.llm_latency * 1e3:.0f} ms stand-in LLM (s): every query calling the "
           "LLM vs the measured replay through the cache")
-    print(_table(["replay", "LLM only", "with cache", "saved", "speed-up"], rows))
+    print(format_table(["replay", "LLM only", "with cache", "saved", "speed-up"], rows))
     return 0
 
 

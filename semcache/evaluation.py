@@ -63,6 +63,7 @@ from semcache._types import FloatArray
 from semcache.embedding import Embedder
 from semcache.errors import ConfigError, EmbeddingError
 from semcache.prompts import normalize_prompt
+from semcache.report import format_table
 
 __all__ = [
     "Curve",
@@ -1024,17 +1025,6 @@ def plot_feedback(results: Sequence[FeedbackResult], out_dir: Path, *, prefix: s
 
 
 # --------------------------------------------------------------------------- tables
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain aligned text table (floats to 4 significant digits)."""
-    cells = [[str(h) for h in headers]] + [
-        [f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows
-    ]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def curve_rows(curve: Curve, thresholds: Sequence[float]) -> list[list[object]]:
     """Table rows (threshold, hit rate, wrong-hit rate, recall, hits, wrong) of a curve."""
     rows: list[list[object]] = []

@@ -15,6 +15,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from semcache import SemanticCache
 from semcache.embedding import SentenceTransformerEmbedder, default_embedder
 from tests.helpers import hash_vectors
+from tests.servers import ThreadServer
+from tests.upstream_stub import UpstreamStub
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +25,15 @@ def embedder() -> SentenceTransformerEmbedder:
     emb = default_embedder()
     emb.encode(["warm up"])
     return emb
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[UpstreamStub]:
+    """The OpenAI-API stand-in served over real HTTP on 127.0.0.1 (one per test module)."""
+    s = UpstreamStub()
+    with ThreadServer(s.app) as server:
+        s.url = server.url
+        yield s
 
 
 @pytest.fixture

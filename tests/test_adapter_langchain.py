@@ -14,16 +14,7 @@ from langchain_openai import ChatOpenAI
 
 from semcache import SemanticCache
 from semcache.adapters.langchain import SemanticLangChainCache
-from tests.servers import ThreadServer
 from tests.upstream_stub import MODEL, PARAPHRASE, Q, RaisingCache, UpstreamStub
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[UpstreamStub]:
-    s = UpstreamStub()
-    with ThreadServer(s.app) as server:
-        s.url = server.url
-        yield s
 
 
 @pytest.fixture(autouse=True)

@@ -23,16 +23,7 @@ from semcache.adapters.requests import (
     storable,
 )
 from semcache.adapters.sse import SSEDecoder, assemble, chat_chunks, replay, responses_events
-from tests.servers import ThreadServer
 from tests.upstream_stub import MODEL, PARAPHRASE, Q, RaisingCache, UpstreamStub
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[UpstreamStub]:
-    s = UpstreamStub()
-    with ThreadServer(s.app) as server:
-        s.url = server.url
-        yield s
 
 
 @pytest.fixture(autouse=True)
