@@ -4,6 +4,9 @@ Run (single thread; the script pins every library to one thread itself)::
 
     python benchmarks/index_bench.py --quick     # 10k and full real corpus, a few minutes
     python benchmarks/index_bench.py             # + 1M synthetic (tens of minutes)
+    # sizes in separate processes, then one report and one set of plots:
+    python benchmarks/index_bench.py --sizes 1M --save /tmp/b.json
+    python benchmarks/index_bench.py --merge /tmp/a.json,/tmp/b.json
 
 Data: MiniLM embeddings of every distinct question of ``qqp/pairs_dev`` plus the
 real prompts (embedded once, cached under ``benchmarks/.cache``). 2,000 random
@@ -15,7 +18,9 @@ paraphrase differences (pairs mined from the data), renormalised, so the
 synthetic rows have the near-duplicate structure of real prompts.
 
 Per N and method it reports: build time and batched insert rate, single
-insert and single delete cost, recall of threshold hits (the exact best match
+insert and single delete cost (semcache: "ins us" is the index insert given the
+projected row, which the cache has from the lookup that missed; "ins+proj us"
+adds the projection), recall of threshold hits (the exact best match
 with cosine >= t is returned) at t = 0.85 / 0.9 / 0.95, lookup p50 / p99 at
 t = 0.9 one query at a time (semcache timings include the query projection and
 the exact re-rank of the candidates, as the cache does them), index bytes per
@@ -35,6 +40,7 @@ for _v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_
     os.environ[_v] = "1"
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -128,6 +134,13 @@ class Method:
     remove_one: Callable[[int], None] | None
     nbytes: Callable[[int], float]
     set_param: Callable[[Any], None] | None = None
+    # semcache only: (prepare, add) where prepare(x) projects the row as the
+    # lookup before an insert already did, and add(i, prepared) is the index
+    # insert alone.
+    add_split: tuple[Callable[[np.ndarray], Any], Callable[[int, Any], None]] | None = None
+    # Drops the built index once measured: at 1M rows every peer holds its own
+    # 1.5 GB copy of the vectors, too many to keep alive together.
+    release: Callable[[], None] | None = None
     sweep: list[Any] = field(default_factory=list)
     param: Any = None
 
@@ -167,8 +180,15 @@ def semcache_method(name: str, make: Callable[[], GridIndex], proj: Any, store: 
     def remove_one(i: int) -> None:
         holder["i"].remove(np.array([i], dtype=np.int64))
 
+    def prepare(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return ((x - mu) @ W)[None, :], x[None, :]
+
+    def add_prepared(i: int, p: tuple[np.ndarray, np.ndarray]) -> None:
+        holder["i"].add(np.array([i], dtype=np.int64), p[0], p[1])
+
     return Method(name, build, search, add_one, remove_one,
-                  lambda n: holder["i"].stats()["bytes"] / max(1, n))
+                  lambda n: holder["i"].stats()["bytes"] / max(1, n),
+                  add_split=(prepare, add_prepared), release=holder.clear)
 
 
 def exact_method() -> Method:
@@ -187,6 +207,7 @@ def exact_method() -> Method:
         lambda i: holder["i"].remove(np.array([i])),
         # The id array and the Python dict id -> row.
         lambda n: (sys.getsizeof(holder["i"]._row) + 8 * n) / max(1, n),
+        release=holder.clear,
     )
 
 
@@ -215,7 +236,7 @@ def faiss_methods(d: int) -> list[Method]:
         "faiss-flat", b_flat, lambda q, t: knn(h["flat"], q, t),
         lambda i, x: h["flat"].add_with_ids(x[None, :], np.array([i], dtype=np.int64)),
         lambda i: h["flat"].remove_ids(np.array([i], dtype=np.int64)),
-        lambda n: size(h["flat"], n)))
+        lambda n: size(h["flat"], n), release=lambda: h.pop("flat", None)))
 
     def b_ivf(X: np.ndarray) -> None:
         nlist = int(4 * np.sqrt(len(X)))
@@ -231,7 +252,8 @@ def faiss_methods(d: int) -> list[Method]:
         lambda i, x: h["ivf"].add_with_ids(x[None, :], np.array([i], dtype=np.int64)),
         lambda i: h["ivf"].remove_ids(np.array([i], dtype=np.int64)),
         lambda n: size(h["ivf"], n),
-        set_param=lambda p: setattr(h["ivf"], "nprobe", p), sweep=[4, 8, 16, 32, 64, 128]))
+        set_param=lambda p: setattr(h["ivf"], "nprobe", p), sweep=[4, 8, 16, 32, 64, 128],
+        release=lambda: h.pop("ivf", None)))
 
     def b_hnsw(X: np.ndarray) -> None:
         hn = faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)
@@ -244,7 +266,7 @@ def faiss_methods(d: int) -> list[Method]:
         lambda i, x: h["hnsw"].add(x[None, :]), None,  # no removals in IndexHNSW
         lambda n: size(h["hnsw"], n),
         set_param=lambda p: setattr(h["hnsw"].hnsw, "efSearch", p),
-        sweep=[10, 16, 24, 32, 48, 64, 128]))
+        sweep=[10, 16, 24, 32, 48, 64, 128], release=lambda: h.pop("hnsw", None)))
     return out
 
 
@@ -270,7 +292,8 @@ def hnswlib_method(d: int, cap: int) -> Method:
         "hnswlib", build, search, lambda i, x: h["p"].add_items(x[None, :], [i]),
         lambda i: h["p"].mark_deleted(i),
         lambda n: (16 * 2 * 4 + 4 + 8 + 16 * 4 * 0.06) * 1.0,  # level-0 links, label, upper levels
-        set_param=lambda p: h["p"].set_ef(p), sweep=[10, 16, 24, 32, 48, 64, 128])
+        set_param=lambda p: h["p"].set_ef(p), sweep=[10, 16, 24, 32, 48, 64, 128],
+        release=h.clear)
 
 
 def usearch_method(d: int) -> Method | None:
@@ -295,7 +318,7 @@ def usearch_method(d: int) -> Method | None:
         lambda i: h["u"].remove(i),
         lambda n: max(0.0, (h["u"].memory_usage - n * d * 4) / max(1, n)),
         set_param=lambda p: setattr(h["u"], "expansion_search", p),
-        sweep=[10, 16, 24, 32, 48, 64, 128])
+        sweep=[10, 16, 24, 32, 48, 64, 128], release=h.clear)
 
 
 # ------------------------------------------------------------------------ measuring
@@ -368,7 +391,24 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
         curves.setdefault(f"{m.name} N={label}", []).append((row["p50_ms"], rec[LOOKUP_T]))
         row["param"] = m.param
         # Single inserts (new ids n..), then single deletes of the same rows.
-        if m.add_one is not None:
+        # semcache rows are inserted without their projection timed (the
+        # cache inserts on a miss, after projecting the row for the lookup);
+        # the projection is timed on its own so both totals are reported.
+        if m.add_split is not None:
+            prepare, add_prepared = m.add_split
+            ts, tp = [], []
+            for j, r in enumerate(new_rows):
+                x = stream_vec(args, r)
+                store.put(n + j, x)
+                t0 = time.perf_counter()
+                p = prepare(x)
+                t1 = time.perf_counter()
+                add_prepared(n + j, p)
+                ts.append(time.perf_counter() - t1)
+                tp.append(t1 - t0)
+            row["insert_us"] = 1e6 * float(np.mean(ts))
+            row["insert_proj_us"] = 1e6 * float(np.mean(np.add(ts, tp)))
+        elif m.add_one is not None:
             ts = []
             for j, r in enumerate(new_rows):
                 x = stream_vec(args, r)
@@ -377,6 +417,7 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
                 m.add_one(n + j, x)
                 ts.append(time.perf_counter() - t0)
             row["insert_us"] = 1e6 * float(np.mean(ts))
+            row["insert_proj_us"] = row["insert_us"]
         if m.remove_one is not None:
             ts = []
             for j in range(len(new_rows)):
@@ -403,6 +444,8 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
             row["mixed_ops_s"] = len(stream) / el
             row["mixed_hit_rate"] = hits / len(stream)
         rows.append(row)
+        if m.release is not None:
+            m.release()
     return rows
 
 
@@ -425,14 +468,15 @@ def report(rows: list[dict[str, Any]]) -> None:
         peers = [r for r in rs if not r["method"].startswith("semcache")]
         best_mixed = max((r.get("mixed_ops_s", 0.0) for r in peers), default=0.0)
         print(f"\n== N = {label} ==")
-        headers = ["method", "param", "build s", "batch ins/s", "ins us", "del us",
+        headers = ["method", "param", "build s", "batch ins/s", "ins us", "ins+proj us", "del us",
                    "R@.85", "R@.9", "R@.95", "p50 ms", "p99 ms", "B/entry", "ovh %",
                    "mixed op/s", "hit %"]
         table = []
         for r in rs:
             table.append([
                 r["method"], str(r.get("param", "")), r["build_s"], r["batch_ins_per_s"],
-                r.get("insert_us", float("nan")), r.get("delete_us", float("nan")),
+                r.get("insert_us", float("nan")), r.get("insert_proj_us", float("nan")),
+                r.get("delete_us", float("nan")),
                 r["recall@0.85"], r["recall@0.9"], r["recall@0.95"], r["p50_ms"], r["p99_ms"],
                 r["bytes_per_entry"], r["overhead_pct"], r.get("mixed_ops_s", float("nan")),
                 100 * r.get("mixed_hit_rate", float("nan")),
@@ -448,10 +492,12 @@ def report(rows: list[dict[str, Any]]) -> None:
                 rt.append([
                     r["method"], r["p50_ms"] / ref["p50_ms"],
                     ref.get("insert_us", np.nan) / r.get("insert_us", np.nan),
+                    ref.get("insert_us", np.nan) / r.get("insert_proj_us", np.nan),
                     r.get("mixed_ops_s", np.nan) / best_mixed if best_mixed else np.nan,
                     r["overhead_pct"],
                 ])
             print_table(["method", "p50 / hnswlib (<=1 target)", "insert speedup (>=100)",
+                         "incl. projection",
                          "mixed / best peer (>=2)", "overhead % (<15)"], rt)
 
 
@@ -497,7 +543,21 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32, help="projection width")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--embed-only", action="store_true")
+    ap.add_argument("--save", default=None, help="also write rows and curves to this JSON file")
+    ap.add_argument("--merge", default=None,
+                    help="comma list of --save files: print their tables and plot them together")
     args = ap.parse_args()
+    if args.merge:
+        rows_m: list[dict[str, Any]] = []
+        curves_m: dict[str, list[tuple[float, float]]] = {}
+        for path in args.merge.split(","):
+            with open(path) as f:
+                saved = json.load(f)
+            rows_m += saved["rows"]
+            curves_m.update({k: [tuple(p) for p in v] for k, v in saved["curves"].items()})
+        report(rows_m)
+        plots(rows_m, curves_m)
+        return
     data = load_real_corpus()
     if args.embed_only:
         print({k: v.shape for k, v in data.items()})
@@ -549,6 +609,9 @@ def main() -> None:
             r["n"] = len(X)
         rows += rs
         report(rs)
+        if args.save:
+            with open(args.save, "w") as f:
+                json.dump({"rows": rows, "curves": curves}, f, default=float)
     plots(rows, curves)
 
 

@@ -16,7 +16,9 @@ How a lookup works
    the paper's scheme (home cell plus the orthant cells by wall distance).
 3. **Filter.** Every row of a visited cell passes a ball test on a short vector
    before it becomes a candidate, so the cache re-ranks tens of rows instead of
-   thousands.
+   thousands. Short vectors are stored as int16 with one scale (half the bytes
+   of float32; the rounding error is added to the filter radius) and tested
+   with one SIMD sum per row.
 
 The exact filter
 ----------------
@@ -64,7 +66,7 @@ from semcache.errors import ConfigError, IndexStateError
 from semcache.index import kernels as K
 from semcache.index.base import check_batch
 
-__all__ = ["GridIndex", "LinearMap", "fit_linear_map", "mine_near_pairs"]
+__all__ = ["GridIndex", "LinearMap", "fit_linear_map", "mine_near_pairs", "quantise"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -168,6 +170,19 @@ def stored_vectors(low: FloatArray, lmap: LinearMap | None, width: int) -> Float
     return out
 
 
+_QMAX = 32767.0
+
+
+def quantise(vecs: FloatArray, qinv: float) -> npt.NDArray[np.int16]:
+    """Stored form of float vectors: ``round(vecs * qinv)`` as int16 (clipped to the range).
+
+    The index picks ``qinv`` so nothing is clipped; the rounding error, at
+    most ``0.5 / qinv`` per coordinate, is added to the filter radius.
+    """
+    q = np.rint(vecs.astype(np.float64) * qinv)
+    return np.ascontiguousarray(np.clip(q, -_QMAX, _QMAX).astype(np.int16))
+
+
 def mine_near_pairs(
     full: FloatArray,
     threshold: float,
@@ -230,9 +245,10 @@ class GridIndex:
     ----------
     m : int
         Number of projected coordinates hashed into the grid (<= k). The
-        default ``m=6, grid=3, max_scan=0.1`` is the fastest setting measured
-        with recall >= 0.995 of threshold hits on the QQP corpus
-        (``benchmarks/index_bench.py``), with a learned projection of width 32.
+        default ``m=6, grid=3, max_scan=0.15`` is the fastest setting measured
+        with recall >= 0.995 of threshold hits at 0.85, 0.9 and 0.95 on the
+        QQP corpus (``benchmarks/index_bench.py``, N = 91k: 0.1 gives 0.994
+        at 0.85), with a learned projection of width 32.
     grid : int
         Cells per dimension ``G`` (``G**m`` must fit in int64).
     probe : {"calibrated", "exact", "orthant"}
@@ -253,7 +269,7 @@ class GridIndex:
     min_scan : int
         The budget is never below this many rows: scanning a couple of
         thousand short vectors costs tens of microseconds, and small indexes
-        have cells too coarse for a 10% budget to reach every hit.
+        have cells too coarse for a 15% budget to reach every hit.
     filter : {"calibrated", "exact", "none"}
         ``"calibrated"``: rows are stored as their projected coordinates and
         kept within the calibrated radius (never beyond the lossless one);
@@ -293,7 +309,7 @@ class GridIndex:
         probe_quantile: float = 0.999,
         probe_margin: float = 1.1,
         n_probe: int = 1 << 20,
-        max_scan: float = 0.1,
+        max_scan: float = 0.15,
         min_scan: int = 2048,
         filter: str = "calibrated",
         filter_quantile: float = 0.999,
@@ -349,7 +365,12 @@ class GridIndex:
         # Rows kept (full, low) until a calibration succeeds.
         self._res_full: list[FloatArray] = []
         self._res_low: list[FloatArray] = []
+        self._res_ids: list[IdArray] = []
         self._res_n = 0
+        # Stored vectors are int16 in units of 1 / _qinv (see quantise());
+        # _qerr bounds the rounding error per coordinate, in projected units.
+        self._qinv = 1.0
+        self._qerr = 0.0
         self._m_eff = 0
         self._edges = np.zeros((0, grid - 1), dtype=np.float32)
         self._b = np.zeros(1, dtype=np.float32)
@@ -367,21 +388,32 @@ class GridIndex:
     # ------------------------------------------------------------------ state
 
     def _alloc_empty(self, width: int, pool: int = 64, cells: int = 16) -> None:
-        self._meta = np.zeros(4, dtype=np.int64)
+        self._meta = np.zeros(5, dtype=np.int64)
         self._cells = np.zeros((cells, 4), dtype=np.int64)
         self._ctab_k = np.full(_pow2(2 * cells), -1, dtype=np.int64)
         self._ctab_v = np.full(_pow2(2 * cells), -1, dtype=np.int64)
-        self._pvec = np.zeros((pool, width), dtype=np.float32)
+        self._pvec = np.zeros((pool, width), dtype=np.int16)
         self._pids = np.zeros(pool, dtype=np.int64)
         self._pcell = np.zeros(pool, dtype=np.int32)
         self._itab_k = np.full(64, -1, dtype=np.int64)
         self._itab_v = np.full(64, -1, dtype=np.int64)
 
     def _size_work(self) -> None:
+        """Scratch of the lookup and insert kernels, allocated once per calibration.
+
+        The probe enumerates every cell at most once, so ``G**m`` heap nodes
+        always suffice; beyond 16k nodes the walk stops pushing, which only
+        matters for grids far finer than the data.
+        """
         m = max(1, self._m_eff)
-        nodes = 64 * m + 8 * min(self.n_probe, 4096) * m
+        nodes = int(min(self.grid**m, 16_384, 64 * m + 8 * min(self.n_probe, 4096) * m))
+        nodes = max(nodes, 2)
         self._work_f = np.empty(nodes, dtype=np.float64)
         self._work_i = np.empty(nodes * (m + 2), dtype=np.int64)
+        self._heap = np.empty(nodes, dtype=np.int64)
+        self._hs = np.empty(2 * m, dtype=np.int64)
+        self._vec_f = np.empty(max(self._width, 1), dtype=np.float32)
+        self._vec_q = np.empty(max(self._width, 1), dtype=np.int16)
 
     def __len__(self) -> int:
         return int(self._meta[0])
@@ -403,10 +435,12 @@ class GridIndex:
             a.nbytes
             for a in (
                 self._cells, self._ctab_k, self._ctab_v, self._pvec, self._pids,
-                self._pcell, self._itab_k, self._itab_v, self._edges,
+                self._pcell, self._itab_k, self._itab_v, self._edges, self._work_f,
+                self._work_i, self._heap, self._out,
             )
         )
         nbytes += sum(a.nbytes for a in self._res_full) + sum(a.nbytes for a in self._res_low)
+        nbytes += sum(a.nbytes for a in self._res_ids)
         return {
             "entries": float(n),
             "cells": float(self._meta[1]),
@@ -426,7 +460,9 @@ class GridIndex:
         """Make room so an insert of ``n_new`` rows is unlikely to stop early."""
         need = int(self._meta[0]) + n_new
         if 2 * need > len(self._itab_k):
-            self._rehash_ids(_pow2(4 * need))
+            # Double only: the table is at most half full, and 4x headroom
+            # would cost ~30 bytes per entry (a tenth of the memory budget).
+            self._rehash_ids(_pow2(2 * need))
 
     def _rehash_ids(self, cap: int) -> None:
         keys = np.full(cap, -1, dtype=np.int64)
@@ -450,14 +486,17 @@ class GridIndex:
     def _grow_pool(self) -> None:
         top, dead = int(self._meta[2]), int(self._meta[3])
         live_room = top - dead
-        # Reclaim dead blocks when they are most of the pool, else double it.
+        # Reclaim dead blocks when they are most of the pool, else grow it.
         cap = max(64, 2 * live_room + 64, len(self._pids) if dead * 2 < top else 0)
         if dead * 2 >= top and dead > 0:
             cap = max(cap, 2 * live_room + 64)
             self._compact(cap)
             return
-        cap = 2 * len(self._pids)
-        pvec = np.zeros((cap, self._width), dtype=np.float32)
+        # Grow by half, not double: still amortised O(1) per insert, but a
+        # doubled pool is half empty, which alone would break the memory
+        # budget after the first growth of a bulk-built index.
+        cap = len(self._pids) + max(64, len(self._pids) // 2)
+        pvec = np.zeros((cap, self._width), dtype=np.int16)
         pvec[:top] = self._pvec[:top]
         pids = np.zeros(cap, dtype=np.int64)
         pids[:top] = self._pids[:top]
@@ -466,7 +505,7 @@ class GridIndex:
         self._pvec, self._pids, self._pcell = pvec, pids, pcell
 
     def _compact(self, cap: int) -> None:
-        pvec = np.zeros((cap, self._width), dtype=np.float32)
+        pvec = np.zeros((cap, self._width), dtype=np.int16)
         pids = np.zeros(cap, dtype=np.int64)
         pcell = np.zeros(cap, dtype=np.int32)
         K.grid_compact(
@@ -489,7 +528,7 @@ class GridIndex:
         if not blocks:
             return np.zeros(0, np.int64), np.zeros((0, self._width), np.float32)
         idx = np.concatenate([np.arange(s, s + c) for s, c in blocks])
-        return self._pids[idx], self._pvec[idx]
+        return self._pids[idx], self._pvec[idx].astype(np.float32) / np.float32(self._qinv)
 
     def _low_of(self, vecs: FloatArray) -> FloatArray:
         """Projected coordinates of stored vectors (inverse of :func:`stored_vectors`)."""
@@ -498,7 +537,9 @@ class GridIndex:
             return np.ascontiguousarray(vecs[:, : self._k])
         return np.ascontiguousarray(vecs[:, :-1] @ self._map.Tinv + self._map.b, dtype=np.float32)
 
-    def _calibrate(self, full: FloatArray | None, low: FloatArray | None) -> None:
+    def _calibrate(
+        self, full: FloatArray | None, low: FloatArray | None, ids_of: IdArray | None = None
+    ) -> None:
         """Fit the map and probe radius (when embeddings are given) and rebuild.
 
         Parameters
@@ -506,10 +547,27 @@ class GridIndex:
         full, low : arrays of shape (n, d), (n, k) or None
             Rows with embeddings to learn the map and near-pair ratios from;
             None keeps the current map and ratios and only refits boundaries.
+        ids_of : ndarray of int64, shape (n,), optional
+            Ids of those rows when they are every row ever added (the first
+            calibration): the live ones are rebuilt from their exact
+            coordinates rather than from int16 stored vectors, whose rounding
+            error a recovered map could stretch.
         """
         assert self._k is not None
-        ids, vecs = self._live()
-        low_all = self._low_of(vecs)
+        if ids_of is not None and low is not None:
+            # Last occurrence of each id (an id may be removed and re-added).
+            rev = ids_of[::-1]
+            _, first = np.unique(rev, return_index=True)
+            rows = len(ids_of) - 1 - first
+            live = K.codes_of_ids(ids_of[rows], self._itab_k, self._itab_v, self._pcell,
+                                  self._cells) >= 0
+            rows = np.sort(rows[live])
+            ids, low_all = ids_of[rows], np.ascontiguousarray(low[rows])
+            exact_rows = True
+        else:
+            ids, vecs = self._live()
+            low_all = self._low_of(vecs)
+            exact_rows = False
         if full is not None and low is not None and self.filter != "none" and self._map is None:
             self._map = fit_linear_map(full, low, seed=self.random_state)
         if full is not None and low is not None and (self._rho is None):
@@ -534,6 +592,43 @@ class GridIndex:
             self._width = self._k
         self._calibrated_at = len(ids)
         self._size_work()
+        self._set_scale(low_all, exact_rows)
+        self._bulk_build(ids, low_all)
+        self._after_build()
+
+    def _set_scale(self, low: FloatArray, exact_rows: bool) -> None:
+        """Choose the int16 scale for rows ``low`` and update the rounding-error bound.
+
+        ``(z, s)`` vectors lie in the unit ball, so their scale is fixed;
+        projected coordinates get four times the largest magnitude seen, so
+        later rows rarely overflow (one that does triggers :meth:`_rescale`).
+        When ``low`` was itself read back from stored vectors at another
+        scale, the old rounding error stays in the bound.
+        """
+        if self._mapped:
+            assert self._map is not None
+            bound = 1.0 + 2.0 * math.sqrt(self._map.tol2) + 1e-3
+        else:
+            w = min(self._width, low.shape[1]) if low.ndim == 2 else 0
+            top = float(np.max(np.abs(low[:, :w]))) if low.size and w else 0.0
+            if not math.isfinite(top):
+                raise IndexStateError("projected coordinates must be finite")
+            bound = 4.0 * top if top > 0 else 1.0
+        qinv = _QMAX / bound
+        if exact_rows:
+            self._qerr = 0.5 / qinv
+        elif qinv != self._qinv:
+            self._qerr += 0.5 / qinv
+        self._qinv = qinv
+
+    def _rescale(self, low: FloatArray) -> None:
+        """Widen the int16 range to hold rows ``low`` too, and rebuild."""
+        if not np.isfinite(low).all():
+            raise IndexStateError("projected coordinates must be finite")
+        ids, vecs = self._live()
+        low_all = self._low_of(vecs)
+        both = np.concatenate([low_all, low]) if len(low_all) else low
+        self._set_scale(both, exact_rows=False)
         self._bulk_build(ids, low_all)
         self._after_build()
 
@@ -584,16 +679,22 @@ class GridIndex:
 
     def _bulk_build(self, ids: IdArray, low: FloatArray) -> None:
         n = len(ids)
-        vecs = stored_vectors(low, self._map if self._mapped else None, self._width)
+        vecs = quantise(
+            stored_vectors(low, self._map if self._mapped else None, self._width), self._qinv
+        )
         codes = K.grid_codes(np.ascontiguousarray(low), self._edges, self.grid)
         order = np.argsort(codes, kind="stable").astype(np.int64)
         codes_sorted = np.ascontiguousarray(codes[order])
         n_cells = int(np.count_nonzero(np.diff(codes_sorted))) + 1 if n else 0
-        pool = int(n * (1 + self.slack)) + 2 * n_cells + 64
+        # Spare rows past the blocks: the first full cells relocate into
+        # them instead of forcing a copy of the whole pool.
+        pool = int(n * (1 + self.slack)) + 2 * n_cells + n // 8 + 64
         self._alloc_empty(self._width, pool=pool, cells=max(16, 2 * n_cells))
         self._ctab_k = np.full(_pow2(4 * max(n_cells, 8)), -1, dtype=np.int64)
         self._ctab_v = np.full(len(self._ctab_k), -1, dtype=np.int64)
-        self._itab_k = np.full(_pow2(4 * max(n, 16)), -1, dtype=np.int64)
+        # At most half full (what the insert kernel keeps), not a quarter: the
+        # id table is the largest structure after the stored vectors.
+        self._itab_k = np.full(_pow2(2 * max(n, 16) + 2), -1, dtype=np.int64)
         self._itab_v = np.full(len(self._itab_k), -1, dtype=np.int64)
         if n:
             K.grid_build(
@@ -614,6 +715,28 @@ class GridIndex:
             Shapes disagree with each other or with earlier rows, or an id
             repeats or is already present.
         """
+        if (
+            self._m_eff
+            and type(low) is np.ndarray
+            and type(ids) is np.ndarray
+            and type(full) is np.ndarray
+            and low.shape == (1, self._k)
+            and ids.shape == (1,)
+            and full.shape == (1, self._d)
+            and low.dtype == np.float32
+            and ids.dtype == np.int64
+            and low.flags.c_contiguous
+        ):
+            # One calibrated row, already in kernel form: the cache's insert
+            # after a miss. Everything check_batch and the clash scan would
+            # do is either implied by the checks above or done by the kernel
+            # (clash), and they cost several times the insert itself.
+            if ids[0] < 0:
+                raise IndexStateError("ids must be non-negative")
+            self._insert(ids, low)
+            if len(self) >= self.recalibrate_growth * max(1, self._calibrated_at):
+                self._calibrate(None, None)
+            return
         ids_a, low_a, full_a = check_batch(ids, low, full)
         n = len(ids_a)
         if n == 0:
@@ -622,6 +745,8 @@ class GridIndex:
             self._k, self._d = low_a.shape[1], full_a.shape[1]
             self._width = self._k
             self._alloc_empty(self._width)
+            self._size_work()
+            self._set_scale(low_a, exact_rows=True)
         if low_a.shape[1] != self._k or full_a.shape[1] != self._d:
             raise IndexStateError(
                 f"expected rows of widths ({self._k}, {self._d}), "
@@ -629,20 +754,22 @@ class GridIndex:
             )
         if (ids_a < 0).any():
             raise IndexStateError("ids must be non-negative")
-        clash = [int(i) for i in ids_a if K.table_find(self._itab_k, int(i)) >= 0]
-        if clash:
-            raise IndexStateError(f"ids already in the index: {clash[:5]}")
+        clash = ids_a[K.codes_of_ids(ids_a, self._itab_k, self._itab_v, self._pcell, self._cells) >= 0]
+        if len(clash):
+            raise IndexStateError(f"ids already in the index: {clash[:5].tolist()}")
         total = len(self) + n
         if not self.calibrated:
             self._insert(ids_a, low_a)
             self._res_full.append(full_a.copy())
             self._res_low.append(low_a.copy())
+            self._res_ids.append(ids_a.copy())
             self._res_n += n
             if total >= self.min_calibration:
                 res_full = np.concatenate(self._res_full)
                 res_low = np.concatenate(self._res_low)
-                self._res_full, self._res_low, self._res_n = [], [], 0
-                self._calibrate(res_full, res_low)
+                res_ids = np.concatenate(self._res_ids)
+                self._res_full, self._res_low, self._res_ids, self._res_n = [], [], [], 0
+                self._calibrate(res_full, res_low, res_ids)
             return
         if total >= self.recalibrate_growth * max(1, self._calibrated_at):
             self._insert(ids_a, low_a)
@@ -653,18 +780,28 @@ class GridIndex:
         self._insert(ids_a, low_a)
 
     def _insert(self, ids: IdArray, low: FloatArray) -> None:
-        self._grow_for(len(ids))
+        if 2 * (int(self._meta[0]) + len(ids)) > len(self._itab_k):
+            self._grow_for(len(ids))
         done = 0
         n = len(ids)
         while done < n:
             step = K.grid_insert(
-                low[done:], ids[done:], self._edges, self.grid, self._b, self._T, self._mapped,
+                low[done:] if done else low, ids[done:] if done else ids, self._edges,
+                self.grid, self._b, self._T, self._mapped, self._qinv,
                 self._cells, self._meta, self._pvec, self._pids, self._pcell,
-                self._ctab_k, self._ctab_v, self._itab_k, self._itab_v,
+                self._ctab_k, self._ctab_v, self._itab_k, self._itab_v, self._vec_f, self._vec_q,
             )
             done += int(step)
             if done < n:
-                self._make_room()
+                status = int(self._meta[4])
+                if status == K.STOP_CLASH:
+                    # Only a single-row add reaches here with a present id
+                    # (batches are checked first), so nothing was inserted.
+                    raise IndexStateError(f"ids already in the index: [{int(ids[done])}]")
+                if status == K.STOP_RANGE:
+                    self._rescale(np.ascontiguousarray(low[done:]))
+                else:
+                    self._make_room()
 
     def _make_room(self) -> None:
         if 2 * (int(self._meta[0]) + 1) > len(self._itab_k):
@@ -693,7 +830,9 @@ class GridIndex:
         cosine >= t; the exact radii stretch it by the map's Lipschitz factor
         (probe) or not at all (filter, see the module docstring), the
         calibrated ones by the measured near-pair quantiles times the margin,
-        never beyond the exact ones.
+        never beyond the exact ones. The filter radius also covers the int16
+        rounding of stored vectors (both are in projected units; the kernels
+        compare in stored units, see :meth:`_stored_r2`).
         """
         base = math.sqrt(max(0.0, 2.0 - 2.0 * float(threshold)))
         tol = math.sqrt(self._map.tol2) if self._map is not None else 0.0
@@ -707,6 +846,9 @@ class GridIndex:
             filt = min(exact_filter, self._rho_filter * self.probe_margin * base + lip * tol)
         else:
             filt = exact_filter
+        # Stored vectors are rounded to int16: a row may look farther than it
+        # is by at most the norm of its rounding error.
+        filt += math.sqrt(self._width) * self._qerr
         rx = self._rho_exact
         exact_probe = rx * (base + tol) if math.isfinite(rx) else math.inf
         if self.probe == "orthant":
@@ -716,6 +858,10 @@ class GridIndex:
         else:
             probe = exact_probe
         return probe * probe, filt * filt
+
+    def _stored_r2(self, r2: float) -> float:
+        """A squared radius in projected units, in the stored int16 units the kernels use."""
+        return r2 * self._qinv * self._qinv if math.isfinite(r2) else math.inf
 
     def candidates(self, q_low: FloatArray, q_full: FloatArray, threshold: float) -> IdArray:
         """Ids that may have ``cos >= threshold`` with the query (see the module docstring).
@@ -740,12 +886,13 @@ class GridIndex:
         probe_r2, filt_r2 = self.radii(threshold)
         max_points = max(self.min_scan, int(self.max_scan * n)) if self.max_scan < 1.0 else n + 1
         orthant = 1 if self.probe == "orthant" else 0
+        filt_q = self._stored_r2(filt_r2)
         while True:
             got = K.grid_query(
-                q, self._b, self._T, self._mapped, self._edges, self.grid, probe_r2,
-                filt_r2, self.n_probe, max_points, orthant, self._cells, self._meta,
+                q, self._b, self._T, self._mapped, self._qinv, self._edges, self.grid, probe_r2,
+                filt_q, self.n_probe, max_points, orthant, self._cells, self._meta,
                 self._pvec, self._pids, self._ctab_k, self._ctab_v, self._out,
-                self._work_f, self._work_i, self.last_stats,
+                self._work_f, self._work_i, self.last_stats, self._heap, self._vec_f, self._hs,
             )
             if got >= 0:
                 return self._out[:got].copy()

@@ -285,8 +285,8 @@ class ThermalIndex(GridIndex):
     ) -> IdArray:
         while True:
             got = K.thermal_gather(
-                q, self._b, self._T, self._mapped, self._lo, self._cw, self.grid, centre, r2,
-                filt_r2, scale, self._occ, self._cells, self._pvec, self._pids,
+                q, self._b, self._T, self._mapped, self._qinv, self._lo, self._cw, self.grid,
+                centre, r2, self._stored_r2(filt_r2), scale, self._occ, self._cells, self._pvec, self._pids,
                 self._ctab_k, self._ctab_v, self._out,
             )
             if got >= 0:
