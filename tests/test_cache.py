@@ -49,7 +49,8 @@ def test_different_question_misses(cache: SemanticCache) -> None:
 def test_qqp_dev_paraphrases_hit_and_hard_negatives_mostly_miss(embedder: object) -> None:
     """On real labelled pairs: the best-scoring duplicates hit, and most hard negatives miss."""
     pairs = load_qqp_pairs(limit=400)
-    with SemanticCache(store="memory", embedder=embedder) as cache:
+    # No guards: this checks the cosine rule itself against exact search.
+    with SemanticCache(store="memory", embedder=embedder, guards=()) as cache:
         vec_a = embedder.encode([p.text_a for p in pairs])  # type: ignore[attr-defined]
         vec_b = embedder.encode([p.text_b for p in pairs])  # type: ignore[attr-defined]
         cos = np.sum(vec_a * vec_b, axis=1)
