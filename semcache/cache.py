@@ -922,14 +922,11 @@ class SemanticCache:
             return 0
         gone = self._store.delete(ids)
         self._remove_local(ids)
-        self._seq_catch_up()
+        # Our own deletes advanced the journal: replay it now (a no-op for what we just
+        # removed) so it also brings in whatever other processes did in between.
+        self._sync()
         self._counters[counter] += len(gone)
         return len(gone)
-
-    def _seq_catch_up(self) -> None:
-        # Our own deletes advanced the journal; replay it so we do not re-apply them
-        # (and so we pick up anything other processes did in between).
-        self._sync()
 
     def _reclaim(self, now: float) -> None:
         """Delete entries whose TTL has passed."""
@@ -989,11 +986,7 @@ class SemanticCache:
         self._check_open()
         with self._lock:
             self._sync()
-            gone = self._store.delete([int(entry_id)])
-            self._remove_local([int(entry_id)])
-            self._sync()
-            self._counters["deletes"] += len(gone)
-            return bool(gone)
+            return self._delete_ids([int(entry_id)], counter="deletes") == 1
 
     def purge(
         self,
