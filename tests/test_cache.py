@@ -466,3 +466,22 @@ def test_default_guards_veto_a_number_mismatch(cache: SemanticCache) -> None:
     with SemanticCache(store="memory", embedder=cache.embedder, guards=()) as unguarded:
         unguarded.put("How do I convert 5 miles to kilometers?", "8.05 km")
         assert unguarded.get("How do I convert 50 miles to kilometers?", threshold=0.5)
+
+
+def test_home_relative_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 hash_embedder: HashEmbedder) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with SemanticCache("~/caches/faq", embedder=hash_embedder) as cache:
+        assert cache.put("q", "a") is not None and cache.get("q")
+        assert cache.directory == tmp_path / "caches" / "faq"
+    assert (tmp_path / "caches" / "faq" / "cache.db").is_file()
+
+
+def test_default_directory_from_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     hash_embedder: HashEmbedder) -> None:
+    monkeypatch.setenv("SEMCACHE_HOME", str(tmp_path / "home"))
+    with SemanticCache(name="bot", embedder=hash_embedder) as cache:
+        cache.put("q", "a")
+        assert cache.directory == tmp_path / "home" / "bot"
+    with SemanticCache(name="bot", embedder=hash_embedder) as cache:
+        assert cache.get("q")
