@@ -359,14 +359,14 @@ class SemanticCache:
                 self.directory: Path | None = None
                 kv: KeyValue = MemoryKV()
             elif store == "disk":
-                self.directory = (
-                    Path(directory).expanduser() if directory is not None else default_directory(name)
-                )
+                # Absolute: the removed-directory check must not depend on the current directory.
+                where = Path(directory) if directory is not None else default_directory(name)
+                self.directory = where.expanduser().absolute()
                 kv = DiskKV(self.directory, timeout=timeout)
             else:
                 raise ConfigError(f"store must be 'disk', 'memory' or a KeyValue, not {store!r}")
         else:
-            self.directory = Path(directory).expanduser() if directory is not None else None
+            self.directory = Path(directory).expanduser().absolute() if directory is not None else None
             kv = store
         self._store = RecordStore(kv, str(self.directory or "memory"))
 
