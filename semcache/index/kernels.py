@@ -611,6 +611,35 @@ def grid_compact(
     return int(top)
 
 
+@_kernel("int64(int64[::1], float64[::1], int64[::1], int64, int64, int64, int64, float64, int64, int64)")
+def _push_node(
+    work_i: I64, node_cost: F64, heap: I64, base: int, m: int, j: int, step: int, cost: float,
+    node: int, hsize: int,
+) -> int:
+    """Add probe node ``node``: the node stored at ``base`` moved to ``step`` along ``j``.
+
+    Writes its step vector and last-moved dimension into ``work_i`` and its cost
+    into ``node_cost``, sifts it up the min-heap ``heap`` of ``hsize`` nodes, and
+    returns the new heap size (see :func:`grid_query` for the node layout).
+    """
+    nb_ = node * (m + 2)
+    for t in range(m):
+        work_i[nb_ + t] = work_i[base + t]
+    work_i[nb_ + j] = step
+    work_i[nb_ + m] = j
+    node_cost[node] = cost
+    pos = hsize
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if node_cost[heap[parent]] > cost:
+            heap[pos] = heap[parent]
+            pos = parent
+        else:
+            break
+    heap[pos] = node
+    return hsize + 1
+
+
 @_kernel(
     "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float32[:, ::1],"
     " int64, float64, float32, int64, int64, int64, int64[:, ::1], int64[::1], int16[:, ::1],"
@@ -828,23 +857,8 @@ def grid_query(
                     ncost = cost + gap * gap
                     if ncost > probe_r2 or n_nodes >= cap_nodes:
                         continue
-                    nb_ = n_nodes * (m + 2)
-                    for t in range(m):
-                        work_i[nb_ + t] = work_i[base + t]
-                    work_i[nb_ + j] = direction
-                    work_i[nb_ + m] = j
-                    node_cost[n_nodes] = ncost
-                    # Sift up.
-                    pos = hsize
-                    hsize += 1
-                    while pos > 0:
-                        parent = (pos - 1) // 2
-                        if node_cost[heap[parent]] > ncost:
-                            heap[pos] = heap[parent]
-                            pos = parent
-                        else:
-                            break
-                    heap[pos] = n_nodes
+                    hsize = _push_node(work_i, node_cost, heap, base, m, j, direction, ncost,
+                                       n_nodes, hsize)
                     n_nodes += 1
             elif j == lastdim and orthant == 0:
                 # Extend the last-moved dimension one more step outward.
@@ -861,22 +875,8 @@ def grid_query(
                 ncost = cost - gap_old * gap_old + gap_new * gap_new
                 if ncost > probe_r2 or n_nodes >= cap_nodes:
                     continue
-                nb_ = n_nodes * (m + 2)
-                for t in range(m):
-                    work_i[nb_ + t] = work_i[base + t]
-                work_i[nb_ + j] = s + direction
-                work_i[nb_ + m] = j
-                node_cost[n_nodes] = ncost
-                pos = hsize
-                hsize += 1
-                while pos > 0:
-                    parent = (pos - 1) // 2
-                    if node_cost[heap[parent]] > ncost:
-                        heap[pos] = heap[parent]
-                        pos = parent
-                    else:
-                        break
-                heap[pos] = n_nodes
+                hsize = _push_node(work_i, node_cost, heap, base, m, j, s + direction, ncost,
+                                   n_nodes, hsize)
                 n_nodes += 1
     stats[0] = visited
     stats[1] = scanned
