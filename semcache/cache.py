@@ -637,7 +637,7 @@ class SemanticCache:
             # PCA: refit early when new entries reconstruct worse (the data drifted to
             # topics the first fit squashed together, which costs index recall).
             _, vecs = self._table.vectors()
-            residual = _residual(self._projection, vecs[-min(len(vecs), 4096):])
+            residual = self._projection.residual(vecs[-min(len(vecs), 4096):])
             if residual > 1.2 * self._proj_residual:
                 log.info("semcache: data drifted (residual %.4f -> %.4f); refitting the projection",
                          self._proj_residual, residual)
@@ -653,7 +653,10 @@ class SemanticCache:
         proj = self._new_projection().fit(vecs)
         self._projection = proj
         self._proj_fit_n = self._proj_check_n = len(vecs)
-        self._proj_residual = _residual(proj, vecs[-min(len(vecs), 4096):])
+        # Only PCA reconstructs its input, so only PCA has a drift residual to compare.
+        self._proj_residual = (
+            proj.residual(vecs[-min(len(vecs), 4096):]) if isinstance(proj, PCAProjection) else 0.0
+        )
         try:
             self._store.set_blob("projection", dump_projection(proj))
             self._store.set_blob(
@@ -1119,8 +1122,3 @@ class SemanticCache:
         """:meth:`put` in a worker thread."""
         return await asyncio.to_thread(self.put, prompt, completion, scope=scope, ttl=ttl)
 
-
-def _residual(proj: BaseProjection, X: FloatArray) -> float:
-    Z = proj.transform(X)
-    Xc = X - proj.mean_
-    return float(np.mean(np.sum((Xc - Z @ proj.components_) ** 2, axis=1)))
