@@ -38,7 +38,7 @@ from typing import Any, Final, Literal, TypeAlias
 import numpy as np
 
 from semcache._types import FloatArray, JSONValue
-from semcache.embedding import Embedder, as_embedder
+from semcache.embedding import Embedder, as_embedder, check_embeddings
 from semcache.errors import (
     ConfigError,
     EmbeddingError,
@@ -690,10 +690,10 @@ class SemanticCache:
         out: list[FloatArray | None] = [self._memo.get(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         if todo:
-            vecs = self.embedder.encode([texts[i] for i in todo])
-            from semcache.embedding import check_embeddings
-
-            vecs = check_embeddings(vecs, len(todo), self._table.dim)
+            # Any Embedder may be plugged in: validate its output (and the width the
+            # table already holds) at this boundary.
+            vecs = check_embeddings(self.embedder.encode([texts[i] for i in todo]), len(todo),
+                                    self._table.dim)
             for j, i in enumerate(todo):
                 out[i] = vecs[j]
                 self._memo[keys[i]] = vecs[j]
