@@ -251,10 +251,12 @@ class SemanticCache:
         Size bound; the least recently used entries are evicted beyond it.
     store : {"disk", "memory"} or KeyValue
         ``"memory"`` keeps nothing after the process ends (tests, ephemeral use).
-    index : {"auto", "exact", "grid", "thermal"}
+    index : {"auto", "exact", "multigrid", "grid", "thermal"}
         ``"auto"`` searches small scopes exactly and switches a scope to the
-        approximate index once it holds ``approx_min_entries`` entries: the grid,
-        or the thermal index when ``projection_dims <= 3``.
+        approximate index once it holds ``approx_min_entries`` entries: the
+        two-table grid (:class:`~semcache.index.multigrid.MultiGridIndex`, the
+        fastest at equal recall in ``benchmarks/index_bench.py``), or the thermal
+        index when ``projection_dims <= 3``.
     projection : {"learned", "pca", "identity"} or BaseProjection
         Projection fitted on the cache's own embeddings for approximate indexes.
         ``"learned"`` keeps paraphrases close (it falls back to PCA when the cache
@@ -589,7 +591,7 @@ class SemanticCache:
             return self.index_kind
         if self.index_kind == "exact":
             return None
-        kind = "thermal" if self.projection_dims <= 3 else "grid"
+        kind = "thermal" if self.projection_dims <= 3 else "multigrid"
         return kind if kind in INDEXES else None
 
     def _wanted_kind(self, n: int) -> str:

@@ -42,7 +42,7 @@ def test_grid_cache_agrees_with_exact_cache(corpus: tuple[list[str], FunctionEmb
     for c in (approx, exact):
         c.put_many(stored, stored)
     st = approx.stats()
-    assert st.index_kinds == {"grid": 1} and st.projection is not None
+    assert st.index_kinds == {"multigrid": 1} and st.projection is not None
     assert exact.stats().index_kinds == {"exact": 1}
     found = possible = 0
     for q in queries:
@@ -65,13 +65,13 @@ def test_grid_cache_survives_deletes_and_reopen(tmp_path: Path,
         projection = cache.stats().projection
         for entry in ids[:500]:
             cache.delete(entry)
-        assert cache.stats().index_kinds == {"grid": 1}
+        assert cache.stats().index_kinds == {"multigrid": 1}
         assert all(not cache.get(t) or cache.get(t).entry_id != e  # type: ignore[union-attr]
                    for t, e in zip(stored[:50], ids[:50], strict=True))
     with SemanticCache(tmp_path / "c", embedder=emb, approx_min_entries=1500) as cache:
         # The projection is loaded, not refitted, and the grid is rebuilt from the store.
         assert cache.stats().projection == projection
-        assert cache.stats().index_kinds == {"grid": 1}
+        assert cache.stats().index_kinds == {"multigrid": 1}
         assert len(cache) == len(stored) - 500
         for t, e in zip(stored[500:700], ids[500:700], strict=True):
             hit = cache.get(t)
@@ -86,7 +86,7 @@ def test_small_scopes_stay_exact_next_to_a_large_one(corpus: tuple[list[str], Fu
     with SemanticCache(store="memory", embedder=emb, approx_min_entries=1500) as cache:
         cache.put_many(stored, stored, scope="big")
         cache.put_many(stored[:20], stored[:20], scope="small")
-        assert cache.stats().index_kinds == {"grid": 1, "exact": 1}
+        assert cache.stats().index_kinds == {"multigrid": 1, "exact": 1}
         hit = cache.get(stored[3], scope="small")
         assert isinstance(hit, Hit) and hit.exact
         assert not cache.get(stored[100], scope="small", threshold=0.999)

@@ -66,7 +66,7 @@ def test_rejects_bad_batches() -> None:
 
 
 def test_registry() -> None:
-    assert {"exact", "grid", "thermal"} <= set(INDEXES)
+    assert {"exact", "grid", "multigrid", "thermal"} <= set(INDEXES)
     for kind in INDEXES:
         assert isinstance(make_index(kind), Index)
     with pytest.raises(ConfigError):

@@ -4,6 +4,7 @@ See :mod:`semcache.index.base` for the contract. :func:`make_index` builds an
 index by name; the cache uses it so the choice is a configuration string.
 
 The approximate indexes (:class:`~semcache.index.grid.GridIndex`,
+:class:`~semcache.index.multigrid.MultiGridIndex`,
 :class:`~semcache.index.thermal.ThermalIndex`) are imported on first use: their
 numba kernels take seconds to compile on a fresh install, which ``import
 semcache`` and caches that never grow past exact search should not pay.
@@ -21,10 +22,15 @@ from semcache.index.exact import ExactIndex
 
 if TYPE_CHECKING:
     from semcache.index.grid import GridIndex
+    from semcache.index.multigrid import MultiGridIndex
     from semcache.index.thermal import ThermalIndex
 
 #: Where the lazily imported indexes live: attribute name -> module.
-_LAZY = {"GridIndex": "semcache.index.grid", "ThermalIndex": "semcache.index.thermal"}
+_LAZY = {
+    "GridIndex": "semcache.index.grid",
+    "MultiGridIndex": "semcache.index.multigrid",
+    "ThermalIndex": "semcache.index.thermal",
+}
 
 
 def _lazy(name: str) -> Callable[..., Index]:
@@ -40,6 +46,7 @@ def _lazy(name: str) -> Callable[..., Index]:
 INDEXES: dict[str, Callable[..., Index]] = {
     "exact": ExactIndex,
     "grid": _lazy("GridIndex"),
+    "multigrid": _lazy("MultiGridIndex"),
     "thermal": _lazy("ThermalIndex"),
 }
 
@@ -73,6 +80,7 @@ __all__ = [
     "ExactIndex",
     "GridIndex",
     "Index",
+    "MultiGridIndex",
     "ThermalIndex",
     "check_batch",
     "make_index",

@@ -16,9 +16,10 @@ How a lookup works
    the paper's scheme (home cell plus the orthant cells by wall distance).
 3. **Filter.** Every row of a visited cell passes a ball test on a short vector
    before it becomes a candidate, so the cache re-ranks tens of rows instead of
-   thousands. Short vectors are stored as int16 with one scale (half the bytes
-   of float32; the rounding error is added to the filter radius) and tested
-   with one SIMD sum per row.
+   thousands. Short vectors are stored as int8 with one scale (a quarter of
+   the bytes of float32, which also quarters the memory traffic of a scan;
+   the rounding error is added to the filter radius) and tested with one SIMD
+   sum per row.
 
 The exact filter
 ----------------
@@ -170,17 +171,17 @@ def stored_vectors(low: FloatArray, lmap: LinearMap | None, width: int) -> Float
     return out
 
 
-_QMAX = 32767.0
+_QMAX = 127.0
 
 
-def quantise(vecs: FloatArray, qinv: float) -> npt.NDArray[np.int16]:
-    """Stored form of float vectors: ``round(vecs * qinv)`` as int16 (clipped to the range).
+def quantise(vecs: FloatArray, qinv: float) -> npt.NDArray[np.int8]:
+    """Stored form of float vectors: ``round(vecs * qinv)`` as int8 (clipped to the range).
 
     The index picks ``qinv`` so nothing is clipped; the rounding error, at
     most ``0.5 / qinv`` per coordinate, is added to the filter radius.
     """
     q = np.rint(vecs.astype(np.float64) * qinv)
-    return np.ascontiguousarray(np.clip(q, -_QMAX, _QMAX).astype(np.int16))
+    return np.ascontiguousarray(np.clip(q, -_QMAX, _QMAX).astype(np.int8))
 
 
 def mine_near_pairs(
@@ -290,6 +291,18 @@ class GridIndex:
         Spare room per cell block at (re)build time, as a share of its rows.
     random_state : int
         Seed of every sample.
+    offset : int
+        First projected coordinate hashed: the grid hashes coordinates
+        ``offset .. offset + m - 1`` (wrapping around past the last one). The
+        tables of a :class:`~semcache.index.multigrid.MultiGridIndex` hash
+        disjoint coordinates this way; the filter uses every coordinate.
+    cell_rows : int, optional
+        When set, each calibration hashes only as many coordinates (at most
+        ``m``) as give cells of about this many rows: ``round(log_G(n /
+        cell_rows))``. A scan costs a few ns per row and tens to hundreds per
+        cell visited, so cells far smaller than ~100 rows cost more in probing
+        than they save in scanning, and far larger ones scan rows the
+        filter rejects anyway.
 
     Attributes
     ----------
@@ -319,6 +332,8 @@ class GridIndex:
         recalibrate_growth: float = 4.0,
         slack: float = 0.125,
         random_state: int = 0,
+        offset: int = 0,
+        cell_rows: int | None = None,
     ) -> None:
         if not isinstance(m, int) or m < 1:
             raise ConfigError(f"m must be a positive int, got {m!r}")
@@ -336,6 +351,10 @@ class GridIndex:
             raise ConfigError("n_probe and min_scan must be >= 1 and max_scan in (0, 1]")
         if recalibrate_growth <= 1.0 or min_calibration < 2 or slack < 0:
             raise ConfigError("recalibrate_growth must be > 1, min_calibration >= 2, slack >= 0")
+        if not isinstance(offset, int) or offset < 0:
+            raise ConfigError(f"offset must be a non-negative int, got {offset!r}")
+        if cell_rows is not None and (not isinstance(cell_rows, int) or cell_rows < 1):
+            raise ConfigError(f"cell_rows must be None or a positive int, got {cell_rows!r}")
         self.m = m
         self.grid = grid
         self.probe = probe
@@ -352,11 +371,18 @@ class GridIndex:
         self.recalibrate_growth = recalibrate_growth
         self.slack = slack
         self.random_state = random_state
+        self.offset = offset
+        self.cell_rows = cell_rows
 
         self._k: int | None = None
+        # Column order that puts the hashed coordinates first (None: as given).
+        # Distances are the same in any column order, so everything inside
+        # works on permuted rows.
+        self._perm: npt.NDArray[np.intp] | None = None
         self._d: int | None = None
         self._map: LinearMap | None = None
         self._rho: float | None = None  # calibrated stretch ratio of the probe
+        self._rho_by_m: F64 | None = None  # ... for every number of hashed coordinates
         self._rho_filter: float | None = None  # and of the filter
         self._rho_exact = math.inf
         self._lip_k = math.inf
@@ -367,7 +393,7 @@ class GridIndex:
         self._res_low: list[FloatArray] = []
         self._res_ids: list[IdArray] = []
         self._res_n = 0
-        # Stored vectors are int16 in units of 1 / _qinv (see quantise());
+        # Stored vectors are int8 in units of 1 / _qinv (see quantise());
         # _qerr bounds the rounding error per coordinate, in projected units.
         self._qinv = 1.0
         self._qerr = 0.0
@@ -392,7 +418,7 @@ class GridIndex:
         self._cells = np.zeros((cells, 4), dtype=np.int64)
         self._ctab_k = np.full(_pow2(2 * cells), -1, dtype=np.int64)
         self._ctab_v = np.full(_pow2(2 * cells), -1, dtype=np.int64)
-        self._pvec = np.zeros((pool, width), dtype=np.int16)
+        self._pvec = np.zeros((pool, width), dtype=np.int8)
         self._pids = np.zeros(pool, dtype=np.int64)
         self._pcell = np.zeros(pool, dtype=np.int32)
         self._itab_k = np.full(64, -1, dtype=np.int64)
@@ -409,11 +435,16 @@ class GridIndex:
         nodes = int(min(self.grid**m, 16_384, 64 * m + 8 * min(self.n_probe, 4096) * m))
         nodes = max(nodes, 2)
         self._work_f = np.empty(nodes, dtype=np.float64)
-        self._work_i = np.empty(nodes * (m + 2), dtype=np.int64)
+        # A node of the general walk is a step vector; the binary walk's is
+        # (code, position).
+        binary = self.grid == 2 and self.probe != "orthant"
+        self._work_i = np.empty(nodes * (2 if binary else m + 2), dtype=np.int64)
         self._heap = np.empty(nodes, dtype=np.int64)
         self._hs = np.empty(2 * m, dtype=np.int64)
         self._vec_f = np.empty(max(self._width, 1), dtype=np.float32)
-        self._vec_q = np.empty(max(self._width, 1), dtype=np.int16)
+        self._vec_q = np.empty(max(self._width, 1), dtype=np.int8)
+        self._order = np.empty(m, dtype=np.int64)
+        self._gap2 = np.empty(m, dtype=np.float64)
 
     def __len__(self) -> int:
         return int(self._meta[0])
@@ -496,7 +527,7 @@ class GridIndex:
         # doubled pool is half empty, which alone would break the memory
         # budget after the first growth of a bulk-built index.
         cap = len(self._pids) + max(64, len(self._pids) // 2)
-        pvec = np.zeros((cap, self._width), dtype=np.int16)
+        pvec = np.zeros((cap, self._width), dtype=np.int8)
         pvec[:top] = self._pvec[:top]
         pids = np.zeros(cap, dtype=np.int64)
         pids[:top] = self._pids[:top]
@@ -505,7 +536,7 @@ class GridIndex:
         self._pvec, self._pids, self._pcell = pvec, pids, pcell
 
     def _compact(self, cap: int) -> None:
-        pvec = np.zeros((cap, self._width), dtype=np.int16)
+        pvec = np.zeros((cap, self._width), dtype=np.int8)
         pids = np.zeros(cap, dtype=np.int64)
         pcell = np.zeros(cap, dtype=np.int32)
         K.grid_compact(
@@ -550,7 +581,7 @@ class GridIndex:
         ids_of : ndarray of int64, shape (n,), optional
             Ids of those rows when they are every row ever added (the first
             calibration): the live ones are rebuilt from their exact
-            coordinates rather than from int16 stored vectors, whose rounding
+            coordinates rather than from int8 stored vectors, whose rounding
             error a recovered map could stretch.
         """
         assert self._k is not None
@@ -570,9 +601,15 @@ class GridIndex:
             exact_rows = False
         if full is not None and low is not None and self.filter != "none" and self._map is None:
             self._map = fit_linear_map(full, low, seed=self.random_state)
-        if full is not None and low is not None and (self._rho is None):
+        if full is not None and low is not None and self._rho_by_m is None:
             self._fit_rho(full, low)
         m = min(self.m, self._k)
+        if self.cell_rows is not None:
+            # As many hashed coordinates as give cells of about cell_rows rows.
+            fit = math.log(max(len(ids), 1) / self.cell_rows) / math.log(self.grid)
+            m = int(min(m, max(1, round(fit))))
+        if self._rho_by_m is not None:
+            self._rho = float(self._rho_by_m[m - 1])
         rng = np.random.default_rng(self.random_state)
         sample = low_all if len(low_all) <= 200_000 else low_all[
             rng.choice(len(low_all), 200_000, replace=False)
@@ -597,14 +634,21 @@ class GridIndex:
         self._after_build()
 
     def _set_scale(self, low: FloatArray, exact_rows: bool) -> None:
-        """Choose the int16 scale for rows ``low`` and update the rounding-error bound.
+        """Choose the int8 scale for rows ``low`` and update the rounding-error bound.
 
         ``(z, s)`` vectors lie in the unit ball, so their scale is fixed;
-        projected coordinates get four times the largest magnitude seen, so
-        later rows rarely overflow (one that does triggers :meth:`_rescale`).
-        When ``low`` was itself read back from stored vectors at another
-        scale, the old rounding error stays in the bound.
+        projected coordinates get twice the largest magnitude seen, so later
+        rows rarely overflow (one that does triggers :meth:`_rescale`). More
+        headroom would cost precision: measured on QQP, twice the maximum lets
+        1.7x as many rows through the filter as float32 vectors would, four
+        times 2.5x (still well under a thousandth of the rows).
+
+        When ``low`` was read back from stored vectors, the current scale is
+        kept if it still holds them: re-rounding a value to the grid it came
+        from is exact, while a new scale adds a second rounding error, which
+        stays in the bound.
         """
+        top = 0.0
         if self._mapped:
             assert self._map is not None
             bound = 1.0 + 2.0 * math.sqrt(self._map.tol2) + 1e-3
@@ -613,16 +657,18 @@ class GridIndex:
             top = float(np.max(np.abs(low[:, :w]))) if low.size and w else 0.0
             if not math.isfinite(top):
                 raise IndexStateError("projected coordinates must be finite")
-            bound = 4.0 * top if top > 0 else 1.0
+            bound = 2.0 * top if top > 0 else 1.0
         qinv = _QMAX / bound
         if exact_rows:
             self._qerr = 0.5 / qinv
-        elif qinv != self._qinv:
+        elif qinv != self._qinv and (self._mapped or top * self._qinv > _QMAX):
             self._qerr += 0.5 / qinv
+        else:
+            return
         self._qinv = qinv
 
     def _rescale(self, low: FloatArray) -> None:
-        """Widen the int16 range to hold rows ``low`` too, and rebuild."""
+        """Widen the int8 range to hold rows ``low`` too, and rebuild."""
         if not np.isfinite(low).all():
             raise IndexStateError("projected coordinates must be finite")
         ids, vecs = self._live()
@@ -659,7 +705,6 @@ class GridIndex:
         interest gives radii for every threshold above it.
         """
         assert self._k is not None
-        m = min(self.m, self._k)
         a, b, cos = mine_near_pairs(full, self.calibration_threshold, seed=self.random_state)
         # Identical embeddings say nothing about the stretch (0/0).
         keep = cos < 1.0 - 1e-6
@@ -668,13 +713,15 @@ class GridIndex:
         if len(a) < self.min_pairs:
             return
         dfull = np.sqrt(np.maximum(2.0 - 2.0 * cos.astype(np.float64), 1e-12))
-        dlow = np.linalg.norm((low[a, :m] - low[b, :m]).astype(np.float64), axis=1)
+        # The ratio for every possible number of hashed coordinates, so a
+        # recalibration that changes m (see ``cell_rows``) needs no embeddings.
+        dlow = np.sqrt(np.cumsum((low[a] - low[b]).astype(np.float64) ** 2, axis=1))
         if self.filter == "exact" and self._map is not None:
             vecs = stored_vectors(low, self._map, self._map.T.shape[1] + 1)
         else:
             vecs = low
         dvec = np.linalg.norm((vecs[a] - vecs[b]).astype(np.float64), axis=1)
-        self._rho = float(np.quantile(dlow / dfull, self.probe_quantile))
+        self._rho_by_m = np.quantile(dlow / dfull[:, None], self.probe_quantile, axis=0)
         self._rho_filter = float(np.quantile(dvec / dfull, self.filter_quantile))
 
     def _bulk_build(self, ids: IdArray, low: FloatArray) -> None:
@@ -733,6 +780,8 @@ class GridIndex:
             # (clash), and they cost several times the insert itself.
             if ids[0] < 0:
                 raise IndexStateError("ids must be non-negative")
+            if self._perm is not None:
+                low = low[:, self._perm]
             self._insert(ids, low)
             if len(self) >= self.recalibrate_growth * max(1, self._calibrated_at):
                 self._calibrate(None, None)
@@ -742,7 +791,11 @@ class GridIndex:
         if n == 0:
             return
         if self._k is None:
-            self._k, self._d = low_a.shape[1], full_a.shape[1]
+            k = low_a.shape[1]
+            if self.offset >= k:
+                raise ConfigError(f"offset {self.offset} is past the {k} projected coordinates")
+            self._perm = np.roll(np.arange(k), -self.offset) if self.offset else None
+            self._k, self._d = k, full_a.shape[1]
             self._width = self._k
             self._alloc_empty(self._width)
             self._size_work()
@@ -754,6 +807,8 @@ class GridIndex:
             )
         if (ids_a < 0).any():
             raise IndexStateError("ids must be non-negative")
+        if self._perm is not None:
+            low_a = np.ascontiguousarray(low_a[:, self._perm])
         clash = ids_a[K.codes_of_ids(ids_a, self._itab_k, self._itab_v, self._pcell, self._cells) >= 0]
         if len(clash):
             raise IndexStateError(f"ids already in the index: {clash[:5].tolist()}")
@@ -774,7 +829,7 @@ class GridIndex:
         if total >= self.recalibrate_growth * max(1, self._calibrated_at):
             self._insert(ids_a, low_a)
             # A large batch can also teach the ratio when the first one could not.
-            use = n >= self.min_calibration and self._rho is None
+            use = n >= self.min_calibration and self._rho_by_m is None
             self._calibrate(full_a if use else None, low_a if use else None)
             return
         self._insert(ids_a, low_a)
@@ -830,7 +885,7 @@ class GridIndex:
         cosine >= t; the exact radii stretch it by the map's Lipschitz factor
         (probe) or not at all (filter, see the module docstring), the
         calibrated ones by the measured near-pair quantiles times the margin,
-        never beyond the exact ones. The filter radius also covers the int16
+        never beyond the exact ones. The filter radius also covers the int8
         rounding of stored vectors (both are in projected units; the kernels
         compare in stored units, see :meth:`_stored_r2`).
         """
@@ -846,7 +901,7 @@ class GridIndex:
             filt = min(exact_filter, self._rho_filter * self.probe_margin * base + lip * tol)
         else:
             filt = exact_filter
-        # Stored vectors are rounded to int16: a row may look farther than it
+        # Stored vectors are rounded to int8: a row may look farther than it
         # is by at most the norm of its rounding error.
         filt += math.sqrt(self._width) * self._qerr
         rx = self._rho_exact
@@ -860,7 +915,7 @@ class GridIndex:
         return probe * probe, filt * filt
 
     def _stored_r2(self, r2: float) -> float:
-        """A squared radius in projected units, in the stored int16 units the kernels use."""
+        """A squared radius in projected units, in the stored int8 units the kernels use."""
         return r2 * self._qinv * self._qinv if math.isfinite(r2) else math.inf
 
     def candidates(self, q_low: FloatArray, q_full: FloatArray, threshold: float) -> IdArray:
@@ -880,20 +935,44 @@ class GridIndex:
         n = len(self)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        q = np.ascontiguousarray(q_low, dtype=np.float32).reshape(-1)
-        if q.shape[0] != self._k:
-            raise IndexStateError(f"expected a {self._k}-d query, got {q.shape[0]}-d")
-        probe_r2, filt_r2 = self.radii(threshold)
-        max_points = max(self.min_scan, int(self.max_scan * n)) if self.max_scan < 1.0 else n + 1
-        orthant = 1 if self.probe == "orthant" else 0
-        filt_q = self._stored_r2(filt_r2)
+        q = self._query_row(q_low)
+        max_points = self._budget(self.max_scan)
         while True:
-            got = K.grid_query(
-                q, self._b, self._T, self._mapped, self._qinv, self._edges, self.grid, probe_r2,
-                filt_q, self.n_probe, max_points, orthant, self._cells, self._meta,
-                self._pvec, self._pids, self._ctab_k, self._ctab_v, self._out,
-                self._work_f, self._work_i, self.last_stats, self._heap, self._vec_f, self._hs,
-            )
+            got = self._probe(q, threshold, max_points, self._out, 0)
             if got >= 0:
                 return self._out[:got].copy()
             self._out = np.empty(2 * (-got) + 64, dtype=np.int64)
+
+    def _query_row(self, q_low: FloatArray) -> FloatArray:
+        """The query's projected coordinates as the kernels take them (columns permuted)."""
+        q = np.ascontiguousarray(q_low, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self._k:
+            raise IndexStateError(f"expected a {self._k}-d query, got {q.shape[0]}-d")
+        return q[self._perm] if self._perm is not None else q
+
+    def _budget(self, share: float) -> int:
+        """Rows a lookup may scan when ``share`` of the entries is allowed."""
+        n = len(self)
+        return max(self.min_scan, int(share * n)) if share < 1.0 else n + 1
+
+    def _probe(self, q: FloatArray, threshold: float, max_points: int, out: IdArray,
+               n_prev: int) -> int:
+        """Run the lookup kernel: candidate ids go to ``out`` after its first ``n_prev``.
+
+        Returns the number of ids in ``out``, or ``-(needed)`` when it is too short.
+        """
+        probe_r2, filt_r2 = self.radii(threshold)
+        filt_q = self._stored_r2(filt_r2)
+        if self.grid == 2 and self.probe != "orthant" and self._m_eff:
+            return int(K.grid_query_binary(
+                q, self._b, self._T, self._mapped, self._qinv, self._edges, probe_r2, filt_q,
+                self.n_probe, max_points, self._cells, self._meta, self._pvec, self._pids,
+                self._ctab_k, self._ctab_v, out, self._work_f, self._work_i,
+                self.last_stats, self._heap, self._vec_f, self._order, self._gap2, n_prev,
+            ))
+        return int(K.grid_query(
+            q, self._b, self._T, self._mapped, self._qinv, self._edges, self.grid, probe_r2,
+            filt_q, self.n_probe, max_points, 1 if self.probe == "orthant" else 0, self._cells,
+            self._meta, self._pvec, self._pids, self._ctab_k, self._ctab_v, out,
+            self._work_f, self._work_i, self.last_stats, self._heap, self._vec_f, self._hs, n_prev,
+        ))

@@ -46,6 +46,7 @@ __all__ = [
     "grid_index_ids",
     "grid_insert",
     "grid_query",
+    "grid_query_binary",
     "grid_remove",
     "quantize_into",
     "table_find",
@@ -62,7 +63,7 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
-I16 = npt.NDArray[np.int16]
+I8 = npt.NDArray[np.int8]
 #: Scalar ints as kernels see them: Python ints or NumPy int64.
 Int = int | np.integer[Any]
 
@@ -197,9 +198,9 @@ def table_rehash(old_keys: I64, old_vals: I64, new_keys: I64, new_vals: I64) -> 
 # inserts amortised O(1). ``meta = [n_items, n_cells, pool_top, pool_dead,
 # status]``; ``status`` says why an insert stopped early (``STOP_*``).
 #
-# Stored vectors are int16: ``round(v * qinv)`` with one scale for every
+# Stored vectors are int8: ``round(v * qinv)`` with one scale for every
 # coordinate, so squared distances in stored units are ``qinv**2`` times
-# the real ones and the filter compares against a scaled radius. Half of the
+# the real ones and the filter compares against a scaled radius. A quarter of the
 # float32 bytes, and the rounding error (at most ``0.5 / qinv`` per coordinate)
 # is added to the filter radius by the caller.
 # ---------------------------------------------------------------------------
@@ -210,29 +211,29 @@ _CAP = 2
 _CODE = 3
 
 #: ``meta[4]`` after :func:`grid_insert` stopped early: an array is full,
-#: a row does not fit the int16 range, or an id is already present.
+#: a row does not fit the int8 range, or an id is already present.
 STOP_ROOM = 0
 STOP_RANGE = 1
 STOP_CLASH = 2
-_Q_MAX = 32767.0
+_Q_MAX = 127.0
 
 
-@_kernel("int64(float32[::1], float32, int16[::1])")
-def quantize_into(vec: F32, qinv: float, out: I16) -> int:
-    """``out = round(vec * qinv)``; returns 0 (and leaves ``out`` undefined) if a value overflows int16.
+@_kernel("int64(float32[::1], float32, int8[::1])")
+def quantize_into(vec: F32, qinv: float, out: I8) -> int:
+    """``out = round(vec * qinv)``; returns 0 (and leaves ``out`` undefined) if a value overflows int8.
 
     Parameters
     ----------
     vec : ndarray of float32, shape (w,)
     qinv : float
         Stored units per projected unit.
-    out : ndarray of int16, shape (w,)
+    out : ndarray of int8, shape (w,)
     """
     for t in range(vec.shape[0]):
         x = np.float32(np.rint(vec[t] * qinv))
         if not (-_Q_MAX <= x <= _Q_MAX):  # also catches NaN
             return 0
-        out[t] = np.int16(x)
+        out[t] = np.int8(x)
     return 1
 
 
@@ -325,17 +326,17 @@ def grid_codes(low: F32, edges: F32, grid: int) -> I64:
 
 
 @_kernel(
-    "int64(int64[::1], int64[::1], int16[:, ::1], int64[::1], int64[:, ::1], int64[::1],"
-    " int16[:, ::1], int64[::1], int32[::1], int64[::1], int64[::1], float64)"
+    "int64(int64[::1], int64[::1], int8[:, ::1], int64[::1], int64[:, ::1], int64[::1],"
+    " int8[:, ::1], int64[::1], int32[::1], int64[::1], int64[::1], float64)"
 )
 def grid_build(
     order: I64,
     codes_sorted: I64,
-    vecs: I16,
+    vecs: I8,
     ids: I64,
     cells: I64,
     meta: I64,
-    pvec: I16,
+    pvec: I8,
     pids: I64,
     pcell: I32,
     ctab_k: I64,
@@ -350,7 +351,7 @@ def grid_build(
         Row order that sorts the rows by cell code.
     codes_sorted : ndarray of int64, shape (n,)
         Cell codes in that order.
-    vecs : ndarray of int16, shape (n, w)
+    vecs : ndarray of int8, shape (n, w)
         Stored (quantised) vectors, unsorted.
     ids : ndarray of int64, shape (n,)
         Entry ids (unsorted).
@@ -418,8 +419,8 @@ def grid_index_ids(pids: I64, cells: I64, meta: I64, itab_k: I64, itab_v: I64) -
 
 @_kernel(
     "int64(float32[:, ::1], int64[::1], float32[:, ::1], int64, float32[::1], float32[:, ::1],"
-    " int64, float32, int64[:, ::1], int64[::1], int16[:, ::1], int64[::1], int32[::1], int64[::1],"
-    " int64[::1], int64[::1], int64[::1], float32[::1], int16[::1])"
+    " int64, float32, int64[:, ::1], int64[::1], int8[:, ::1], int64[::1], int32[::1], int64[::1],"
+    " int64[::1], int64[::1], int64[::1], float32[::1], int8[::1])"
 )
 def grid_insert(
     low: F32,
@@ -432,7 +433,7 @@ def grid_insert(
     qinv: float,
     cells: I64,
     meta: I64,
-    pvec: I16,
+    pvec: I8,
     pids: I64,
     pcell: I32,
     ctab_k: I64,
@@ -440,7 +441,7 @@ def grid_insert(
     itab_k: I64,
     itab_v: I64,
     vec: F32,
-    qvec: I16,
+    qvec: I8,
 ) -> int:
     """Insert rows one by one (amortised O(1) each).
 
@@ -459,7 +460,7 @@ def grid_insert(
     cells, meta, pvec, pids, pcell, ctab_k, ctab_v, itab_k, itab_v
         Grid state (see the module comment).
     vec : ndarray of float32, shape (w,)
-    qvec : ndarray of int16, shape (w,)
+    qvec : ndarray of int8, shape (w,)
         Scratch rows (passed in so a single insert allocates nothing).
 
     Returns
@@ -468,7 +469,7 @@ def grid_insert(
         Number of rows inserted. Fewer than ``n`` means the kernel stopped
         before touching the row it stopped at, for the reason in ``meta[4]``:
         an array is full (``STOP_ROOM``: the caller grows it and resumes), the
-        row's stored vector overflows int16 (``STOP_RANGE``: the caller
+        row's stored vector overflows int8 (``STOP_RANGE``: the caller
         rescales), or its id is present (``STOP_CLASH``).
     """
     n = low.shape[0]
@@ -529,14 +530,14 @@ def grid_insert(
 
 
 @_kernel(
-    "int64(int64[::1], int64[:, ::1], int64[::1], int16[:, ::1], int64[::1], int32[::1],"
+    "int64(int64[::1], int64[:, ::1], int64[::1], int8[:, ::1], int64[::1], int32[::1],"
     " int64[::1], int64[::1])"
 )
 def grid_remove(
     ids: I64,
     cells: I64,
     meta: I64,
-    pvec: I16,
+    pvec: I8,
     pids: I64,
     pcell: I32,
     itab_k: I64,
@@ -571,16 +572,16 @@ def grid_remove(
 
 
 @_kernel(
-    "int64(int64[:, ::1], int64[::1], int16[:, ::1], int64[::1], int32[::1],"
-    " int16[:, ::1], int64[::1], int32[::1], float64)"
+    "int64(int64[:, ::1], int64[::1], int8[:, ::1], int64[::1], int32[::1],"
+    " int8[:, ::1], int64[::1], int32[::1], float64)"
 )
 def grid_compact(
     cells: I64,
     meta: I64,
-    pvec: I16,
+    pvec: I8,
     pids: I64,
     pcell: I32,
-    new_pvec: I16,
+    new_pvec: I8,
     new_pids: I64,
     new_pcell: I32,
     slack: float,
@@ -611,6 +612,95 @@ def grid_compact(
     return int(top)
 
 
+@_kernel("int64(float64[::1], int64[::1], int64, int64)")
+def _heap_push(node_cost: F64, heap: I64, hsize: int, node: int) -> int:
+    """Sift ``node`` (keyed by ``node_cost[node]``) up the min-heap of ``hsize`` nodes.
+
+    Returns the new heap size.
+    """
+    cost = node_cost[node]
+    pos = hsize
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if node_cost[heap[parent]] > cost:
+            heap[pos] = heap[parent]
+            pos = parent
+        else:
+            break
+    heap[pos] = node
+    return hsize + 1
+
+
+@_kernel("int64(float64[::1], int64[::1], int64)")
+def _heap_pop(node_cost: F64, heap: I64, hsize: int) -> int:
+    """Remove the cheapest node from the min-heap of ``hsize >= 1`` nodes and return it.
+
+    The heap then holds ``hsize - 1`` nodes.
+    """
+    top = heap[0]
+    hsize -= 1
+    if hsize > 0:
+        last = heap[hsize]
+        pos = 0
+        cl = node_cost[last]
+        while True:
+            left = 2 * pos + 1
+            if left >= hsize:
+                break
+            right = left + 1
+            child = left
+            if right < hsize and node_cost[heap[right]] < node_cost[heap[left]]:
+                child = right
+            if node_cost[heap[child]] < cl:
+                heap[pos] = heap[child]
+                pos = child
+            else:
+                break
+        heap[pos] = last
+    return int(top)
+
+
+@_kernel(
+    "int64(int8[:, ::1], int64[::1], int64, int64, float32[::1], float32, int64[::1], int64, int64)",
+    reassoc=True,
+)
+def _scan_rows(
+    pvec: I8, pids: I64, start: int, count: int, q_vec: F32, filter_r2: float, out: I64,
+    n_out: int, n_prev: int,
+) -> int:
+    """Append to ``out`` the ids of pool rows ``start .. start + count`` inside the filter ball.
+
+    ``n_out`` ids are already in ``out``; an id among its first ``n_prev``
+    (found by another table of a multi-table grid) is not added again.
+    Returns the new number of ids found, which may exceed ``len(out)``: ids
+    past its end are counted, not written, so the caller can ask for a longer
+    array.
+    """
+    w = pvec.shape[1]
+    for p in range(start, start + count):
+        # One branch-free SIMD sum per row: an early exit on a short prefix
+        # measured 2.5x slower (branch misses and a loop LLVM no longer
+        # vectorises).
+        d2 = np.float32(0.0)
+        for t in range(w):
+            diff = np.float32(pvec[p, t]) - q_vec[t]
+            d2 += diff * diff
+        if d2 <= filter_r2:
+            pid = pids[p]
+            seen = False
+            # Few rows pass the filter, so a linear check is cheap.
+            for u in range(n_prev):
+                if out[u] == pid:
+                    seen = True
+                    break
+            if seen:
+                continue
+            if n_out < out.shape[0]:
+                out[n_out] = pid
+            n_out += 1
+    return n_out
+
+
 @_kernel("int64(int64[::1], float64[::1], int64[::1], int64, int64, int64, int64, float64, int64, int64)")
 def _push_node(
     work_i: I64, node_cost: F64, heap: I64, base: int, m: int, j: int, step: int, cost: float,
@@ -628,23 +718,14 @@ def _push_node(
     work_i[nb_ + j] = step
     work_i[nb_ + m] = j
     node_cost[node] = cost
-    pos = hsize
-    while pos > 0:
-        parent = (pos - 1) // 2
-        if node_cost[heap[parent]] > cost:
-            heap[pos] = heap[parent]
-            pos = parent
-        else:
-            break
-    heap[pos] = node
-    return hsize + 1
+    return _heap_push(node_cost, heap, hsize, node)
 
 
 @_kernel(
     "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float32[:, ::1],"
-    " int64, float64, float32, int64, int64, int64, int64[:, ::1], int64[::1], int16[:, ::1],"
+    " int64, float64, float32, int64, int64, int64, int64[:, ::1], int64[::1], int8[:, ::1],"
     " int64[::1], int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1],"
-    " int64[::1], float32[::1], int64[::1])",
+    " int64[::1], float32[::1], int64[::1], int64)",
     reassoc=True,
 )
 def grid_query(
@@ -662,7 +743,7 @@ def grid_query(
     orthant: int,
     cells: I64,
     meta: I64,
-    pvec: I16,
+    pvec: I8,
     pids: I64,
     ctab_k: I64,
     ctab_v: I64,
@@ -673,6 +754,7 @@ def grid_query(
     heap: I64,
     q_vec: F32,
     hs: I64,
+    n_prev: int,
 ) -> int:
     """Candidates of one query: best-first multiprobe, then the ball filter.
 
@@ -723,11 +805,15 @@ def grid_query(
         More scratch. All scratch is owned by the caller and reused, so a
         lookup allocates nothing (a fresh heap per lookup cost more than the
         scan of a small index).
+    n_prev : int
+        Ids already in ``out`` (from the other tables of a multi-table grid):
+        kept, and not added again.
 
     Returns
     -------
     int
-        Number of ids written, or ``-(needed)`` if ``out`` is too short.
+        Number of ids in ``out`` (``n_prev`` included), or ``-(needed)`` if
+        it is too short.
     """
     m = edges.shape[0]
     w = pvec.shape[1]
@@ -775,34 +861,14 @@ def grid_query(
     heap[0] = 0
     hsize = 1
 
-    n_out = 0
-    overflow = 0
+    n_out = n_prev
     visited = 0
     scanned = 0
     n_cells = meta[1]
     pops = 0
     while hsize > 0:
-        # Pop the cheapest node.
-        top = heap[0]
+        top = _heap_pop(node_cost, heap, hsize)
         hsize -= 1
-        if hsize > 0:
-            last = heap[hsize]
-            pos = 0
-            cl = node_cost[last]
-            while True:
-                left = 2 * pos + 1
-                if left >= hsize:
-                    break
-                right = left + 1
-                child = left
-                if right < hsize and node_cost[heap[right]] < node_cost[heap[left]]:
-                    child = right
-                if node_cost[heap[child]] < cl:
-                    heap[pos] = heap[child]
-                    pos = child
-                else:
-                    break
-            heap[pos] = last
         cost = node_cost[top]
         if cost > probe_r2:
             break
@@ -821,21 +887,9 @@ def grid_query(
                 count = cells[c, _COUNT]
                 if count > 0:
                     visited += 1
-                    start = cells[c, _START]
-                    for p in range(start, start + count):
-                        # One branch-free SIMD sum per row: an early exit
-                        # on a short prefix measured 2.5x slower (branch
-                        # misses and a loop LLVM no longer vectorises).
-                        d2 = np.float32(0.0)
-                        for t in range(w):
-                            diff = np.float32(pvec[p, t]) - q_vec[t]
-                            d2 += diff * diff
-                        if d2 <= filter_r2:
-                            if n_out < out.shape[0]:
-                                out[n_out] = pids[p]
-                            else:
-                                overflow += 1
-                            n_out += 1
+                    n_out = _scan_rows(
+                        pvec, pids, cells[c, _START], count, q_vec, filter_r2, out, n_out, n_prev
+                    )
                     scanned += count
                     if visited >= max_cells or scanned >= max_points:
                         break
@@ -881,7 +935,158 @@ def grid_query(
     stats[0] = visited
     stats[1] = scanned
     stats[2] = pops
-    if overflow > 0:
+    if n_out > out.shape[0]:
+        return int(-n_out)
+    return int(n_out)
+
+
+@_kernel(
+    "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float32[:, ::1],"
+    " float64, float32, int64, int64, int64[:, ::1], int64[::1], int8[:, ::1], int64[::1],"
+    " int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], int64[::1],"
+    " float32[::1], int64[::1], float64[::1], int64)",
+    reassoc=True,
+)
+def grid_query_binary(
+    q_low: F32,
+    b: F32,
+    T: F32,
+    mapped: int,
+    qinv: float,
+    edges: F32,
+    probe_r2: float,
+    filter_r2: float,
+    max_cells: int,
+    max_points: int,
+    cells: I64,
+    meta: I64,
+    pvec: I8,
+    pids: I64,
+    ctab_k: I64,
+    ctab_v: I64,
+    out: I64,
+    work_f: F64,
+    work_i: I64,
+    stats: I64,
+    heap: I64,
+    q_vec: F32,
+    order: I64,
+    gap2: F64,
+    n_prev: int,
+) -> int:
+    """Candidates of one query on a two-slice grid (``G = 2``), probed best-first.
+
+    With two slices per dimension a cell is a bit vector, and a cell's wall
+    distance from the query is the sum of the squared gaps ``gap2[j]`` of the
+    bits it flips. Cells are enumerated in increasing wall distance by the
+    shift/expand scheme of multi-probe LSH (Lv et al., VLDB 2007): with the
+    dimensions sorted by gap, a flip set whose largest sorted position is
+    ``i`` has two successors, *shift* (``i`` -> ``i + 1``) and *expand*
+    (add ``i + 1``); both cost at least as much, and every flip set is
+    reached exactly once from the empty set (the home cell). A node is thus
+    three words (cost, code, position) and a pop pushes at most two nodes,
+    where the general walk of :func:`grid_query` copies a step vector per
+    successor. Cheap probing is what lets the grid use many dimensions
+    (``2**m`` cells, most of them small or empty) and scan few rows.
+
+    Parameters are those of :func:`grid_query`, except:
+
+    edges : ndarray of float32, shape (m, 1)
+        The boundary of each hashed dimension.
+    work_f : ndarray of float64, shape (nodes,)
+        Node costs.
+    work_i : ndarray of int64, shape (2 * nodes,)
+        Node (code, position) pairs.
+    order : ndarray of int64, shape (m,)
+    gap2 : ndarray of float64, shape (m,)
+        Scratch: the dimensions sorted by squared gap, and the gaps.
+    n_prev : int
+        Ids already in ``out`` (from the other tables of a multi-table grid):
+        kept, and not added again.
+
+    Returns
+    -------
+    int
+        Number of ids in ``out`` (``n_prev`` included), or ``-(needed)`` if
+        it is too short.
+    """
+    m = edges.shape[0]
+    w = pvec.shape[1]
+    filter_vec(q_low, b, T, mapped, q_vec)
+    for t in range(w):
+        q_vec[t] *= qinv
+    home = np.int64(0)
+    for j in range(m):
+        g = np.float64(q_low[j]) - np.float64(edges[j, 0])
+        if g >= 0.0:
+            home |= np.int64(1) << j
+        gap2[j] = g * g
+        # Insertion sort of the dimensions by gap (m is small).
+        pos = j
+        while pos > 0 and gap2[order[pos - 1]] > gap2[j]:
+            order[pos] = order[pos - 1]
+            pos -= 1
+        order[pos] = j
+    cap_nodes = min(work_f.shape[0], work_i.shape[0] // 2, heap.shape[0])
+    # Root: the empty flip set (the home cell), at sorted position -1.
+    work_f[0] = 0.0
+    work_i[0] = home
+    work_i[1] = -1
+    heap[0] = 0
+    hsize = 1
+    n_nodes = 1
+    n_out = n_prev
+    visited = 0
+    scanned = 0
+    pops = 0
+    n_cells = meta[1]
+    while hsize > 0:
+        top = _heap_pop(work_f, heap, hsize)
+        hsize -= 1
+        cost = work_f[top]
+        if cost > probe_r2:
+            break
+        pops += 1
+        code = work_i[2 * top]
+        i = work_i[2 * top + 1]
+        if n_cells > 0:
+            slot = table_find(ctab_k, code)
+            if slot >= 0:
+                c = ctab_v[slot]
+                count = cells[c, _COUNT]
+                if count > 0:
+                    visited += 1
+                    n_out = _scan_rows(
+                        pvec, pids, cells[c, _START], count, q_vec, filter_r2, out, n_out, n_prev
+                    )
+                    scanned += count
+                    if visited >= max_cells or scanned >= max_points:
+                        break
+        if i + 1 >= m:
+            continue
+        nxt = order[i + 1]
+        # Expand: also flip the next dimension.
+        ncost = cost + gap2[nxt]
+        if ncost <= probe_r2 and n_nodes < cap_nodes:
+            work_f[n_nodes] = ncost
+            work_i[2 * n_nodes] = code ^ (np.int64(1) << nxt)
+            work_i[2 * n_nodes + 1] = i + 1
+            hsize = _heap_push(work_f, heap, hsize, n_nodes)
+            n_nodes += 1
+        # Shift: flip the next dimension instead of the last one.
+        if i >= 0:
+            cur = order[i]
+            ncost = cost - gap2[cur] + gap2[nxt]
+            if ncost <= probe_r2 and n_nodes < cap_nodes:
+                work_f[n_nodes] = ncost
+                work_i[2 * n_nodes] = code ^ (np.int64(1) << cur) ^ (np.int64(1) << nxt)
+                work_i[2 * n_nodes + 1] = i + 1
+                hsize = _heap_push(work_f, heap, hsize, n_nodes)
+                n_nodes += 1
+    stats[0] = visited
+    stats[1] = scanned
+    stats[2] = pops
+    if n_out > out.shape[0]:
         return int(-n_out)
     return int(n_out)
 
@@ -1049,7 +1254,7 @@ def _gap(
 
 @_kernel(
     "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float64[::1], float64[::1],"
-    " int64, int64, float64, float32, float64, int32[::1], int64[:, ::1], int16[:, ::1],"
+    " int64, int64, float64, float32, float64, int32[::1], int64[:, ::1], int8[:, ::1],"
     " int64[::1], int64[::1], int64[::1], int64[::1])",
     reassoc=True,
 )
@@ -1068,7 +1273,7 @@ def thermal_gather(
     cell_scale: float,
     occ: I32,
     cells: I64,
-    pvec: I16,
+    pvec: I8,
     pids: I64,
     ctab_k: I64,
     ctab_v: I64,
@@ -1128,7 +1333,6 @@ def thermal_gather(
         else:
             reach[j] = np.int64(np.ceil(np.sqrt(r2) / width[j])) + 1
     n_out = 0
-    overflow = 0
     for d2 in range(-reach[2], reach[2] + 1):
         i2 = cc[2] + d2
         if i2 < 0 or i2 >= grid:
@@ -1157,18 +1361,9 @@ def thermal_gather(
                 if slot < 0:
                     continue
                 c = ctab_v[slot]
-                start = cells[c, _START]
-                for p in range(start, start + cells[c, _COUNT]):
-                    d2v = np.float32(0.0)
-                    for t in range(w):
-                        diff = np.float32(pvec[p, t]) - q_vec[t]
-                        d2v += diff * diff
-                    if d2v <= filter_r2:
-                        if n_out < out.shape[0]:
-                            out[n_out] = pids[p]
-                        else:
-                            overflow += 1
-                        n_out += 1
-    if overflow > 0:
+                n_out = _scan_rows(
+                    pvec, pids, cells[c, _START], cells[c, _COUNT], q_vec, filter_r2, out, n_out, 0
+                )
+    if n_out > out.shape[0]:
         return int(-n_out)
     return int(n_out)

@@ -1,0 +1,166 @@
+"""MultiGridIndex and the binary-grid probe against exact search on real MiniLM embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semcache.errors import ConfigError, IndexStateError
+from semcache.index import GridIndex, MultiGridIndex, make_index
+from semcache.index import kernels as K
+from tests._index_data import THRESHOLDS, corpus, exact_of, recall
+
+
+@pytest.fixture(scope="module")
+def built() -> MultiGridIndex:
+    c = corpus()
+    g = MultiGridIndex()
+    g.add(c.ids, c.low, c.full)
+    return g
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_recall_at_default_settings(built: MultiGridIndex, threshold: float) -> None:
+    c = corpus()
+    r, hits, n_cand = recall(built, exact_of(c), c.q_low, c.q_full, threshold)
+    assert hits >= 20, "the test corpus must contain real threshold hits"
+    assert r >= 0.995, f"recall {r:.4f} at {threshold} over {hits} hits"
+    assert n_cand < 0.05 * len(c.ids)
+
+
+def test_tables_hash_disjoint_coordinates(built: MultiGridIndex) -> None:
+    c = corpus()
+    assert built.calibrated and len(built) == len(c.ids)
+    a, b = built._grids
+    # Two groups of the 32 coordinates; table 1 sees the columns rotated so
+    # that coordinates 16.. come first.
+    assert (a.offset, b.offset) == (0, 16)
+    assert b._perm is not None and b._perm[:16].tolist() == list(range(16, 32))
+    # cell_rows picks how many of them are hashed: cells of ~96 rows.
+    n_cells = 2 ** a._m_eff
+    assert a._m_eff == b._m_eff and 48 <= len(c.ids) / n_cells <= 192
+    assert built.stats()["tables"] == 2
+    assert built.stats()["bytes"] == a.stats()["bytes"] + b.stats()["bytes"]
+
+
+def test_lossless_probe_finds_every_match() -> None:
+    """With the lossless radii and no budget, the bit-vector walk reaches every cell that matters."""
+    c = corpus()
+    g = MultiGridIndex(probe="exact", filter="exact", max_scan=1.0)
+    g.add(c.ids, c.low, c.full)
+    ex = exact_of(c)
+    for t in THRESHOLDS:
+        for i in range(len(c.q_low)):
+            want = set(ex.candidates(c.q_low[i], c.q_full[i], t).tolist())
+            got = g.candidates(c.q_low[i], c.q_full[i], t)
+            assert want <= set(got.tolist())
+            assert len(np.unique(got)) == len(got)
+
+
+def test_binary_walk_visits_cells_in_the_same_order_as_the_general_walk() -> None:
+    """On a two-slice grid both kernels are best-first by wall distance: same cells, same rows."""
+    c = corpus()
+    g = GridIndex(m=10, grid=2, max_scan=0.05)
+    g.add(c.ids, c.low, c.full)
+    probe_r2, filt_r2 = g.radii(0.85)
+    filt_q = g._stored_r2(filt_r2)
+    budget = g._budget(g.max_scan)
+    # The general walk stores a step vector per node, the binary one two words.
+    work_general = np.empty(len(g._work_f) * (g._m_eff + 2), dtype=np.int64)
+    for i in range(100):
+        q = g._query_row(c.q_low[i])
+        out_a = np.empty(len(c.ids), dtype=np.int64)
+        out_b = np.empty(len(c.ids), dtype=np.int64)
+        stats_a = np.zeros(3, dtype=np.int64)
+        stats_b = np.zeros(3, dtype=np.int64)
+        na = K.grid_query_binary(
+            q, g._b, g._T, g._mapped, g._qinv, g._edges, probe_r2, filt_q, g.n_probe, budget,
+            g._cells, g._meta, g._pvec, g._pids, g._ctab_k, g._ctab_v, out_a, g._work_f,
+            g._work_i, stats_a, g._heap, g._vec_f, g._order, g._gap2, 0,
+        )
+        nb = K.grid_query(
+            q, g._b, g._T, g._mapped, g._qinv, g._edges, 2, probe_r2, filt_q, g.n_probe, budget,
+            0, g._cells, g._meta, g._pvec, g._pids, g._ctab_k, g._ctab_v, out_b, g._work_f,
+            work_general, stats_b, g._heap, g._vec_f, g._hs, 0,
+        )
+        assert stats_a[:2].tolist() == stats_b[:2].tolist()
+        assert sorted(out_a[:na].tolist()) == sorted(out_b[:nb].tolist())
+
+
+def test_one_table_is_a_binary_grid() -> None:
+    c = corpus()
+    one = MultiGridIndex(tables=1, m=10, cell_rows=None, max_scan=0.05, min_scan=2048)
+    plain = GridIndex(m=10, grid=2, max_scan=0.05, min_scan=2048)
+    for g in (one, plain):
+        g.add(c.ids, c.low, c.full)
+    for i in range(len(c.q_low)):
+        a = one.candidates(c.q_low[i], c.q_full[i], 0.85)
+        b = plain.candidates(c.q_low[i], c.q_full[i], 0.85)
+        assert sorted(a.tolist()) == sorted(b.tolist())
+
+
+def test_streaming_inserts_and_deletes_match_exact() -> None:
+    c = corpus()
+    n = len(c.ids)
+    g = MultiGridIndex(min_calibration=512)
+    ex = exact_of(c)
+    for i in range(n):
+        g.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
+    assert len(g) == n and g.calibrated
+    r, hits, _ = recall(g, ex, c.q_low, c.q_full, 0.9)
+    assert hits >= 20 and r >= 0.995
+    gone = c.ids[::2]
+    g.remove(gone)
+    ex.remove(gone)
+    assert len(g) == len(ex) and all(len(t) == len(ex) for t in g._grids)
+    dead = set(gone.tolist())
+    for i in range(len(c.q_low)):
+        assert not dead & set(g.candidates(c.q_low[i], c.q_full[i], 0.85).tolist())
+    assert recall(g, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995
+    back = np.searchsorted(c.ids, gone[:300])
+    g.add(c.ids[back], c.low[back], c.full[back])
+    for j in back[:50]:
+        assert c.ids[j] in g.candidates(c.low[j], c.full[j], 0.95)
+
+
+def test_refused_add_leaves_every_table_unchanged() -> None:
+    c = corpus()
+    g = MultiGridIndex()
+    g.add(c.ids[:2000], c.low[:2000], c.full[:2000])
+    with pytest.raises(IndexStateError):
+        g.add(c.ids[1990:2010], c.low[1990:2010], c.full[1990:2010])
+    with pytest.raises(IndexStateError):
+        g.add(c.ids[5:6], c.low[5:6], c.full[5:6])  # the single-row path
+    assert [len(t) for t in g._grids] == [2000, 2000]
+    assert c.ids[2005] not in g
+
+
+def test_output_buffer_grows_for_many_candidates() -> None:
+    """Identical rows all pass the filter: more candidates than the initial buffer holds."""
+    c = corpus()
+    n = 3000
+    g = MultiGridIndex()
+    g.add(np.arange(n, dtype=np.int64), np.repeat(c.low[:1], n, axis=0),
+          np.repeat(c.full[:1], n, axis=0))
+    got = g.candidates(c.low[0], c.full[0], 0.95)
+    assert sorted(got.tolist()) == list(range(n))
+
+
+def test_offset_wraps_and_is_checked() -> None:
+    c = corpus()
+    g = GridIndex(m=6, grid=2, offset=29)  # coordinates 29, 30, 31, 0, 1, 2
+    g.add(c.ids, c.low, c.full)
+    assert g._perm is not None and g._perm[:6].tolist() == [29, 30, 31, 0, 1, 2]
+    r, hits, _ = recall(g, exact_of(c), c.q_low, c.q_full, 0.9)
+    assert hits >= 20 and r >= 0.99
+    with pytest.raises(ConfigError):
+        GridIndex(offset=32).add(c.ids[:5], c.low[:5], c.full[:5])
+
+
+@pytest.mark.parametrize(
+    "params", [{"tables": 0}, {"tables": 1.5}, {"max_scan": 0.0}, {"min_scan": 0},
+               {"offset": 3}, {"m": 0}],
+)
+def test_bad_params(params: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        make_index("multigrid", **params)
