@@ -362,6 +362,12 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
         um = usearch_method(d)
         if um is not None:
             methods.append(um)
+    if args.methods:
+        wanted = set(args.methods.split(","))
+        unknown = wanted - {m.name for m in methods}
+        if unknown:
+            raise SystemExit(f"unknown methods {sorted(unknown)}; have {[m.name for m in methods]}")
+        methods = [m for m in methods if m.name in wanted]
     rows = []
     target = None
     for m in tqdm(methods, desc=f"N={label}", unit="index"):
@@ -544,6 +550,8 @@ def main() -> None:
     ap.add_argument("--projection", choices=["learned", "pca"], default="learned")
     ap.add_argument("--k", type=int, default=32, help="projection width")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--methods", default=None,
+                    help="comma list of methods to run (e.g. at 1M: semcache-multigrid,faiss-ivf,hnswlib)")
     ap.add_argument("--embed-only", action="store_true")
     ap.add_argument("--save", default=None, help="also write rows and curves to this JSON file")
     ap.add_argument("--merge", default=None,

@@ -164,3 +164,35 @@ def test_offset_wraps_and_is_checked() -> None:
 def test_bad_params(params: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         make_index("multigrid", **params)
+
+
+def test_empty_and_one_item() -> None:
+    c = corpus()
+    g = MultiGridIndex()
+    assert len(g) == 0 and len(g.candidates(c.low[0], c.full[0], 0.9)) == 0
+    g.remove(np.array([1, 2], dtype=np.int64))
+    g.add(c.ids[:1], c.low[:1], c.full[:1])
+    assert len(g) == 1 and c.ids[0] in g
+    assert g.candidates(c.low[0], c.full[0], 0.95).tolist() == [c.ids[0]]
+    g.remove(c.ids[:1])
+    assert len(g) == 0 and len(g.candidates(c.low[0], c.full[0], 0.95)) == 0
+    g.add(c.ids[:3], c.low[:3], c.full[:3])
+    assert sorted(g.candidates(c.low[1], c.full[1], -1.0).tolist()) == sorted(c.ids[:3].tolist())
+
+
+def test_rebuild_from_bulk_agrees_with_streamed() -> None:
+    """The cache reopens a partition by one bulk add of its live entries."""
+    c = corpus()
+    streamed = MultiGridIndex()
+    streamed.add(c.ids[:2000], c.low[:2000], c.full[:2000])
+    for i in range(2000, len(c.ids)):
+        streamed.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
+    streamed.remove(c.ids[::5])
+    keep = np.setdiff1d(np.arange(len(c.ids)), np.arange(0, len(c.ids), 5))
+    reopened = MultiGridIndex()
+    reopened.add(c.ids[keep], c.low[keep], c.full[keep])
+    ex = exact_of(c)
+    ex.remove(c.ids[::5])
+    assert len(streamed) == len(reopened) == len(ex)
+    for g in (streamed, reopened):
+        assert recall(g, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995

@@ -379,6 +379,9 @@ class GridIndex:
         # Distances are the same in any column order, so everything inside
         # works on permuted rows.
         self._perm: npt.NDArray[np.intp] | None = None
+        # (probe radius, filter radius in stored units) by threshold; both
+        # change only when the index is (re)calibrated or rescaled.
+        self._radii_memo: dict[float, tuple[float, float]] = {}
         self._d: int | None = None
         self._map: LinearMap | None = None
         self._rho: float | None = None  # calibrated stretch ratio of the probe
@@ -630,6 +633,7 @@ class GridIndex:
         self._calibrated_at = len(ids)
         self._size_work()
         self._set_scale(low_all, exact_rows)
+        self._radii_memo.clear()
         self._bulk_build(ids, low_all)
         self._after_build()
 
@@ -666,6 +670,7 @@ class GridIndex:
         else:
             return
         self._qinv = qinv
+        self._radii_memo.clear()
 
     def _rescale(self, low: FloatArray) -> None:
         """Widen the int8 range to hold rows ``low`` too, and rebuild."""
@@ -961,8 +966,13 @@ class GridIndex:
 
         Returns the number of ids in ``out``, or ``-(needed)`` when it is too short.
         """
-        probe_r2, filt_r2 = self.radii(threshold)
-        filt_q = self._stored_r2(filt_r2)
+        memo = self._radii_memo.get(threshold)
+        if memo is None:
+            if len(self._radii_memo) >= 64:  # callers that vary the threshold freely
+                self._radii_memo.clear()
+            probe_r2, filt_r2 = self.radii(threshold)
+            memo = self._radii_memo[threshold] = (probe_r2, self._stored_r2(filt_r2))
+        probe_r2, filt_q = memo
         if self.grid == 2 and self.probe != "orthant" and self._m_eff:
             return int(K.grid_query_binary(
                 q, self._b, self._T, self._mapped, self._qinv, self._edges, probe_r2, filt_q,

@@ -154,11 +154,12 @@ class MultiGridIndex:
         """
         if len(self) == 0:
             return np.zeros(0, dtype=np.int64)
+        budget = self._grids[0]._budget(self._grids[0].max_scan)
         while True:
             got = 0
             self.last_stats[:] = 0
             for g in self._grids:
-                got = g._probe(g._query_row(q_low), threshold, g._budget(g.max_scan), self._out, got)
+                got = g._probe(g._query_row(q_low), threshold, budget, self._out, got)
                 if got < 0:
                     break
                 self.last_stats += g.last_stats
