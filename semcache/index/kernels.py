@@ -482,8 +482,9 @@ def grid_insert(
             meta[4] = STOP_RANGE
             return int(i)
         meta[4] = STOP_ROOM
-        # Keep both tables at most half full so probe runs stay short.
-        if 2 * (meta[0] + 1) > itab_k.shape[0]:
+        # Keep the id table at most 3/4 full and the cell table at most half
+        # full, so probe runs stay short (see semcache.index.grid._id_slots).
+        if 4 * (meta[0] + 1) > 3 * itab_k.shape[0]:
             return int(i)
         code = cell_code(low[i], edges, grid)
         slot = table_find(ctab_k, code)
