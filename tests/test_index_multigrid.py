@@ -158,7 +158,7 @@ def test_offset_wraps_and_is_checked() -> None:
 
 
 @pytest.mark.parametrize(
-    "params", [{"tables": 0}, {"tables": 1.5}, {"max_scan": 0.0}, {"min_scan": 0},
+    "params", [{"tables": 0}, {"tables": 1.5}, {"max_scan": 0.0}, {"min_scan": 0}, {"scan_scale": -1},
                {"offset": 3}, {"m": 0}],
 )
 def test_bad_params(params: dict[str, object]) -> None:
@@ -196,3 +196,17 @@ def test_rebuild_from_bulk_agrees_with_streamed() -> None:
     assert len(streamed) == len(reopened) == len(ex)
     for g in (streamed, reopened):
         assert recall(g, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995
+
+
+def test_scan_budget_grows_like_the_square_root_of_n() -> None:
+    c = corpus()
+    g = MultiGridIndex(min_scan=1)
+    share = MultiGridIndex(max_scan=0.5, min_scan=1)
+    floor = MultiGridIndex()
+    for idx in (g, share, floor):
+        idx.add(c.ids, c.low, c.full)
+    assert g._budget() == int(24.0 * np.sqrt(len(c.ids)))
+    assert share._budget() == int(0.5 * len(c.ids))
+    assert floor._budget() == 4096  # small indexes: the floor, ~1/3 of these rows
+    with pytest.raises(ConfigError):
+        MultiGridIndex(scan_scale=0.0)
