@@ -32,13 +32,12 @@ def test_tables_hash_disjoint_coordinates(built: MultiGridIndex) -> None:
     c = corpus()
     assert built.calibrated and len(built) == len(c.ids)
     a, b = built._grids
-    # Two groups of the 32 coordinates; table 1 sees the columns rotated so
-    # that coordinates 16.. come first.
-    assert (a.offset, b.offset) == (0, 16)
-    assert b._perm is not None and b._perm[:16].tolist() == list(range(16, 32))
-    # cell_rows picks how many of them are hashed: cells of ~96 rows.
-    n_cells = 2 ** a._m_eff
-    assert a._m_eff == b._m_eff and 48 <= len(c.ids) / n_cells <= 192
+    # cell_rows picks how many coordinates are hashed (cells of ~96 rows), and
+    # table 1 hashes the next block: it sees the columns rotated to put them first.
+    m = a._m_eff
+    assert a._m_eff == b._m_eff and 48 <= len(c.ids) / 2**m <= 192
+    assert (a.block, b.block) == (0, 1) and a._perm is None
+    assert b._perm is not None and b._perm[:m].tolist() == list(range(m, 2 * m))
     assert built.stats()["tables"] == 2
     assert built.stats()["bytes"] == a.stats()["bytes"] + b.stats()["bytes"]
 
@@ -146,20 +145,30 @@ def test_output_buffer_grows_for_many_candidates() -> None:
     assert sorted(got.tolist()) == list(range(n))
 
 
-def test_offset_wraps_and_is_checked() -> None:
+def test_blocks_wrap_and_follow_m() -> None:
     c = corpus()
-    g = GridIndex(m=6, grid=2, offset=29)  # coordinates 29, 30, 31, 0, 1, 2
+    g = GridIndex(m=12, grid=2, block=3)  # coordinates 36.. wrap to 4..15 of 32
     g.add(c.ids, c.low, c.full)
-    assert g._perm is not None and g._perm[:6].tolist() == [29, 30, 31, 0, 1, 2]
+    assert g._perm is not None and g._perm[:12].tolist() == list(range(4, 16))
     r, hits, _ = recall(g, exact_of(c), c.q_low, c.q_full, 0.9)
     assert hits >= 20 and r >= 0.99
+    # A recalibration that changes m moves the block and re-permutes every row.
+    small = GridIndex(m=16, grid=2, block=1, cell_rows=64, min_calibration=512)
+    ex = exact_of(c)
+    small.add(c.ids[:600], c.low[:600], c.full[:600])
+    m0 = small._m_eff
+    for i in range(600, len(c.ids)):
+        small.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
+    assert small._m_eff > m0
+    assert small._perm is not None and small._perm[0] == small._m_eff
+    assert recall(small, ex, c.q_low, c.q_full, 0.9)[0] >= 0.99
     with pytest.raises(ConfigError):
-        GridIndex(offset=32).add(c.ids[:5], c.low[:5], c.full[:5])
+        GridIndex(block=-1)
 
 
 @pytest.mark.parametrize(
     "params", [{"tables": 0}, {"tables": 1.5}, {"max_scan": 0.0}, {"min_scan": 0}, {"scan_scale": -1},
-               {"offset": 3}, {"m": 0}],
+               {"block": 3}, {"m": 0}],
 )
 def test_bad_params(params: dict[str, object]) -> None:
     with pytest.raises(ConfigError):

@@ -99,6 +99,15 @@ class LinearMap:
         """Orthonormal coordinates, shape (n, r), of projected rows (n, k)."""
         return np.ascontiguousarray((low - self.b) @ self.T, dtype=np.float32)
 
+    def reordered(self, cols: npt.NDArray[np.intp]) -> LinearMap:
+        """The same map for projected rows whose columns are reordered to ``low[:, cols]``."""
+        return LinearMap(
+            b=np.ascontiguousarray(self.b[cols]),
+            T=np.ascontiguousarray(self.T[cols]),
+            Tinv=np.ascontiguousarray(self.Tinv[:, cols]),
+            tol2=self.tol2,
+        )
+
     def lipschitz(self, m: int) -> float:
         """Largest factor by which the first ``m`` coordinates of ``low`` stretch ``|Δx|``."""
         if m == 0:
@@ -235,6 +244,19 @@ def mine_near_pairs(
     return np.concatenate(A), np.concatenate(B), np.concatenate(C)
 
 
+def _same_order(a: npt.NDArray[np.intp] | None, b: npt.NDArray[np.intp] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a, b))
+
+
+def _relative_order(old: npt.NDArray[np.intp] | None, new: npt.NDArray[np.intp] | None,
+                    k: int) -> npt.NDArray[np.intp]:
+    """Columns of rows in order ``old`` that give them in order ``new`` (None: as given)."""
+    inv_old = np.argsort(old) if old is not None else np.arange(k)
+    return inv_old[new] if new is not None else inv_old
+
+
 def _pow2(n: int) -> int:
     return 1 << max(4, (max(2, n) - 1).bit_length())
 
@@ -308,11 +330,12 @@ class GridIndex:
         Spare room per cell block at (re)build time, as a share of its rows.
     random_state : int
         Seed of every sample.
-    offset : int
-        First projected coordinate hashed: the grid hashes coordinates
-        ``offset .. offset + m - 1`` (wrapping around past the last one). The
-        tables of a :class:`~semcache.index.multigrid.MultiGridIndex` hash
-        disjoint coordinates this way; the filter uses every coordinate.
+    block : int
+        Which block of coordinates is hashed: with ``m`` hashed coordinates
+        (after ``cell_rows``), coordinates ``block * m .. block * m + m - 1``
+        (wrapping around past the last one). Table ``t`` of a
+        :class:`~semcache.index.multigrid.MultiGridIndex` hashes block ``t``,
+        so the tables hash disjoint coordinates; the filter uses all of them.
     cell_rows : int, optional
         When set, each calibration hashes only as many coordinates (at most
         ``m``) as give cells of about this many rows: ``round(log_G(n /
@@ -349,7 +372,7 @@ class GridIndex:
         recalibrate_growth: float = 4.0,
         slack: float = 0.125,
         random_state: int = 0,
-        offset: int = 0,
+        block: int = 0,
         cell_rows: int | None = None,
     ) -> None:
         if not isinstance(m, int) or m < 1:
@@ -368,8 +391,8 @@ class GridIndex:
             raise ConfigError("n_probe and min_scan must be >= 1 and max_scan in (0, 1]")
         if recalibrate_growth <= 1.0 or min_calibration < 2 or slack < 0:
             raise ConfigError("recalibrate_growth must be > 1, min_calibration >= 2, slack >= 0")
-        if not isinstance(offset, int) or offset < 0:
-            raise ConfigError(f"offset must be a non-negative int, got {offset!r}")
+        if not isinstance(block, int) or block < 0:
+            raise ConfigError(f"block must be a non-negative int, got {block!r}")
         if cell_rows is not None and (not isinstance(cell_rows, int) or cell_rows < 1):
             raise ConfigError(f"cell_rows must be None or a positive int, got {cell_rows!r}")
         self.m = m
@@ -388,13 +411,13 @@ class GridIndex:
         self.recalibrate_growth = recalibrate_growth
         self.slack = slack
         self.random_state = random_state
-        self.offset = offset
+        self.block = block
         self.cell_rows = cell_rows
 
         self._k: int | None = None
-        # Column order that puts the hashed coordinates first (None: as given).
-        # Distances are the same in any column order, so everything inside
-        # works on permuted rows.
+        # Column order that puts the hashed coordinates first (None: as given),
+        # set by each calibration. Distances are the same in any column order,
+        # so everything inside works on permuted rows.
         self._perm: npt.NDArray[np.intp] | None = None
         # (probe radius, filter radius in stored units) by threshold; both
         # change only when the index is (re)calibrated or rescaled.
@@ -617,15 +640,24 @@ class GridIndex:
             ids, vecs = self._live()
             low_all = self._low_of(vecs)
             exact_rows = False
-        if full is not None and low is not None and self.filter != "none" and self._map is None:
-            self._map = fit_linear_map(full, low, seed=self.random_state)
-        if full is not None and low is not None and self._rho_by_m is None:
-            self._fit_rho(full, low)
         m = min(self.m, self._k)
         if self.cell_rows is not None:
             # As many hashed coordinates as give cells of about cell_rows rows.
             fit = math.log(max(len(ids), 1) / self.cell_rows) / math.log(self.grid)
             m = int(min(m, max(1, round(fit))))
+        perm = self._perm_for(m)
+        if not _same_order(perm, self._perm):
+            rel = _relative_order(self._perm, perm, self._k)
+            low_all = np.ascontiguousarray(low_all[:, rel])
+            if low is not None:
+                low = np.ascontiguousarray(low[:, rel])
+            if self._map is not None:
+                self._map = self._map.reordered(rel)
+            self._perm = perm
+        if full is not None and low is not None and self.filter != "none" and self._map is None:
+            self._map = fit_linear_map(full, low, seed=self.random_state)
+        if full is not None and low is not None and self._rho_by_m is None:
+            self._fit_rho(full, low)
         if self._rho_by_m is not None:
             self._rho = float(self._rho_by_m[m - 1])
         rng = np.random.default_rng(self.random_state)
@@ -651,6 +683,12 @@ class GridIndex:
         self._radii_memo.clear()
         self._bulk_build(ids, low_all)
         self._after_build()
+
+    def _perm_for(self, m: int) -> npt.NDArray[np.intp] | None:
+        """Column order hashing block ``self.block`` of ``m`` coordinates (None: as given)."""
+        assert self._k is not None
+        off = (self.block * m) % self._k
+        return np.roll(np.arange(self._k), -off) if off else None
 
     def _set_scale(self, low: FloatArray, exact_rows: bool) -> None:
         """Choose the int8 scale for rows ``low`` and update the rounding-error bound.
@@ -733,9 +771,17 @@ class GridIndex:
         if len(a) < self.min_pairs:
             return
         dfull = np.sqrt(np.maximum(2.0 - 2.0 * cos.astype(np.float64), 1e-12))
-        # The ratio for every possible number of hashed coordinates, so a
-        # recalibration that changes m (see ``cell_rows``) needs no embeddings.
-        dlow = np.sqrt(np.cumsum((low[a] - low[b]).astype(np.float64) ** 2, axis=1))
+        # The ratio for every possible number m of hashed coordinates (each m
+        # hashes its own block, see ``block``), so a recalibration that changes
+        # m (see ``cell_rows``) needs no embeddings.
+        k = self._k
+        diff2 = (low[a] - low[b]).astype(np.float64) ** 2
+        if self._perm is not None:
+            diff2 = diff2[:, np.argsort(self._perm)]  # back to the projection's order
+        dlow = np.empty((len(a), k))
+        for mm in range(1, k + 1):
+            cols = (self.block * mm + np.arange(mm)) % k
+            dlow[:, mm - 1] = np.sqrt(diff2[:, cols].sum(axis=1))
         if self.filter == "exact" and self._map is not None:
             vecs = stored_vectors(low, self._map, self._map.T.shape[1] + 1)
         else:
@@ -811,11 +857,7 @@ class GridIndex:
         if n == 0:
             return
         if self._k is None:
-            k = low_a.shape[1]
-            if self.offset >= k:
-                raise ConfigError(f"offset {self.offset} is past the {k} projected coordinates")
-            self._perm = np.roll(np.arange(k), -self.offset) if self.offset else None
-            self._k, self._d = k, full_a.shape[1]
+            self._k, self._d = low_a.shape[1], full_a.shape[1]
             self._width = self._k
             self._alloc_empty(self._width)
             self._size_work()

@@ -35,18 +35,21 @@ __all__ = ["MultiGridIndex"]
 
 
 class MultiGridIndex:
-    """``tables`` grids over equal groups of the ``k`` projected coordinates.
+    """``tables`` grids over consecutive blocks of the projected coordinates.
 
-    Table ``t`` hashes the first coordinates of group ``t``, i.e. from
-    coordinate ``t * k // tables`` on (each table's filter uses all ``k``).
+    With ``m`` coordinates hashed per table, table ``t`` hashes coordinates
+    ``t * m .. t * m + m - 1`` (each table's filter uses all ``k``). The
+    projections put their most telling coordinates first, so consecutive
+    blocks beat equal groups of ``k`` (measured: 0-9 and 10-19 need 4.6k rows
+    for the recall that 0-9 and 16-25 reach at 7.3k, N = 92k).
 
     Parameters
     ----------
     tables : int
         Number of grids.
     m : int
-        At most this many coordinates hashed per table; when it exceeds the
-        group width ``k // tables``, tables share coordinates.
+        At most this many coordinates hashed per table; past the projection
+        width the blocks wrap around, so tables then share coordinates.
     grid : int
         Cells per dimension; 2 uses the cheap bit-vector probe of
         :func:`semcache.index.kernels.grid_query_binary`.
@@ -94,8 +97,8 @@ class MultiGridIndex:
             raise ConfigError(f"max_scan must be None or in (0, 1], got {max_scan!r}")
         if not scan_scale > 0 or not isinstance(min_scan, int) or min_scan < 1:
             raise ConfigError("scan_scale must be > 0 and min_scan an int >= 1")
-        if "offset" in params:
-            raise ConfigError("offset is set per table by MultiGridIndex")
+        if "block" in params:
+            raise ConfigError("block is set per table by MultiGridIndex")
         self.tables = tables
         self.m = m
         self.grid = grid
@@ -106,7 +109,7 @@ class MultiGridIndex:
         self.params = dict(params)
         # The tables' own budgets are unused: candidates() passes its own.
         self._grids = [
-            GridIndex(m=m, grid=grid, cell_rows=cell_rows, **params)  # type: ignore[arg-type]
+            GridIndex(m=m, grid=grid, cell_rows=cell_rows, block=t, **params)  # type: ignore[arg-type]
             for t in range(tables)
         ]
         self._out = np.empty(256, dtype=np.int64)
@@ -134,11 +137,6 @@ class MultiGridIndex:
             first table checks everything before anything is inserted, so a
             refused batch leaves every table unchanged.
         """
-        if len(self) == 0 and self._grids[0]._k is None:
-            # The groups follow from the projection width, known from the first rows.
-            k = int(np.shape(low)[-1]) if np.ndim(low) == 2 else 0
-            for t, g in enumerate(self._grids):
-                g.offset = t * k // self.tables
         for g in self._grids:
             g.add(ids, low, full)
 
