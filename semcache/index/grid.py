@@ -828,29 +828,8 @@ class GridIndex:
             Shapes disagree with each other or with earlier rows, or an id
             repeats or is already present.
         """
-        if (
-            self._m_eff
-            and type(low) is np.ndarray
-            and type(ids) is np.ndarray
-            and type(full) is np.ndarray
-            and low.shape == (1, self._k)
-            and ids.shape == (1,)
-            and full.shape == (1, self._d)
-            and low.dtype == np.float32
-            and ids.dtype == np.int64
-            and low.flags.c_contiguous
-        ):
-            # One calibrated row, already in kernel form: the cache's insert
-            # after a miss. Everything check_batch and the clash scan would
-            # do is either implied by the checks above or done by the kernel
-            # (clash), and they cost several times the insert itself.
-            if ids[0] < 0:
-                raise IndexStateError("ids must be non-negative")
-            if self._perm is not None:
-                low = low[:, self._perm]
-            self._insert(ids, low)
-            if len(self) >= self.recalibrate_growth * max(1, self._calibrated_at):
-                self._calibrate(None, None)
+        if self._single_row(ids, low, full):
+            self._insert_row(ids, low)
             return
         ids_a, low_a, full_a = check_batch(ids, low, full)
         n = len(ids_a)
@@ -895,6 +874,36 @@ class GridIndex:
             self._calibrate(full_a if use else None, low_a if use else None)
             return
         self._insert(ids_a, low_a)
+
+    def _single_row(self, ids: IdArray, low: FloatArray, full: FloatArray) -> bool:
+        """True for one row already in kernel form, once calibrated: the cache's insert after a miss.
+
+        Everything :func:`check_batch` and the clash scan would do for it is
+        either implied by these checks or done by the insert kernel (clash),
+        and they cost several times the insert itself.
+        """
+        return bool(
+            self._m_eff
+            and type(low) is np.ndarray
+            and type(ids) is np.ndarray
+            and type(full) is np.ndarray
+            and low.shape == (1, self._k)
+            and ids.shape == (1,)
+            and full.shape == (1, self._d)
+            and low.dtype == np.float32
+            and ids.dtype == np.int64
+            and low.flags.c_contiguous
+        )
+
+    def _insert_row(self, ids: IdArray, low: FloatArray) -> None:
+        """Insert a row that passed :meth:`_single_row` (recalibrating when due)."""
+        if ids[0] < 0:
+            raise IndexStateError("ids must be non-negative")
+        if self._perm is not None:
+            low = low[:, self._perm]
+        self._insert(ids, low)
+        if self._meta[0] >= self.recalibrate_growth * max(1, self._calibrated_at):
+            self._calibrate(None, None)
 
     def _insert(self, ids: IdArray, low: FloatArray) -> None:
         if _ids_overfull(int(self._meta[0]) + len(ids), len(self._itab_k)):

@@ -137,6 +137,11 @@ class MultiGridIndex:
             first table checks everything before anything is inserted, so a
             refused batch leaves every table unchanged.
         """
+        if self._grids[0]._single_row(ids, low, full):
+            # Checked once: every table holds the same ids and widths.
+            for g in self._grids:
+                g._insert_row(ids, low)
+            return
         for g in self._grids:
             g.add(ids, low, full)
 
