@@ -300,10 +300,12 @@ class GridIndex:
     ----------
     m : int
         Number of projected coordinates hashed into the grid (<= k). The
-        default ``m=6, grid=3, max_scan=0.15`` is the fastest setting measured
-        with recall >= 0.995 of threshold hits at 0.85, 0.9 and 0.95 on the
-        QQP corpus (``benchmarks/index_bench.py``, N = 91k: 0.1 gives 0.994
-        at 0.85), with a learned projection of width 32.
+        default ``m=6, grid=3, max_scan=0.15`` is the fastest single-grid
+        setting measured with recall >= 0.995 of threshold hits at 0.85, 0.9
+        and 0.95 on the QQP corpus (``benchmarks/grid_budget_bench.py``,
+        N = 92k: .9975 / 1 / 1; 0.1 gives .994 at 0.85), with a learned
+        projection of width 32. Two grids over different coordinates do
+        better (:class:`~semcache.index.multigrid.MultiGridIndex`).
     grid : int
         Cells per dimension ``G`` (``G**m`` must fit in int64).
     probe : {"calibrated", "exact", "orthant"}

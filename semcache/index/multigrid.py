@@ -1,4 +1,4 @@
-"""Several multiprobe grids over disjoint groups of projected coordinates.
+"""Several multiprobe grids over disjoint blocks of projected coordinates.
 
 Why more than one grid
 ----------------------
@@ -10,15 +10,20 @@ pair, so two grids scanned to half the budget each find more than one grid
 scanned to the whole of it (the multi-table idea of locality-sensitive
 hashing; each table keeps the grid's probe order and exact filter).
 
-Measured on the QQP corpus (N = 91k MiniLM embeddings, learned projection of
-width 32; ``/tmp``-free reproduction in ``benchmarks/index_bench.py``): to find
-the best match of 99.5% of the queries that have one at cosine >= 0.85, one
-binary grid over 12 coordinates must scan 7.1% of the entries, two grids over
-coordinates 0-11 and 12-23 2.2% in all.
+Measured by ``benchmarks/grid_budget_bench.py`` (learned projection of width
+32, 2,000 held-out QQP queries, recall of the exact best match at cosine
+>= 0.85 / 0.9 / 0.95):
 
-Each table stores its own copy of the rows' short vectors (int8, so a table
-costs about a third of what an int16 table did) so that every scan stays
-sequential in memory; the id sets of the tables are always the same.
+* N = 92k real rows: two binary grids reach 1 / 1 / 1 scanning 8% of the
+  rows (0.05 ms); one binary grid over 10 coordinates reaches .996 / .998 / 1
+  at 10%, the paper-style 6-d grid with 3 slices .9975 / 1 / 1 at 14.6%
+  (0.07 ms).
+* N = 1M (real rows plus synthetic paraphrase structure): two grids reach
+  .995 / .998 / 1 at 2.4% (0.23 ms), the 6-d grid the same at 10% (0.38 ms).
+
+Each table stores its own copy of the rows' short vectors (int8, 32 bytes a
+row) so that every scan stays sequential in memory; the id sets of the tables
+are always the same.
 """
 
 from __future__ import annotations
