@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semcache.errors import ConfigError, IndexStateError
-from semcache.index import GridIndex, make_index
+from semcache.index import GridIndex, MultiGridIndex, make_index
 from semcache.index.grid import fit_linear_map, stored_vectors
 from tests._index_data import THRESHOLDS, corpus, exact_of, recall
 
@@ -74,10 +74,15 @@ def test_nonlinear_projection_is_detected() -> None:
     assert hits >= 20 and r >= 0.99
 
 
-def test_streaming_inserts_and_deletes_match_exact() -> None:
+# Both grids: the single one and the two-table MultiGridIndex built from it.
+GRIDS = [GridIndex, MultiGridIndex]
+
+
+@pytest.mark.parametrize("make", GRIDS)
+def test_streaming_inserts_and_deletes_match_exact(make: type[GridIndex]) -> None:
     c = corpus()
     n = len(c.ids)
-    g = GridIndex(min_calibration=512)
+    g = make(min_calibration=512)
     ex = exact_of(c)
     # One at a time from empty: flat scan, calibration at 512 rows, then
     # recalibration at 4x growth.
@@ -91,6 +96,7 @@ def test_streaming_inserts_and_deletes_match_exact() -> None:
     ex.remove(gone)
     g.remove(gone[:10])  # twice: ignored
     assert len(g) == len(ex)
+    assert all(len(t) == len(ex) for t in getattr(g, "_grids", [g]))
     dead = set(gone.tolist())
     for i in range(len(c.q_low)):
         assert not dead & set(g.candidates(c.q_low[i], c.q_full[i], 0.85).tolist())
@@ -105,16 +111,17 @@ def test_streaming_inserts_and_deletes_match_exact() -> None:
         assert c.ids[j] in g.candidates(c.low[j], c.full[j], 0.95)
 
 
-def test_rebuild_from_bulk_agrees_with_streamed() -> None:
+@pytest.mark.parametrize("make", GRIDS)
+def test_rebuild_from_bulk_agrees_with_streamed(make: type[GridIndex]) -> None:
     """The cache reopens a partition by one bulk add of its live entries."""
     c = corpus()
-    streamed = GridIndex()
+    streamed = make()
     streamed.add(c.ids[:2000], c.low[:2000], c.full[:2000])
     for i in range(2000, len(c.ids)):
         streamed.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
     streamed.remove(c.ids[::5])
     keep = np.setdiff1d(np.arange(len(c.ids)), np.arange(0, len(c.ids), 5))
-    reopened = GridIndex()
+    reopened = make()
     reopened.add(c.ids[keep], c.low[keep], c.full[keep])
     ex = exact_of(c)
     ex.remove(c.ids[::5])

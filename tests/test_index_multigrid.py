@@ -98,30 +98,6 @@ def test_one_table_is_a_binary_grid() -> None:
         assert sorted(a.tolist()) == sorted(b.tolist())
 
 
-def test_streaming_inserts_and_deletes_match_exact() -> None:
-    c = corpus()
-    n = len(c.ids)
-    g = MultiGridIndex(min_calibration=512)
-    ex = exact_of(c)
-    for i in range(n):
-        g.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
-    assert len(g) == n and g.calibrated
-    r, hits, _ = recall(g, ex, c.q_low, c.q_full, 0.9)
-    assert hits >= 20 and r >= 0.995
-    gone = c.ids[::2]
-    g.remove(gone)
-    ex.remove(gone)
-    assert len(g) == len(ex) and all(len(t) == len(ex) for t in g._grids)
-    dead = set(gone.tolist())
-    for i in range(len(c.q_low)):
-        assert not dead & set(g.candidates(c.q_low[i], c.q_full[i], 0.85).tolist())
-    assert recall(g, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995
-    back = np.searchsorted(c.ids, gone[:300])
-    g.add(c.ids[back], c.low[back], c.full[back])
-    for j in back[:50]:
-        assert c.ids[j] in g.candidates(c.low[j], c.full[j], 0.95)
-
-
 def test_refused_add_leaves_every_table_unchanged() -> None:
     c = corpus()
     g = MultiGridIndex()
@@ -187,24 +163,6 @@ def test_empty_and_one_item() -> None:
     assert len(g) == 0 and len(g.candidates(c.low[0], c.full[0], 0.95)) == 0
     g.add(c.ids[:3], c.low[:3], c.full[:3])
     assert sorted(g.candidates(c.low[1], c.full[1], -1.0).tolist()) == sorted(c.ids[:3].tolist())
-
-
-def test_rebuild_from_bulk_agrees_with_streamed() -> None:
-    """The cache reopens a partition by one bulk add of its live entries."""
-    c = corpus()
-    streamed = MultiGridIndex()
-    streamed.add(c.ids[:2000], c.low[:2000], c.full[:2000])
-    for i in range(2000, len(c.ids)):
-        streamed.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
-    streamed.remove(c.ids[::5])
-    keep = np.setdiff1d(np.arange(len(c.ids)), np.arange(0, len(c.ids), 5))
-    reopened = MultiGridIndex()
-    reopened.add(c.ids[keep], c.low[keep], c.full[keep])
-    ex = exact_of(c)
-    ex.remove(c.ids[::5])
-    assert len(streamed) == len(reopened) == len(ex)
-    for g in (streamed, reopened):
-        assert recall(g, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995
 
 
 def test_scan_budget_grows_like_the_square_root_of_n() -> None:

@@ -274,6 +274,14 @@ def filter_vec(low: F32, b: F32, T: F32, mapped: int, out: F32) -> None:
     out[r] = np.sqrt(max(0.0, 1.0 - sq))
 
 
+@_kernel("void(float32[::1], float32[::1], float32[:, ::1], int64, float32, float32[::1])")
+def _query_vec(q_low: F32, b: F32, T: F32, mapped: int, qinv: float, q_vec: F32) -> None:
+    """The query's vector as the filter compares it: :func:`filter_vec`, in stored units."""
+    filter_vec(q_low, b, T, mapped, q_vec)
+    for t in range(q_vec.shape[0]):
+        q_vec[t] *= qinv
+
+
 @_kernel("int64(float32[::1], float32[:, ::1], int64)")
 def cell_code(low: F32, edges: F32, grid: int) -> int:
     """Cell code of one row (see :func:`grid_codes`)."""
@@ -817,10 +825,7 @@ def grid_query(
         it is too short.
     """
     m = edges.shape[0]
-    w = pvec.shape[1]
-    filter_vec(q_low, b, T, mapped, q_vec)
-    for t in range(w):
-        q_vec[t] *= qinv
+    _query_vec(q_low, b, T, mapped, qinv, q_vec)
     # Per dimension, the squared scaled gap from the query to the walls of the
     # cells below (steps -1, -2, ...) and above (+1, +2, ...) its home cell.
     # Options along dim j are encoded as signed steps; option cost is
@@ -1012,10 +1017,7 @@ def grid_query_binary(
         it is too short.
     """
     m = edges.shape[0]
-    w = pvec.shape[1]
-    filter_vec(q_low, b, T, mapped, q_vec)
-    for t in range(w):
-        q_vec[t] *= qinv
+    _query_vec(q_low, b, T, mapped, qinv, q_vec)
     home = np.int64(0)
     for j in range(m):
         g = np.float64(q_low[j]) - np.float64(edges[j, 0])
@@ -1315,11 +1317,8 @@ def thermal_gather(
         Ids written, or ``-(needed)`` when ``out`` is too short.
     """
     m = lo.shape[0]
-    w = pvec.shape[1]
-    q_vec = np.empty(w, dtype=np.float32)
-    filter_vec(q_low, b, T, mapped, q_vec)
-    for t in range(w):
-        q_vec[t] *= qinv
+    q_vec = np.empty(pvec.shape[1], dtype=np.float32)
+    _query_vec(q_low, b, T, mapped, qinv, q_vec)
     cc = np.zeros(3, dtype=np.int64)
     cc[0] = centre % grid
     if m > 1:
