@@ -203,3 +203,20 @@ def test_bad_input_is_rejected() -> None:
 def test_bad_params(params: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         make_index("grid", **params)
+
+
+@pytest.mark.parametrize("make", GRIDS)
+def test_row_beyond_the_int8_range_rescales_and_keeps_every_row(make: type[GridIndex]) -> None:
+    """Stored vectors are int8 with headroom for twice the largest coordinate seen;
+    a row beyond it widens the scale (a rebuild) instead of being clipped."""
+    c = corpus()
+    g = make()
+    g.add(c.ids[:-2], c.low[:-2], c.full[:-2])
+    far = np.ascontiguousarray(c.low[-2:] * 5.0)
+    g.add(c.ids[-2:-1], far[:1], c.full[-2:-1])  # the single-row path
+    g.add(c.ids[-1:], far[1:], c.full[-1:])
+    for j in (0, 1):
+        assert c.ids[-2 + j] in g.candidates(far[j], c.full[-2 + j], 0.99)
+    ex = exact_of(c)
+    ex.remove(c.ids[-2:])
+    assert recall(g, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995

@@ -182,6 +182,8 @@ def stored_vectors(low: FloatArray, lmap: LinearMap | None, width: int) -> Float
 
 
 _QMAX = 127.0
+_F32 = np.dtype(np.float32)
+_I64 = np.dtype(np.int64)
 
 
 def quantise(vecs: FloatArray, qinv: float) -> npt.NDArray[np.int8]:
@@ -448,6 +450,7 @@ class GridIndex:
         self._lip_k = math.inf
         self.n_pairs_ = 0
         self._calibrated_at = 0
+        self._recalibrate_at = 0
         # Rows kept (full, low) until a calibration succeeds.
         self._res_full: list[FloatArray] = []
         self._res_low: list[FloatArray] = []
@@ -695,6 +698,7 @@ class GridIndex:
             self._mapped = 0
             self._width = self._k
         self._calibrated_at = len(ids)
+        self._recalibrate_at = int(self.recalibrate_growth * max(1, len(ids)))
         self._size_work()
         self._set_scale(low_all, exact_rows)
         self._radii_memo.clear()
@@ -899,17 +903,20 @@ class GridIndex:
         either implied by these checks or done by the insert kernel (clash),
         and they cost several times the insert itself.
         """
+        # Identity tests on the dtypes and one stride (a single row is C-contiguous
+        # when its items are adjacent): the == and .flags forms cost more than
+        # the insert kernel itself. Arrays they miss take the checked path.
         return bool(
             self._m_eff
             and type(low) is np.ndarray
             and type(ids) is np.ndarray
             and type(full) is np.ndarray
+            and low.dtype is _F32
+            and ids.dtype is _I64
             and low.shape == (1, self._k)
             and ids.shape == (1,)
             and full.shape == (1, self._d)
-            and low.dtype == np.float32
-            and ids.dtype == np.int64
-            and low.flags.c_contiguous
+            and low.strides[1] == 4
         )
 
     def _insert_row(self, ids: IdArray, low: FloatArray) -> None:
@@ -919,10 +926,18 @@ class GridIndex:
         if self._perm is not None:
             low = low[:, self._perm]
         self._insert(ids, low)
-        if self._meta[0] >= self.recalibrate_growth * max(1, self._calibrated_at):
+        if self._meta[0] >= self._recalibrate_at:
             self._calibrate(None, None)
 
     def _insert(self, ids: IdArray, low: FloatArray) -> None:
+        if len(ids) == 1 and K.grid_insert(
+            low, ids, self._edges, self.grid, self._b, self._T, self._mapped, self._qinv,
+            self._cells, self._meta, self._pvec, self._pids, self._pcell, self._ctab_k,
+            self._ctab_v, self._itab_k, self._itab_v, self._vec_f, self._vec_q,
+        ) == 1:
+            # The common case, one row that fits. A kernel that stops early has
+            # changed nothing, and the loop below grows what is full and retries.
+            return
         if _ids_overfull(int(self._meta[0]) + len(ids), len(self._itab_k)):
             self._grow_for(len(ids))
         done = 0
