@@ -45,8 +45,9 @@ class MultiGridIndex:
     With ``m`` coordinates hashed per table, table ``t`` hashes coordinates
     ``t * m .. t * m + m - 1`` (each table's filter uses all ``k``). The
     projections put their most telling coordinates first, so consecutive
-    blocks beat equal groups of ``k`` (measured: 0-9 and 10-19 need 4.6k rows
-    for the recall that 0-9 and 16-25 reach at 7.3k, N = 92k).
+    blocks beat equal groups of ``k`` (measured with ``grid_budget_bench.py``
+    while choosing: at N = 92k, tables over 0-9 and 10-19 reached with 4.1k
+    rows scanned the recall that 0-9 and 16-25 reached with 7.3k).
 
     Parameters
     ----------
@@ -64,9 +65,11 @@ class MultiGridIndex:
     scan_scale : float
         A lookup scans at most ``scan_scale * sqrt(n)`` rows over all tables
         together (each table its part): measured with cells of ~96 rows, the
-        rows needed for recall >= 0.995 grow like the square root of ``n``
-        (6,144 rows, 6.6%, at n = 92k real rows; 20k rows, 2%, at 1M rows
-        with synthetic paraphrase structure), not in proportion to it.
+        rows needed for recall >= 0.995 grow like the square root of ``n``,
+        not in proportion to it (``benchmarks/grid_budget_bench.py``: the
+        default reaches 1 / 1 / 1 at 0.85 / 0.9 / 0.95 with 7.3k rows, 8%, at
+        n = 92k real rows, and .995 / .998 / 1 with 24k rows, 2.4%, at 1M rows
+        with synthetic paraphrase structure).
     max_scan : float or None
         When set, a share of the entries to scan instead (the
         :class:`~semcache.index.grid.GridIndex` budget).
