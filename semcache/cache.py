@@ -266,8 +266,8 @@ class SemanticCache:
     approx_min_entries : int
         Scope size at which ``index="auto"`` switches to the approximate index.
         Measured on real QQP embeddings (single thread): exact search takes 0.12 ms
-        at 5k entries, 0.35 ms at 10k, 2.0 ms at 20k; the two-table grid 0.03 ms at 10k
-        and 0.09 ms at 92k, re-rank included (``benchmarks/index_bench.py``).
+        at 5k entries, 0.35 ms at 10k, 2.0 ms at 20k; the two-table grid 0.03-0.05 ms at
+        10k and 0.08-0.10 ms at 92k, re-rank included (``benchmarks/index_bench.py``).
     guards : sequence of callables, optional
         Each gets ``(new_prompt, stored_prompt, score)`` and may veto a hit (the
         next-best candidate above the threshold may still be served). None (the
