@@ -10,6 +10,9 @@ from semcache.index import GridIndex, MultiGridIndex, make_index
 from semcache.index.grid import fit_linear_map, stored_vectors
 from tests._index_data import THRESHOLDS, corpus, exact_of, recall
 
+# Both grids: the single one and the two-table MultiGridIndex built from it.
+GRIDS = [GridIndex, MultiGridIndex]
+
 
 @pytest.fixture(scope="module")
 def built() -> GridIndex:
@@ -19,10 +22,18 @@ def built() -> GridIndex:
     return g
 
 
-@pytest.mark.parametrize("threshold", THRESHOLDS)
-def test_recall_at_default_settings(built: GridIndex, threshold: float) -> None:
+@pytest.fixture(scope="module", params=GRIDS, ids=lambda cls: cls.__name__)
+def built_any(request: pytest.FixtureRequest) -> GridIndex:
     c = corpus()
-    r, hits, n_cand = recall(built, exact_of(c), c.q_low, c.q_full, threshold)
+    g: GridIndex = request.param()
+    g.add(c.ids, c.low, c.full)
+    return g
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_recall_at_default_settings(built_any: GridIndex, threshold: float) -> None:
+    c = corpus()
+    r, hits, n_cand = recall(built_any, exact_of(c), c.q_low, c.q_full, threshold)
     assert hits >= 20, "the test corpus must contain real threshold hits"
     assert r >= 0.995, f"recall {r:.4f} at {threshold} over {hits} hits"
     # The filter is what makes the grid worth having: a handful of candidates.
@@ -72,10 +83,6 @@ def test_nonlinear_projection_is_detected() -> None:
     q = np.ascontiguousarray(np.tanh(4 * c.q_low))
     r, hits, _ = recall(g, exact_of(c), q, c.q_full, 0.9)
     assert hits >= 20 and r >= 0.99
-
-
-# Both grids: the single one and the two-table MultiGridIndex built from it.
-GRIDS = [GridIndex, MultiGridIndex]
 
 
 @pytest.mark.parametrize("make", GRIDS)

@@ -19,15 +19,6 @@ def built() -> MultiGridIndex:
     return g
 
 
-@pytest.mark.parametrize("threshold", THRESHOLDS)
-def test_recall_at_default_settings(built: MultiGridIndex, threshold: float) -> None:
-    c = corpus()
-    r, hits, n_cand = recall(built, exact_of(c), c.q_low, c.q_full, threshold)
-    assert hits >= 20, "the test corpus must contain real threshold hits"
-    assert r >= 0.995, f"recall {r:.4f} at {threshold} over {hits} hits"
-    assert n_cand < 0.05 * len(c.ids)
-
-
 def test_tables_hash_disjoint_coordinates(built: MultiGridIndex) -> None:
     c = corpus()
     assert built.calibrated and len(built) == len(c.ids)

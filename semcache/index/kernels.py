@@ -710,6 +710,31 @@ def _scan_rows(
     return n_out
 
 
+@_kernel(
+    "int64(int64, int64[::1], int64[::1], int64[:, ::1], int8[:, ::1], int64[::1], float32[::1],"
+    " float32, int64[::1], int64, int64, int64[::1])"
+)
+def _visit_cell(
+    code: Int, ctab_k: I64, ctab_v: I64, cells: I64, pvec: I8, pids: I64, q_vec: F32,
+    filter_r2: float, out: I64, n_out: int, n_prev: int, stats: I64,
+) -> int:
+    """Scan the cell with ``code``, if it is occupied, through the filter (see :func:`_scan_rows`).
+
+    Adds 1 to ``stats[0]`` (occupied cells visited) and the cell's rows to
+    ``stats[1]`` (rows scanned) when it is; returns the new number of ids found.
+    """
+    slot = table_find(ctab_k, code)
+    if slot < 0:
+        return n_out
+    c = ctab_v[slot]
+    count = cells[c, _COUNT]
+    if count <= 0:
+        return n_out
+    stats[0] += 1
+    stats[1] += count
+    return _scan_rows(pvec, pids, cells[c, _START], count, q_vec, filter_r2, out, n_out, n_prev)
+
+
 @_kernel("int64(int64[::1], float64[::1], int64[::1], int64, int64, int64, int64, float64, int64, int64)")
 def _push_node(
     work_i: I64, node_cost: F64, heap: I64, base: int, m: int, j: int, step: int, cost: float,
@@ -868,8 +893,8 @@ def grid_query(
     hsize = 1
 
     n_out = n_prev
-    visited = 0
-    scanned = 0
+    stats[0] = 0
+    stats[1] = 0
     n_cells = meta[1]
     pops = 0
     while hsize > 0:
@@ -887,18 +912,11 @@ def grid_query(
             code += (home[j] + work_i[base + j]) * mult
             mult *= grid
         if n_cells > 0:
-            slot = table_find(ctab_k, code)
-            if slot >= 0:
-                c = ctab_v[slot]
-                count = cells[c, _COUNT]
-                if count > 0:
-                    visited += 1
-                    n_out = _scan_rows(
-                        pvec, pids, cells[c, _START], count, q_vec, filter_r2, out, n_out, n_prev
-                    )
-                    scanned += count
-                    if visited >= max_cells or scanned >= max_points:
-                        break
+            n_out = _visit_cell(
+                code, ctab_k, ctab_v, cells, pvec, pids, q_vec, filter_r2, out, n_out, n_prev, stats
+            )
+            if stats[0] >= max_cells or stats[1] >= max_points:
+                break
         # Push successors.
         lastdim = work_i[base + m]
         for j in range(lastdim, m):
@@ -938,8 +956,6 @@ def grid_query(
                 hsize = _push_node(work_i, node_cost, heap, base, m, j, s + direction, ncost,
                                    n_nodes, hsize)
                 n_nodes += 1
-    stats[0] = visited
-    stats[1] = scanned
     stats[2] = pops
     if n_out > out.shape[0]:
         return int(-n_out)
@@ -1039,8 +1055,8 @@ def grid_query_binary(
     hsize = 1
     n_nodes = 1
     n_out = n_prev
-    visited = 0
-    scanned = 0
+    stats[0] = 0
+    stats[1] = 0
     pops = 0
     n_cells = meta[1]
     while hsize > 0:
@@ -1053,18 +1069,11 @@ def grid_query_binary(
         code = work_i[2 * top]
         i = work_i[2 * top + 1]
         if n_cells > 0:
-            slot = table_find(ctab_k, code)
-            if slot >= 0:
-                c = ctab_v[slot]
-                count = cells[c, _COUNT]
-                if count > 0:
-                    visited += 1
-                    n_out = _scan_rows(
-                        pvec, pids, cells[c, _START], count, q_vec, filter_r2, out, n_out, n_prev
-                    )
-                    scanned += count
-                    if visited >= max_cells or scanned >= max_points:
-                        break
+            n_out = _visit_cell(
+                code, ctab_k, ctab_v, cells, pvec, pids, q_vec, filter_r2, out, n_out, n_prev, stats
+            )
+            if stats[0] >= max_cells or stats[1] >= max_points:
+                break
         if i + 1 >= m:
             continue
         nxt = order[i + 1]
@@ -1086,8 +1095,6 @@ def grid_query_binary(
                 work_i[2 * n_nodes + 1] = i + 1
                 hsize = _heap_push(work_f, heap, hsize, n_nodes)
                 n_nodes += 1
-    stats[0] = visited
-    stats[1] = scanned
     stats[2] = pops
     if n_out > out.shape[0]:
         return int(-n_out)
