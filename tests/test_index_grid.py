@@ -137,8 +137,9 @@ def test_rebuild_from_bulk_agrees_with_streamed(make: type[GridIndex]) -> None:
         assert recall(g, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995
 
 
-def test_empty_index() -> None:
-    g = GridIndex()
+@pytest.mark.parametrize("make", GRIDS)
+def test_empty_index(make: type[GridIndex]) -> None:
+    g = make()
     q = np.ones(8, dtype=np.float32)
     assert len(g) == 0
     assert len(g.candidates(q, q, 0.9)) == 0
@@ -146,9 +147,10 @@ def test_empty_index() -> None:
     assert len(g) == 0
 
 
-def test_one_item_then_more() -> None:
+@pytest.mark.parametrize("make", GRIDS)
+def test_one_item_then_more(make: type[GridIndex]) -> None:
     c = corpus()
-    g = GridIndex()
+    g = make()
     g.add(c.ids[:1], c.low[:1], c.full[:1])
     assert len(g) == 1 and c.ids[0] in g
     assert g.candidates(c.low[0], c.full[0], 0.95).tolist() == [c.ids[0]]

@@ -142,20 +142,6 @@ def test_bad_params(params: dict[str, object]) -> None:
         make_index("multigrid", **params)
 
 
-def test_empty_and_one_item() -> None:
-    c = corpus()
-    g = MultiGridIndex()
-    assert len(g) == 0 and len(g.candidates(c.low[0], c.full[0], 0.9)) == 0
-    g.remove(np.array([1, 2], dtype=np.int64))
-    g.add(c.ids[:1], c.low[:1], c.full[:1])
-    assert len(g) == 1 and c.ids[0] in g
-    assert g.candidates(c.low[0], c.full[0], 0.95).tolist() == [c.ids[0]]
-    g.remove(c.ids[:1])
-    assert len(g) == 0 and len(g.candidates(c.low[0], c.full[0], 0.95)) == 0
-    g.add(c.ids[:3], c.low[:3], c.full[:3])
-    assert sorted(g.candidates(c.low[1], c.full[1], -1.0).tolist()) == sorted(c.ids[:3].tolist())
-
-
 def test_scan_budget_grows_like_the_square_root_of_n() -> None:
     c = corpus()
     g = MultiGridIndex(min_scan=1)
