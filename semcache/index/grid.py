@@ -68,7 +68,7 @@ from semcache.errors import ConfigError, IndexStateError
 from semcache.index import kernels as K
 from semcache.index.base import check_batch
 
-__all__ = ["GridIndex", "LinearMap", "fit_linear_map", "mine_near_pairs", "quantise"]
+__all__ = ["GridIndex", "LinearMap", "fit_linear_map", "mine_near_pairs", "quantise", "scan_budget"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -272,6 +272,15 @@ def _pool_array(shape: int | tuple[int, int], dtype: type[np.generic]) -> npt.ND
     out = np.empty(shape, dtype=dtype)
     out.fill(0)
     return out
+
+
+def scan_budget(n: int, share: float, min_scan: int) -> int:
+    """Rows a lookup of ``n`` entries may scan: ``share`` of them, at least ``min_scan``.
+
+    ``share >= 1`` lifts the bound (every row, and one more so the walk never
+    stops on it).
+    """
+    return max(min_scan, int(share * n)) if share < 1.0 else n + 1
 
 
 def _pow2(n: int) -> int:
@@ -1055,8 +1064,7 @@ class GridIndex:
 
     def _budget(self, share: float) -> int:
         """Rows a lookup may scan when ``share`` of the entries is allowed."""
-        n = len(self)
-        return max(self.min_scan, int(share * n)) if share < 1.0 else n + 1
+        return scan_budget(len(self), share, self.min_scan)
 
     def _probe(self, q: FloatArray, threshold: float, max_points: int, out: IdArray,
                n_prev: int) -> int:

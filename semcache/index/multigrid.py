@@ -34,7 +34,7 @@ import numpy as np
 
 from semcache._types import FloatArray, IdArray
 from semcache.errors import ConfigError
-from semcache.index.grid import GridIndex
+from semcache.index.grid import GridIndex, scan_budget
 
 __all__ = ["MultiGridIndex"]
 
@@ -191,10 +191,8 @@ class MultiGridIndex:
         """Rows one lookup may scan over all tables."""
         n = len(self)
         if self.max_scan is not None:
-            rows = n + 1 if self.max_scan >= 1.0 else int(self.max_scan * n)
-        else:
-            rows = int(self.scan_scale * math.sqrt(n))
-        return max(self.min_scan, rows)
+            return scan_budget(n, self.max_scan, self.min_scan)
+        return max(self.min_scan, int(self.scan_scale * math.sqrt(n)))
 
     def stats(self) -> dict[str, float]:
         """Sizes for reports: entries, cells and bytes summed over the tables."""
