@@ -28,7 +28,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from common import RESULTS_DIR, print_table  # noqa: E402
-from index_bench import ground_truth, load_real_corpus, synthetic  # noqa: E402
+from index_bench import ground_truth, load_real_corpus, split_corpus, synthetic  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from semcache.index import GridIndex, MultiGridIndex  # noqa: E402
@@ -84,13 +84,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     args = ap.parse_args()
     data = load_real_corpus()
-    rng = np.random.default_rng(0)
-    qqp = data["qqp"]
-    perm = rng.permutation(len(qqp))
-    Q = np.ascontiguousarray(qqp[perm[: args.queries]])
-    n_p = len(data["prompts"])
-    p_cache = rng.permutation(n_p)[: n_p // 2]
-    real = np.ascontiguousarray(np.vstack([qqp[perm[args.queries:]], data["prompts"][p_cache]]))
+    _, Q, real, _ = split_corpus(data, args.queries)
     rows: list[list[Any]] = []
     for label in args.sizes.split(","):
         if label == "full":

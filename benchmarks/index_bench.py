@@ -90,6 +90,36 @@ def load_real_corpus() -> dict[str, np.ndarray]:
     }
 
 
+def split_corpus(data: dict[str, np.ndarray], n_q: int
+                 ) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out queries and cached rows, the same in every benchmark that calls this.
+
+    ``n_q`` random QQP questions are the queries. The distinct prompts split in
+    two: one half is cached content with the other QQP questions, the other
+    half (in file order, with its repeats) is replayed with the held-out
+    questions as the mixed-workload stream, so the stream is unseen traffic.
+
+    Returns
+    -------
+    rng : numpy Generator
+        Seeded with 0 and advanced past the split (callers draw from it next).
+    Q : ndarray, shape (n_q, d)
+    real : ndarray, shape (n, d)
+        The cached rows.
+    p_stream : ndarray of int64
+        Indexes of the distinct prompts kept for the stream, ascending.
+    """
+    rng = np.random.default_rng(0)
+    qqp = data["qqp"]
+    perm = rng.permutation(len(qqp))
+    Q = np.ascontiguousarray(qqp[perm[:n_q]])
+    n_p = len(data["prompts"])
+    p_perm = rng.permutation(n_p)
+    p_cache, p_stream = p_perm[: n_p // 2], np.sort(p_perm[n_p // 2 :])
+    real = np.ascontiguousarray(np.vstack([qqp[perm[n_q:]], data["prompts"][p_cache]]))
+    return rng, Q, real, p_stream
+
+
 def synthetic(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """``n`` rows near ``base`` rows, moved by real paraphrase differences."""
     rng = np.random.default_rng(seed)
@@ -580,17 +610,8 @@ def main() -> None:
     args.grid = {}
     args.thermal = {}
 
-    rng = np.random.default_rng(0)
-    qqp = data["qqp"]
-    perm = rng.permutation(len(qqp))
-    Q = np.ascontiguousarray(qqp[perm[:n_q]])
-    # The distinct prompts split in two: one half is cached content, the other
-    # half (in file order, with its repeats) is replayed with the held-out QQP
-    # questions as the mixed-workload stream, so the stream is unseen traffic.
+    rng, Q, real, p_stream = split_corpus(data, n_q)
     n_p = len(data["prompts"])
-    p_perm = rng.permutation(n_p)
-    p_cache, p_stream = p_perm[: n_p // 2], np.sort(p_perm[n_p // 2 :])
-    real = np.ascontiguousarray(np.vstack([qqp[perm[n_q:]], data["prompts"][p_cache]]))
     stream_vecs = np.vstack([data["prompts"], Q])
     prompt_ids = data["prompt_stream"][np.isin(data["prompt_stream"], p_stream)]
     sel = np.concatenate([prompt_ids, n_p + np.arange(len(Q))])
