@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semcache.errors import ConfigError, IndexStateError
-from semcache.index import GridIndex, MultiGridIndex, make_index
+from semcache.index import ExactIndex, GridIndex, MultiGridIndex, make_index
 from semcache.index import kernels as K
 from tests._index_data import corpus, exact_of, recall
 
@@ -121,7 +121,7 @@ def test_blocks_wrap_and_follow_m() -> None:
 
 @pytest.mark.parametrize(
     "params", [{"tables": 0}, {"tables": 1.5}, {"max_scan": 0.0}, {"min_scan": 0}, {"scan_scale": -1},
-               {"block": 3}, {"m": 0}],
+               {"block": 3}, {"m": 0}, {"buffer": -1}, {"buffer": 2.5}],
 )
 def test_bad_params(params: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
@@ -140,3 +140,83 @@ def test_scan_budget_grows_like_the_square_root_of_n() -> None:
     assert floor._budget() == 4096  # small indexes: the floor, ~1/3 of these rows
     with pytest.raises(ConfigError):
         MultiGridIndex(scan_scale=0.0)
+
+
+def _single(g: MultiGridIndex, c_ids: np.ndarray, low: np.ndarray, full: np.ndarray) -> None:
+    for i in range(len(c_ids)):
+        g.add(c_ids[i : i + 1], low[i : i + 1], full[i : i + 1])
+
+
+def test_buffered_rows_are_found_before_they_reach_the_tables() -> None:
+    """Single rows wait in the buffer, and lookups find them as if they were in the tables."""
+    c = corpus()
+    n0 = 3000
+    g = MultiGridIndex(buffer=64)
+    direct = MultiGridIndex(buffer=0)
+    for idx in (g, direct):
+        idx.add(c.ids[:n0], c.low[:n0], c.full[:n0])
+    _single(g, c.ids[n0 : n0 + 40], c.low[n0 : n0 + 40], c.full[n0 : n0 + 40])
+    _single(direct, c.ids[n0 : n0 + 40], c.low[n0 : n0 + 40], c.full[n0 : n0 + 40])
+    assert g.stats()["buffered"] == 40 and [len(t) for t in g._grids] == [n0, n0]
+    assert len(g) == len(direct) == n0 + 40
+    assert all(int(i) in g for i in c.ids[n0 : n0 + 40])
+    for i in range(n0, n0 + 40):
+        # Each buffered row is its own best match...
+        assert c.ids[i] in g.candidates(c.low[i], c.full[i], 0.95)
+    # ...and lookups verify to the same matches as with every row in the tables (the
+    # buffer's filter skips the int8 rounding, so the unverified candidates may differ
+    # by rows near the filter radius).
+    full_of = dict(zip(c.ids.tolist(), c.full, strict=True))
+    for i in range(len(c.q_low)):
+        verified = []
+        for idx in (g, direct):
+            cand = idx.candidates(c.q_low[i], c.q_full[i], 0.85).tolist()
+            verified.append(sorted(j for j in cand if full_of[j] @ c.q_full[i] >= 0.85))
+        assert verified[0] == verified[1]
+
+
+def test_buffer_empties_into_every_table_when_full_and_before_a_batch() -> None:
+    c = corpus()
+    g = MultiGridIndex(buffer=16)
+    g.add(c.ids[:2000], c.low[:2000], c.full[:2000])
+    _single(g, c.ids[2000:2020], c.low[2000:2020], c.full[2000:2020])
+    # 16 rows filled the buffer and went into both tables; 4 wait.
+    assert [len(t) for t in g._grids] == [2016, 2016] and g.stats()["buffered"] == 4
+    assert c.ids[2010] in g._grids[0] and c.ids[2010] in g._grids[1]
+    # A batch that repeats a buffered id is refused by the tables once the buffer is in them.
+    with pytest.raises(IndexStateError):
+        g.add(c.ids[2018:2030], c.low[2018:2030], c.full[2018:2030])
+    assert [len(t) for t in g._grids] == [2020, 2020] and g.stats()["buffered"] == 0
+    g.add(c.ids[2020:2030], c.low[2020:2030], c.full[2020:2030])
+    assert len(g) == 2030
+    ex = ExactIndex()
+    ex.add(c.ids[:2030], c.low[:2030], c.full[:2030])
+    r, hits, _ = recall(g, ex, c.q_low, c.q_full, 0.9)
+    assert hits >= 10 and r >= 0.99
+
+
+def test_buffered_rows_are_refused_and_removed_like_stored_ones() -> None:
+    c = corpus()
+    g = MultiGridIndex(buffer=64)
+    g.add(c.ids[:2000], c.low[:2000], c.full[:2000])
+    _single(g, c.ids[2000:2030], c.low[2000:2030], c.full[2000:2030])
+    for bad in (c.ids[2005:2006], c.ids[10:11], np.array([-4], dtype=np.int64)):
+        with pytest.raises(IndexStateError):
+            g.add(bad, c.low[2040:2041], c.full[2040:2041])
+    assert len(g) == 2030 and g.stats()["buffered"] == 30
+    # One at a time (the dict path), then a batch mixing buffered and stored ids.
+    g.remove(c.ids[2005:2006])
+    assert c.ids[2005] not in g and len(g) == 2029
+    assert c.ids[2005] not in g.candidates(c.low[2005], c.full[2005], 0.95)
+    gone = np.concatenate([c.ids[2010:2020], c.ids[100:110], np.array([10**9])])
+    g.remove(gone)
+    assert len(g) == 2009 and g.stats()["buffered"] == 19
+    kept = [i for i in range(2000, 2030) if not 2010 <= i < 2020 and i != 2005]
+    for i in range(2000, 2030):
+        found = c.ids[i] in g.candidates(c.low[i], c.full[i], 0.95)
+        assert found == (i in kept) == (c.ids[i] in g)
+    # The buffer keeps working after the removals: fill it past capacity.
+    _single(g, c.ids[2030:2100], c.low[2030:2100], c.full[2030:2100])
+    assert len(g) == 2079 and len(g._grids[0]) + g.stats()["buffered"] == 2079
+    for i in (*kept, *range(2030, 2100)):
+        assert c.ids[i] in g.candidates(c.low[i], c.full[i], 0.95)

@@ -515,6 +515,8 @@ class GridIndex:
         self._hs = np.empty(2 * m, dtype=np.int64)
         self._vec_f = np.empty(max(self._width, 1), dtype=np.float32)
         self._vec_q = np.empty(max(self._width, 1), dtype=np.int8)
+        self._vec_g = np.empty(max(self._width, 1), dtype=np.float32)
+        self._row_f = np.empty(max(self._k or 0, 1), dtype=np.float32)
         self._order = np.empty(m, dtype=np.int64)
         self._gap2 = np.empty(m, dtype=np.float64)
 
@@ -932,8 +934,20 @@ class GridIndex:
         """Insert a row that passed :meth:`_single_row` (recalibrating when due)."""
         if ids[0] < 0:
             raise IndexStateError("ids must be non-negative")
+        self._insert_checked(ids, low)
+
+    def _insert_checked(self, ids: IdArray, low: FloatArray) -> None:
+        """Insert rows of the index's widths with non-negative ids (recalibrating when due).
+
+        Parameters
+        ----------
+        ids : ndarray of int64, shape (n,)
+        low : ndarray of float32, shape (n, k)
+            In the caller's column order.
+        """
         if self._perm is not None:
-            low = low[:, self._perm]
+            # Column fancy indexing returns Fortran order for more than one row.
+            low = low[:, self._perm] if len(low) == 1 else np.ascontiguousarray(low[:, self._perm])
         self._insert(ids, low)
         if self._meta[0] >= self._recalibrate_at:
             self._calibrate(None, None)
@@ -1066,19 +1080,47 @@ class GridIndex:
         """Rows a lookup may scan when ``share`` of the entries is allowed."""
         return scan_budget(len(self), share, self.min_scan)
 
-    def _probe(self, q: FloatArray, threshold: float, max_points: int, out: IdArray,
-               n_prev: int) -> int:
-        """Run the lookup kernel: candidate ids go to ``out`` after its first ``n_prev``.
-
-        Returns the number of ids in ``out``, or ``-(needed)`` when it is too short.
-        """
+    def _kernel_radii(self, threshold: float) -> tuple[float, float]:
+        """Squared (probe, filter) radii as the kernels take them (filter in stored units)."""
         memo = self._radii_memo.get(threshold)
         if memo is None:
             if len(self._radii_memo) >= 64:  # callers that vary the threshold freely
                 self._radii_memo.clear()
             probe_r2, filt_r2 = self.radii(threshold)
             memo = self._radii_memo[threshold] = (probe_r2, self._stored_r2(filt_r2))
-        probe_r2, filt_q = memo
+        return memo
+
+    def _filter_rows(self, q: FloatArray, rows: FloatArray, ids: IdArray, n_rows: int,
+                     threshold: float, out: IdArray, n_out: int) -> int:
+        """Append to ``out`` the ids of rows outside the index that pass its filter.
+
+        Parameters
+        ----------
+        q : ndarray of float32, shape (k,)
+            The query as :meth:`_query_row` returns it.
+        rows : ndarray of float32, shape (cap, k)
+            Projected rows in the caller's column order; the first ``n_rows`` count.
+        ids : ndarray of int64, shape (cap,)
+
+        Returns
+        -------
+        int
+            The number of ids in ``out``, or ``-(needed)`` when it is too short.
+        """
+        perm = self._perm if self._perm is not None else np.arange(rows.shape[1], dtype=np.intp)
+        got = int(K.filter_rows(
+            q, rows, ids, n_rows, perm, self._b, self._T, self._mapped, self._qinv,
+            self._kernel_radii(threshold)[1], out, n_out, self._row_f, self._vec_g, self._vec_f,
+        ))
+        return got if got <= len(out) else -got
+
+    def _probe(self, q: FloatArray, threshold: float, max_points: int, out: IdArray,
+               n_prev: int) -> int:
+        """Run the lookup kernel: candidate ids go to ``out`` after its first ``n_prev``.
+
+        Returns the number of ids in ``out``, or ``-(needed)`` when it is too short.
+        """
+        probe_r2, filt_q = self._kernel_radii(threshold)
         if self.grid == 2 and self.probe != "orthant" and self._m_eff:
             return int(K.grid_query_binary(
                 q, self._b, self._T, self._mapped, self._qinv, self._edges, probe_r2, filt_q,

@@ -39,6 +39,7 @@ __all__ = [
     "STOP_ROOM",
     "cell_code",
     "codes_of_ids",
+    "filter_rows",
     "filter_vec",
     "grid_build",
     "grid_codes",
@@ -706,6 +707,66 @@ def _scan_rows(
                 continue
             if n_out < out.shape[0]:
                 out[n_out] = pid
+            n_out += 1
+    return n_out
+
+
+@_kernel(
+    "int64(float32[::1], float32[:, ::1], int64[::1], int64, int64[::1], float32[::1],"
+    " float32[:, ::1], int64, float32, float32, int64[::1], int64, float32[::1], float32[::1],"
+    " float32[::1])",
+    reassoc=True,
+)
+def filter_rows(
+    q_low: F32, rows: F32, ids: I64, n_rows: int, perm: I64, b: F32, T: F32, mapped: int,
+    qinv: float, filter_r2: float, out: I64, n_out: int, row: F32, vec: F32, q_vec: F32,
+) -> int:
+    """Append to ``out`` the ids of float rows inside a grid's filter ball.
+
+    The rows are not in the grid (a multi-table grid's insert buffer): each
+    is taken to the grid's column order and stored form as an insert would,
+    without the int8 rounding, and kept under the same radius, which already
+    allows for that rounding.
+
+    Parameters
+    ----------
+    q_low : ndarray of float32, shape (k,)
+        The query in the grid's column order.
+    rows : ndarray of float32, shape (cap, k)
+        Projected rows in the caller's column order; the first ``n_rows`` count.
+    ids : ndarray of int64, shape (cap,)
+    n_rows : int
+    perm : ndarray of int64, shape (k,)
+        Grid column ``j`` is caller column ``perm[j]``.
+    b, T, mapped, qinv
+        The grid's map to stored vectors and its scale (see :func:`filter_vec`).
+    filter_r2 : float
+        Squared filter radius in stored units.
+    out : ndarray of int64
+    n_out : int
+        Ids already in ``out``.
+    row, vec, q_vec : ndarray of float32, shapes (k,), (w,), (w,)
+        Scratch.
+
+    Returns
+    -------
+    int
+        The new number of ids found; as in :func:`_scan_rows`, it may exceed
+        ``len(out)``.
+    """
+    _query_vec(q_low, b, T, mapped, qinv, q_vec)
+    w = vec.shape[0]
+    for r in range(n_rows):
+        for j in range(perm.shape[0]):
+            row[j] = rows[r, perm[j]]
+        filter_vec(row, b, T, mapped, vec)
+        d2 = np.float32(0.0)
+        for t in range(w):
+            diff = vec[t] * qinv - q_vec[t]
+            d2 += diff * diff
+        if d2 <= filter_r2:
+            if n_out < out.shape[0]:
+                out[n_out] = ids[r]
             n_out += 1
     return n_out
 

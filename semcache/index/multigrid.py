@@ -24,6 +24,17 @@ Measured by ``benchmarks/grid_budget_bench.py`` (learned projection of width
 Each table stores its own copy of the rows' short vectors (int8, 32 bytes a
 row) so that every scan stays sequential in memory; the id sets of the tables
 are always the same.
+
+Insert buffer
+-------------
+A single-row insert, the cache's insert after a miss, spends almost all its
+time entering the compiled kernels, not in them: a kernel call with the
+grid's ~20 array arguments costs about 1.5 us, the insert inside it 0.17 us.
+So single rows wait in a small buffer (``buffer`` rows, float32, the caller's
+column order) and go into every table in one batch when it fills; lookups
+filter the buffered rows exactly as the first table filters its own, so a
+buffered row is found as soon as it is added. Batch adds, and anything that
+recalibrates, first empty the buffer.
 """
 
 from __future__ import annotations
@@ -33,7 +44,8 @@ import math
 import numpy as np
 
 from semcache._types import FloatArray, IdArray
-from semcache.errors import ConfigError
+from semcache.errors import ConfigError, IndexStateError
+from semcache.index import kernels as K
 from semcache.index.grid import GridIndex, scan_budget
 
 __all__ = ["MultiGridIndex"]
@@ -75,6 +87,12 @@ class MultiGridIndex:
         :class:`~semcache.index.grid.GridIndex` budget).
     min_scan : int
         Rows scanned at least per lookup, over all tables together.
+    buffer : int
+        Single-row inserts wait in a buffer of this many rows before going
+        into the tables in one batch (see the module docstring); 0 inserts
+        each row into every table at once. Every lookup filters the buffered
+        rows too, so it costs a lookup up to ``buffer`` more rows; 64 keeps
+        that under 1 us (``benchmarks/index_bench.py`` reports both costs).
     **params
         Passed to every :class:`~semcache.index.grid.GridIndex` (``probe``,
         ``filter``, quantiles, calibration settings...).
@@ -97,6 +115,7 @@ class MultiGridIndex:
         scan_scale: float = 24.0,
         max_scan: float | None = None,
         min_scan: int = 4096,
+        buffer: int = 64,
         **params: object,
     ) -> None:
         if not isinstance(tables, int) or tables < 1:
@@ -105,6 +124,8 @@ class MultiGridIndex:
             raise ConfigError(f"max_scan must be None or in (0, 1], got {max_scan!r}")
         if not scan_scale > 0 or not isinstance(min_scan, int) or min_scan < 1:
             raise ConfigError("scan_scale must be > 0 and min_scan an int >= 1")
+        if not isinstance(buffer, int) or buffer < 0:
+            raise ConfigError(f"buffer must be an int >= 0, got {buffer!r}")
         if "block" in params:
             raise ConfigError("block is set per table by MultiGridIndex")
         self.tables = tables
@@ -114,6 +135,7 @@ class MultiGridIndex:
         self.scan_scale = scan_scale
         self.max_scan = max_scan
         self.min_scan = min_scan
+        self.buffer = buffer
         self.params = dict(params)
         # The tables' own budgets are unused: candidates() passes its own.
         self._grids = [
@@ -123,11 +145,18 @@ class MultiGridIndex:
         self._out = np.empty(256, dtype=np.int64)
         #: (occupied cells visited, rows scanned, cells popped) of the last lookup.
         self.last_stats = np.zeros(3, dtype=np.int64)
+        # The insert buffer: rows, ids and id -> row of the first _buf_n rows.
+        self._buf_low = np.zeros((0, 0), dtype=np.float32)
+        self._buf_ids = np.zeros(0, dtype=np.int64)
+        self._buf_pos: dict[int, int] = {}
+        self._buf_n = 0
 
     def __len__(self) -> int:
-        return len(self._grids[0])
+        return len(self._grids[0]) + self._buf_n
 
     def __contains__(self, entry_id: object) -> bool:
+        if self._buf_n and isinstance(entry_id, int | np.integer) and int(entry_id) in self._buf_pos:
+            return True
         return entry_id in self._grids[0]
 
     @property
@@ -145,18 +174,79 @@ class MultiGridIndex:
             first table checks everything before anything is inserted, so a
             refused batch leaves every table unchanged.
         """
-        if self._grids[0]._single_row(ids, low, full):
+        first = self._grids[0]
+        if first._single_row(ids, low, full):
             # Checked once: every table holds the same ids and widths.
+            if self.buffer:
+                self._buffer_row(int(ids[0]), low)
+                return
             for g in self._grids:
                 g._insert_row(ids, low)
             return
+        self.flush()
         for g in self._grids:
             g.add(ids, low, full)
 
+    def _buffer_row(self, entry_id: int, low: FloatArray) -> None:
+        """Put one checked row in the buffer, emptying it into the tables when full."""
+        if entry_id < 0:
+            raise IndexStateError("ids must be non-negative")
+        # table_find directly: GridIndex.__contains__ also vets the key's type,
+        # which costs as much again and is settled here.
+        if entry_id in self._buf_pos or K.table_find(self._grids[0]._itab_k, entry_id) >= 0:
+            raise IndexStateError(f"ids already in the index: [{entry_id}]")
+        n = self._buf_n
+        if self._buf_low.shape[1] != low.shape[1]:
+            self._buf_low = np.zeros((self.buffer, low.shape[1]), dtype=np.float32)
+            self._buf_ids = np.zeros(self.buffer, dtype=np.int64)
+        self._buf_low[n] = low[0]
+        self._buf_ids[n] = entry_id
+        self._buf_pos[entry_id] = n
+        self._buf_n = n + 1
+        if self._buf_n == self.buffer:
+            self.flush()
+
+    def flush(self) -> None:
+        """Move the buffered rows into every table (the buffer is then empty)."""
+        n = self._buf_n
+        if not n:
+            return
+        ids = self._buf_ids[:n].copy()
+        low = self._buf_low[:n]
+        for g in self._grids:
+            g._insert_checked(ids, low)
+        self._buf_n = 0
+        self._buf_pos.clear()
+
     def remove(self, ids: IdArray) -> None:
-        """Remove entries from every table; absent ids are ignored."""
+        """Remove entries from the buffer and every table; absent ids are ignored."""
+        if self._buf_n:
+            ids_a = np.asarray(ids).reshape(-1)
+            if len(ids_a) <= 8:
+                for i in ids_a.tolist():
+                    pos = self._buf_pos.pop(int(i), None)
+                    if pos is not None:
+                        self._drop_buffered(pos)
+            else:
+                n = self._buf_n
+                keep = ~np.isin(self._buf_ids[:n], ids_a)
+                kept = int(keep.sum())
+                self._buf_ids[:kept] = self._buf_ids[:n][keep]
+                self._buf_low[:kept] = self._buf_low[:n][keep]
+                self._buf_n = kept
+                self._buf_pos = {int(i): p for p, i in enumerate(self._buf_ids[:kept].tolist())}
         for g in self._grids:
             g.remove(ids)
+
+    def _drop_buffered(self, pos: int) -> None:
+        """Remove buffer row ``pos`` (already out of ``_buf_pos``): the last row moves into it."""
+        last = self._buf_n - 1
+        if pos != last:
+            moved = int(self._buf_ids[last])
+            self._buf_ids[pos] = moved
+            self._buf_low[pos] = self._buf_low[last]
+            self._buf_pos[moved] = pos
+        self._buf_n = last
 
     def candidates(self, q_low: FloatArray, q_full: FloatArray, threshold: float) -> IdArray:
         """Union of the tables' candidates, without duplicates.
@@ -179,10 +269,18 @@ class MultiGridIndex:
             got = 0
             self.last_stats[:] = 0
             for g in self._grids:
-                got = g._probe(g._query_row(q_low), threshold, budget, self._out, got)
+                q = g._query_row(q_low)
+                got = g._probe(q, threshold, budget, self._out, got)
                 if got < 0:
                     break
                 self.last_stats += g.last_stats
+                if self._buf_n and g is self._grids[0]:
+                    # Buffered rows are in no table: the first one filters them.
+                    got = g._filter_rows(q, self._buf_low, self._buf_ids, self._buf_n, threshold,
+                                         self._out, got)
+                    if got < 0:
+                        break
+                    self.last_stats[1] += self._buf_n
             if got >= 0:
                 return self._out[:got].copy()
             self._out = np.empty(2 * (-got) + 64, dtype=np.int64)
@@ -200,6 +298,10 @@ class MultiGridIndex:
         out = dict(per[0])
         for key in ("cells", "pool_rows", "pool_dead", "bytes"):
             out[key] = float(sum(p[key] for p in per))
+        out["entries"] = float(len(self))
+        out["buffered"] = float(self._buf_n)
+        # ~100 bytes a dict item (key, value and slot), as in the kernels' module docstring.
+        out["bytes"] += self._buf_low.nbytes + self._buf_ids.nbytes + 100 * len(self._buf_pos)
         out["bytes_per_entry"] = out["bytes"] / max(1, len(self))
         out["tables"] = float(self.tables)
         return out
