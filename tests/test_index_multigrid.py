@@ -30,7 +30,9 @@ def test_tables_hash_disjoint_coordinates(built: MultiGridIndex) -> None:
     assert (a.block, b.block) == (0, 1) and a._perm is None
     assert b._perm is not None and b._perm[:m].tolist() == list(range(m, 2 * m))
     assert built.stats()["tables"] == 2
-    assert built.stats()["bytes"] == a.stats()["bytes"] + b.stats()["bytes"]
+    # The insert buffer (64 rows of 32 floats and their ids) is counted too.
+    buffer_bytes = 64 * (32 * 4 + 8)
+    assert built.stats()["bytes"] == a.stats()["bytes"] + b.stats()["bytes"] + buffer_bytes
 
 
 def test_binary_walk_visits_cells_in_the_same_order_as_the_general_walk() -> None:
@@ -200,11 +202,19 @@ def test_buffered_rows_are_refused_and_removed_like_stored_ones() -> None:
     g = MultiGridIndex(buffer=64)
     g.add(c.ids[:2000], c.low[:2000], c.full[:2000])
     _single(g, c.ids[2000:2030], c.low[2000:2030], c.full[2000:2030])
-    for bad in (c.ids[2005:2006], c.ids[10:11], np.array([-4], dtype=np.int64)):
+    nan_row = c.low[2040:2041].copy()
+    nan_row[0, 3] = np.nan
+    refused = [
+        (c.ids[2005:2006], c.low[2040:2041]),  # buffered id
+        (c.ids[10:11], c.low[2040:2041]),  # stored id
+        (np.array([-4], dtype=np.int64), c.low[2040:2041]),
+        (c.ids[2040:2041], nan_row),
+    ]
+    for ids, low in refused:
         with pytest.raises(IndexStateError):
-            g.add(bad, c.low[2040:2041], c.full[2040:2041])
+            g.add(ids, low, c.full[2040:2041])
     assert len(g) == 2030 and g.stats()["buffered"] == 30
-    # One at a time (the dict path), then a batch mixing buffered and stored ids.
+    # One id, then a batch mixing buffered, stored and absent ids.
     g.remove(c.ids[2005:2006])
     assert c.ids[2005] not in g and len(g) == 2029
     assert c.ids[2005] not in g.candidates(c.low[2005], c.full[2005], 0.95)
@@ -220,3 +230,21 @@ def test_buffered_rows_are_refused_and_removed_like_stored_ones() -> None:
     assert len(g) == 2079 and len(g._grids[0]) + g.stats()["buffered"] == 2079
     for i in (*kept, *range(2030, 2100)):
         assert c.ids[i] in g.candidates(c.low[i], c.full[i], 0.95)
+
+
+def test_rows_the_buffer_cannot_take_go_the_checked_way() -> None:
+    """Other dtypes or layouts, and wrong widths, take the checked path, which empties the buffer first."""
+    c = corpus()
+    g = MultiGridIndex(buffer=64)
+    g.add(c.ids[:2000], c.low[:2000], c.full[:2000])
+    _single(g, c.ids[2000:2010], c.low[2000:2010], c.full[2000:2010])
+    with pytest.raises(IndexStateError):
+        g.add(c.ids[2010:2011], c.low[2010:2011], np.zeros((1, 385), dtype=np.float32))
+    assert len(g) == 2010 and g.stats()["buffered"] == 0
+    assert all(c.ids[i] in g._grids[1] for i in range(2000, 2010))
+    with pytest.raises(IndexStateError):  # the id is in the tables now
+        g.add(c.ids[2005:2006].astype(np.int32), c.low[2005:2006], c.full[2005:2006])
+    g.add(c.ids[2010:2011].astype(np.int32), c.low[2010:2011].astype(np.float64),
+          np.asfortranarray(c.full[2010:2011]))
+    assert len(g) == 2011 and c.ids[2010] in g._grids[1]
+    assert c.ids[2010] in g.candidates(c.low[2010], c.full[2010], 0.95)

@@ -145,17 +145,20 @@ class MultiGridIndex:
         self._out = np.empty(256, dtype=np.int64)
         #: (occupied cells visited, rows scanned, cells popped) of the last lookup.
         self.last_stats = np.zeros(3, dtype=np.int64)
-        # The insert buffer: rows, ids and id -> row of the first _buf_n rows.
+        # The insert buffer: its first _buf_n rows and ids are live. It is
+        # allocated once the first table is calibrated; _buf_d (the full
+        # vectors' width) is 0 until then, and always with buffer=0.
         self._buf_low = np.zeros((0, 0), dtype=np.float32)
         self._buf_ids = np.zeros(0, dtype=np.int64)
-        self._buf_pos: dict[int, int] = {}
         self._buf_n = 0
+        self._buf_d = 0
 
     def __len__(self) -> int:
         return len(self._grids[0]) + self._buf_n
 
     def __contains__(self, entry_id: object) -> bool:
-        if self._buf_n and isinstance(entry_id, int | np.integer) and int(entry_id) in self._buf_pos:
+        if (self._buf_n and isinstance(entry_id, int | np.integer)
+                and bool((self._buf_ids[: self._buf_n] == int(entry_id)).any())):
             return True
         return entry_id in self._grids[0]
 
@@ -174,37 +177,38 @@ class MultiGridIndex:
             first table checks everything before anything is inserted, so a
             refused batch leaves every table unchanged.
         """
-        first = self._grids[0]
-        if first._single_row(ids, low, full):
-            # Checked once: every table holds the same ids and widths.
-            if self.buffer:
-                self._buffer_row(int(ids[0]), low)
+        if self._buf_d:
+            try:
+                status = int(K.buffer_put(low, ids, full, self._buf_d, self._grids[0]._itab_k,
+                                          self._buf_low, self._buf_ids, self._buf_n))
+            except TypeError:
+                status = -3  # not float32 / int64 C-contiguous arrays: the checked path
+            if status == 1:
+                self._buf_n += 1
+                if self._buf_n == self.buffer:
+                    self.flush()
                 return
+            if status == -1:
+                raise IndexStateError("ids must be non-negative")
+            if status == -2:
+                raise IndexStateError(f"ids already in the index: [{int(ids[0])}]")
+            if status == -4:
+                raise IndexStateError("low has non-finite values")
+        first = self._grids[0]
+        if not self.buffer and first._single_row(ids, low, full):
+            # Checked once: every table holds the same ids and widths.
             for g in self._grids:
                 g._insert_row(ids, low)
             return
         self.flush()
         for g in self._grids:
             g.add(ids, low, full)
-
-    def _buffer_row(self, entry_id: int, low: FloatArray) -> None:
-        """Put one checked row in the buffer, emptying it into the tables when full."""
-        if entry_id < 0:
-            raise IndexStateError("ids must be non-negative")
-        # table_find directly: GridIndex.__contains__ also vets the key's type,
-        # which costs as much again and is settled here.
-        if entry_id in self._buf_pos or K.table_find(self._grids[0]._itab_k, entry_id) >= 0:
-            raise IndexStateError(f"ids already in the index: [{entry_id}]")
-        n = self._buf_n
-        if self._buf_low.shape[1] != low.shape[1]:
-            self._buf_low = np.zeros((self.buffer, low.shape[1]), dtype=np.float32)
+        if self.buffer and not self._buf_d and first.calibrated:
+            # From now on single rows can wait in the buffer (widths never change).
+            assert first._k is not None and first._d is not None
+            self._buf_low = np.zeros((self.buffer, first._k), dtype=np.float32)
             self._buf_ids = np.zeros(self.buffer, dtype=np.int64)
-        self._buf_low[n] = low[0]
-        self._buf_ids[n] = entry_id
-        self._buf_pos[entry_id] = n
-        self._buf_n = n + 1
-        if self._buf_n == self.buffer:
-            self.flush()
+            self._buf_d = first._d
 
     def flush(self) -> None:
         """Move the buffered rows into every table (the buffer is then empty)."""
@@ -216,37 +220,16 @@ class MultiGridIndex:
         for g in self._grids:
             g._insert_checked(ids, low)
         self._buf_n = 0
-        self._buf_pos.clear()
 
     def remove(self, ids: IdArray) -> None:
         """Remove entries from the buffer and every table; absent ids are ignored."""
         if self._buf_n:
-            ids_a = np.asarray(ids).reshape(-1)
-            if len(ids_a) <= 8:
-                for i in ids_a.tolist():
-                    pos = self._buf_pos.pop(int(i), None)
-                    if pos is not None:
-                        self._drop_buffered(pos)
-            else:
-                n = self._buf_n
-                keep = ~np.isin(self._buf_ids[:n], ids_a)
-                kept = int(keep.sum())
-                self._buf_ids[:kept] = self._buf_ids[:n][keep]
-                self._buf_low[:kept] = self._buf_low[:n][keep]
-                self._buf_n = kept
-                self._buf_pos = {int(i): p for p, i in enumerate(self._buf_ids[:kept].tolist())}
+            self._buf_n = int(K.buffer_drop(
+                np.ascontiguousarray(ids, dtype=np.int64).reshape(-1), self._buf_low,
+                self._buf_ids, self._buf_n,
+            ))
         for g in self._grids:
             g.remove(ids)
-
-    def _drop_buffered(self, pos: int) -> None:
-        """Remove buffer row ``pos`` (already out of ``_buf_pos``): the last row moves into it."""
-        last = self._buf_n - 1
-        if pos != last:
-            moved = int(self._buf_ids[last])
-            self._buf_ids[pos] = moved
-            self._buf_low[pos] = self._buf_low[last]
-            self._buf_pos[moved] = pos
-        self._buf_n = last
 
     def candidates(self, q_low: FloatArray, q_full: FloatArray, threshold: float) -> IdArray:
         """Union of the tables' candidates, without duplicates.
@@ -300,8 +283,7 @@ class MultiGridIndex:
             out[key] = float(sum(p[key] for p in per))
         out["entries"] = float(len(self))
         out["buffered"] = float(self._buf_n)
-        # ~100 bytes a dict item (key, value and slot), as in the kernels' module docstring.
-        out["bytes"] += self._buf_low.nbytes + self._buf_ids.nbytes + 100 * len(self._buf_pos)
+        out["bytes"] += self._buf_low.nbytes + self._buf_ids.nbytes
         out["bytes_per_entry"] = out["bytes"] / max(1, len(self))
         out["tables"] = float(self.tables)
         return out
