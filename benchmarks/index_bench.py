@@ -3,7 +3,7 @@
 Run (single thread; the script pins every library to one thread itself)::
 
     python benchmarks/index_bench.py --quick     # 10k and full real corpus, a few minutes
-    python benchmarks/index_bench.py             # + 1M synthetic (tens of minutes)
+    python benchmarks/index_bench.py             # + 100k and 1M with synthetic rows (an hour or more)
     # sizes in separate processes, then one report and one set of plots:
     python benchmarks/index_bench.py --sizes 1M --save /tmp/b.json
     python benchmarks/index_bench.py --merge /tmp/a.json,/tmp/b.json
@@ -15,7 +15,8 @@ of the distinct real prompts, is the cache. The mixed-workload stream replays th
 other half of the prompts in file order (with their real repeats) shuffled with
 the held-out questions. The 1M set adds synthetic rows: a real row moved by one or two real
 paraphrase differences (pairs mined from the data), renormalised, so the
-synthetic rows have the near-duplicate structure of real prompts.
+synthetic rows have the near-duplicate structure of real prompts; 100k is the
+real rows plus 8k such rows.
 
 Per N and method it reports: build time and batched insert rate, single
 insert and single delete cost (semcache: "ins us" is the index insert given the
@@ -573,7 +574,8 @@ def plots(rows: list[dict[str, Any]], curves: dict[str, list[tuple[float, float]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="10k and the full real corpus only")
-    ap.add_argument("--sizes", default=None, help="comma list of 10k,full,1M (default by mode)")
+    ap.add_argument("--sizes", default=None,
+                    help="comma list of 10k,100k,full,1M (default: all; --quick: 10k,full)")
     ap.add_argument("--queries", type=int, default=None)
     ap.add_argument("--ops", type=int, default=None, help="single inserts/deletes timed")
     ap.add_argument("--stream", type=int, default=None, help="mixed-workload stream length")
@@ -602,7 +604,7 @@ def main() -> None:
     if args.embed_only:
         print({k: v.shape for k, v in data.items()})
         return
-    sizes = (args.sizes or ("10k,full" if args.quick else "10k,full,1M")).split(",")
+    sizes = (args.sizes or ("10k,full" if args.quick else "10k,100k,full,1M")).split(",")
     n_q = args.queries or (500 if args.quick else 2000)
     args.ops = args.ops or (500 if args.quick else 2000)
     n_stream = args.stream or (3000 if args.quick else 10_000)
@@ -626,8 +628,14 @@ def main() -> None:
             X = real[rng.choice(len(real), 10_000, replace=False)]
         elif label == "full":
             X = real
-        elif label == "1M":
-            X = np.vstack([real, synthetic(real, 1_000_000 - len(real))])
+        elif label in ("100k", "1M"):
+            # Real rows first, then synthetic ones up to N (the QQP dev questions
+            # and prompts are 92k rows, so 100k is nearly all real).
+            n_target = 100_000 if label == "100k" else 1_000_000
+            if len(real) >= n_target:
+                X = real[rng.choice(len(real), n_target, replace=False)]
+            else:
+                X = np.vstack([real, synthetic(real, n_target - len(real))])
         else:
             raise SystemExit(f"unknown size {label}")
         X = np.ascontiguousarray(X)

@@ -55,11 +55,13 @@ def test_binary_walk_visits_cells_in_the_same_order_as_the_general_walk() -> Non
             q, g._b, g._T, g._mapped, g._qinv, g._edges, probe_r2, filt_q, g.n_probe, budget,
             g._cells, g._meta, g._pvec, g._pids, g._ctab_k, g._ctab_v, out_a, g._work_f,
             g._work_i, stats_a, g._heap, g._vec_f, g._order, g._gap2, 0,
+            g._no_rows, g._no_ids, 0, g._ident,
         )
         nb = K.grid_query(
             q, g._b, g._T, g._mapped, g._qinv, g._edges, 2, probe_r2, filt_q, g.n_probe, budget,
             0, g._cells, g._meta, g._pvec, g._pids, g._ctab_k, g._ctab_v, out_b, g._work_f,
             work_general, stats_b, g._heap, g._vec_f, g._hs, 0,
+            g._no_rows, g._no_ids, 0, g._ident,
         )
         assert stats_a[:2].tolist() == stats_b[:2].tolist()
         assert sorted(out_a[:na].tolist()) == sorted(out_b[:nb].tolist())
@@ -149,14 +151,20 @@ def _single(g: MultiGridIndex, c_ids: np.ndarray, low: np.ndarray, full: np.ndar
         g.add(c_ids[i : i + 1], low[i : i + 1], full[i : i + 1])
 
 
-def test_buffered_rows_are_found_before_they_reach_the_tables() -> None:
-    """Single rows wait in the buffer, and lookups find them as if they were in the tables."""
+@pytest.mark.parametrize("filter_kind", ["calibrated", "exact"])
+def test_buffered_rows_are_found_before_they_reach_the_tables(filter_kind: str) -> None:
+    """Single rows wait in the buffer, and lookups find them as if they were in the tables.
+
+    ``filter="exact"`` stores rows through the recovered linear map, the other
+    branch of the buffer's filter.
+    """
     c = corpus()
     n0 = 3000
-    g = MultiGridIndex(buffer=64)
-    direct = MultiGridIndex(buffer=0)
+    g = MultiGridIndex(buffer=64, filter=filter_kind)
+    direct = MultiGridIndex(buffer=0, filter=filter_kind)
     for idx in (g, direct):
         idx.add(c.ids[:n0], c.low[:n0], c.full[:n0])
+    assert g._grids[0]._mapped == (filter_kind == "exact")
     _single(g, c.ids[n0 : n0 + 40], c.low[n0 : n0 + 40], c.full[n0 : n0 + 40])
     _single(direct, c.ids[n0 : n0 + 40], c.low[n0 : n0 + 40], c.full[n0 : n0 + 40])
     assert g.stats()["buffered"] == 40 and [len(t) for t in g._grids] == [n0, n0]

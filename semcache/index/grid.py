@@ -515,8 +515,10 @@ class GridIndex:
         self._hs = np.empty(2 * m, dtype=np.int64)
         self._vec_f = np.empty(max(self._width, 1), dtype=np.float32)
         self._vec_q = np.empty(max(self._width, 1), dtype=np.int8)
-        self._vec_g = np.empty(max(self._width, 1), dtype=np.float32)
-        self._row_f = np.empty(max(self._k or 0, 1), dtype=np.float32)
+        # No rows outside the grid, as the lookup kernels take them (see _probe).
+        self._no_rows = np.zeros((0, max(self._k or 0, 1)), dtype=np.float32)
+        self._no_ids = np.zeros(0, dtype=np.int64)
+        self._ident = np.arange(max(self._k or 0, 1), dtype=np.int64)
         self._order = np.empty(m, dtype=np.int64)
         self._gap2 = np.empty(m, dtype=np.float64)
 
@@ -1090,47 +1092,34 @@ class GridIndex:
             memo = self._radii_memo[threshold] = (probe_r2, self._stored_r2(filt_r2))
         return memo
 
-    def _filter_rows(self, q: FloatArray, rows: FloatArray, ids: IdArray, n_rows: int,
-                     threshold: float, out: IdArray, n_out: int) -> int:
-        """Append to ``out`` the ids of rows outside the index that pass its filter.
-
-        Parameters
-        ----------
-        q : ndarray of float32, shape (k,)
-            The query as :meth:`_query_row` returns it.
-        rows : ndarray of float32, shape (cap, k)
-            Projected rows in the caller's column order; the first ``n_rows`` count.
-        ids : ndarray of int64, shape (cap,)
-
-        Returns
-        -------
-        int
-            The number of ids in ``out``, or ``-(needed)`` when it is too short.
-        """
-        perm = self._perm if self._perm is not None else np.arange(rows.shape[1], dtype=np.intp)
-        got = int(K.filter_rows(
-            q, rows, ids, n_rows, perm, self._b, self._T, self._mapped, self._qinv,
-            self._kernel_radii(threshold)[1], out, n_out, self._row_f, self._vec_g, self._vec_f,
-        ))
-        return got if got <= len(out) else -got
-
     def _probe(self, q: FloatArray, threshold: float, max_points: int, out: IdArray,
-               n_prev: int) -> int:
+               n_prev: int, extra: tuple[FloatArray, IdArray, int] | None = None) -> int:
         """Run the lookup kernel: candidate ids go to ``out`` after its first ``n_prev``.
+
+        ``extra`` is (rows, ids, n) of rows outside the grid, in the caller's
+        column order, that the lookup filters too (a multi-table grid's insert
+        buffer; see :func:`~semcache.index.kernels.filter_rows`).
 
         Returns the number of ids in ``out``, or ``-(needed)`` when it is too short.
         """
         probe_r2, filt_q = self._kernel_radii(threshold)
+        if extra is None:
+            x_rows, x_ids, n_x, x_perm = self._no_rows, self._no_ids, 0, self._ident
+        else:
+            x_rows, x_ids, n_x = extra
+            x_perm = self._perm if self._perm is not None else self._ident
         if self.grid == 2 and self.probe != "orthant" and self._m_eff:
             return int(K.grid_query_binary(
                 q, self._b, self._T, self._mapped, self._qinv, self._edges, probe_r2, filt_q,
                 self.n_probe, max_points, self._cells, self._meta, self._pvec, self._pids,
                 self._ctab_k, self._ctab_v, out, self._work_f, self._work_i,
                 self.last_stats, self._heap, self._vec_f, self._order, self._gap2, n_prev,
+                x_rows, x_ids, n_x, x_perm,
             ))
         return int(K.grid_query(
             q, self._b, self._T, self._mapped, self._qinv, self._edges, self.grid, probe_r2,
             filt_q, self.n_probe, max_points, 1 if self.probe == "orthant" else 0, self._cells,
             self._meta, self._pvec, self._pids, self._ctab_k, self._ctab_v, out,
             self._work_f, self._work_i, self.last_stats, self._heap, self._vec_f, self._hs, n_prev,
+            x_rows, x_ids, n_x, x_perm,
         ))

@@ -792,25 +792,24 @@ def buffer_drop(ids: I64, buf_low: F32, buf_ids: I64, n_buf: int) -> int:
 
 @_kernel(
     "int64(float32[::1], float32[:, ::1], int64[::1], int64, int64[::1], float32[::1],"
-    " float32[:, ::1], int64, float32, float32, int64[::1], int64, float32[::1], float32[::1],"
-    " float32[::1])",
+    " float32[:, ::1], int64, float32, float32, int64[::1], int64)",
     reassoc=True,
 )
 def filter_rows(
-    q_low: F32, rows: F32, ids: I64, n_rows: int, perm: I64, b: F32, T: F32, mapped: int,
-    qinv: float, filter_r2: float, out: I64, n_out: int, row: F32, vec: F32, q_vec: F32,
+    q_vec: F32, rows: F32, ids: I64, n_rows: int, perm: I64, b: F32, T: F32, mapped: int,
+    qinv: float, filter_r2: float, out: I64, n_out: int,
 ) -> int:
-    """Append to ``out`` the ids of float rows inside a grid's filter ball.
+    """Append to ``out`` the ids of float rows outside a grid that pass its filter.
 
-    The rows are not in the grid (a multi-table grid's insert buffer): each
-    is taken to the grid's column order and stored form as an insert would,
-    without the int8 rounding, and kept under the same radius, which already
-    allows for that rounding.
+    The lookup walks call this for rows not in the grid (a multi-table
+    grid's insert buffer): each row is taken to the grid's column order and
+    stored form as an insert would, without the int8 rounding, and kept
+    under the same radius, which already allows for that rounding.
 
     Parameters
     ----------
-    q_low : ndarray of float32, shape (k,)
-        The query in the grid's column order.
+    q_vec : ndarray of float32, shape (w,)
+        The query's stored vector in stored units (see :func:`_query_vec`).
     rows : ndarray of float32, shape (cap, k)
         Projected rows in the caller's column order; the first ``n_rows`` count.
     ids : ndarray of int64, shape (cap,)
@@ -824,8 +823,6 @@ def filter_rows(
     out : ndarray of int64
     n_out : int
         Ids already in ``out``.
-    row, vec, q_vec : ndarray of float32, shapes (k,), (w,), (w,)
-        Scratch.
 
     Returns
     -------
@@ -833,10 +830,27 @@ def filter_rows(
         The new number of ids found; as in :func:`_scan_rows`, it may exceed
         ``len(out)``.
     """
-    _query_vec(q_low, b, T, mapped, qinv, q_vec)
-    w = vec.shape[0]
+    if n_rows == 0:
+        return n_out
+    k = perm.shape[0]
+    w = q_vec.shape[0]
+    if mapped == 0:
+        # The stored vector is the row itself, zero-padded: no copy needed.
+        for r in range(n_rows):
+            d2 = np.float32(0.0)
+            for t in range(w):
+                x = rows[r, perm[t]] if t < k else np.float32(0.0)
+                diff = x * qinv - q_vec[t]
+                d2 += diff * diff
+            if d2 <= filter_r2:
+                if n_out < out.shape[0]:
+                    out[n_out] = ids[r]
+                n_out += 1
+        return n_out
+    row = np.empty(k, dtype=np.float32)
+    vec = np.empty(w, dtype=np.float32)
     for r in range(n_rows):
-        for j in range(perm.shape[0]):
+        for j in range(k):
             row[j] = rows[r, perm[j]]
         filter_vec(row, b, T, mapped, vec)
         d2 = np.float32(0.0)
@@ -899,7 +913,7 @@ def _push_node(
     "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float32[:, ::1],"
     " int64, float64, float32, int64, int64, int64, int64[:, ::1], int64[::1], int8[:, ::1],"
     " int64[::1], int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1],"
-    " int64[::1], float32[::1], int64[::1], int64)",
+    " int64[::1], float32[::1], int64[::1], int64, float32[:, ::1], int64[::1], int64, int64[::1])",
     reassoc=True,
 )
 def grid_query(
@@ -929,6 +943,10 @@ def grid_query(
     q_vec: F32,
     hs: I64,
     n_prev: int,
+    x_rows: F32,
+    x_ids: I64,
+    n_x: int,
+    x_perm: I64,
 ) -> int:
     """Candidates of one query: best-first multiprobe, then the ball filter.
 
@@ -982,6 +1000,9 @@ def grid_query(
     n_prev : int
         Ids already in ``out`` (from the other tables of a multi-table grid):
         kept, and not added again.
+    x_rows, x_ids, n_x, x_perm
+        Rows outside the grid that the lookup filters too, after the walk
+        (see :func:`filter_rows`); ``n_x = 0`` for none. They count as scanned.
 
     Returns
     -------
@@ -1097,6 +1118,8 @@ def grid_query(
                                    n_nodes, hsize)
                 n_nodes += 1
     stats[2] = pops
+    n_out = filter_rows(q_vec, x_rows, x_ids, n_x, x_perm, b, T, mapped, qinv, filter_r2, out, n_out)
+    stats[1] += n_x
     if n_out > out.shape[0]:
         return int(-n_out)
     return int(n_out)
@@ -1106,7 +1129,7 @@ def grid_query(
     "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float32[:, ::1],"
     " float64, float32, int64, int64, int64[:, ::1], int64[::1], int8[:, ::1], int64[::1],"
     " int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], int64[::1],"
-    " float32[::1], int64[::1], float64[::1], int64)",
+    " float32[::1], int64[::1], float64[::1], int64, float32[:, ::1], int64[::1], int64, int64[::1])",
     reassoc=True,
 )
 def grid_query_binary(
@@ -1135,6 +1158,10 @@ def grid_query_binary(
     order: I64,
     gap2: F64,
     n_prev: int,
+    x_rows: F32,
+    x_ids: I64,
+    n_x: int,
+    x_perm: I64,
 ) -> int:
     """Candidates of one query on a two-slice grid (``G = 2``), probed best-first.
 
@@ -1236,6 +1263,8 @@ def grid_query_binary(
                 hsize = _heap_push(work_f, heap, hsize, n_nodes)
                 n_nodes += 1
     stats[2] = pops
+    n_out = filter_rows(q_vec, x_rows, x_ids, n_x, x_perm, b, T, mapped, qinv, filter_r2, out, n_out)
+    stats[1] += n_x
     if n_out > out.shape[0]:
         return int(-n_out)
     return int(n_out)

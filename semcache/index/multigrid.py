@@ -31,10 +31,12 @@ A single-row insert, the cache's insert after a miss, spends almost all its
 time entering the compiled kernels, not in them: a kernel call with the
 grid's ~20 array arguments costs about 1.5 us, the insert inside it 0.17 us.
 So single rows wait in a small buffer (``buffer`` rows, float32, the caller's
-column order) and go into every table in one batch when it fills; lookups
-filter the buffered rows exactly as the first table filters its own, so a
-buffered row is found as soon as it is added. Batch adds, and anything that
-recalibrates, first empty the buffer.
+column order), checked and copied by one kernel call
+(:func:`~semcache.index.kernels.buffer_put`), and go into every table in one
+batch when it fills. The first table's lookup kernel filters the buffered rows
+as it filters its own (:func:`~semcache.index.kernels.filter_rows`), so a
+buffered row is found as soon as it is added. Batch adds empty the buffer
+first; tables recalibrate only inside inserts, so never while rows wait.
 """
 
 from __future__ import annotations
@@ -90,9 +92,12 @@ class MultiGridIndex:
     buffer : int
         Single-row inserts wait in a buffer of this many rows before going
         into the tables in one batch (see the module docstring); 0 inserts
-        each row into every table at once. Every lookup filters the buffered
-        rows too, so it costs a lookup up to ``buffer`` more rows; 64 keeps
-        that under 1 us (``benchmarks/index_bench.py`` reports both costs).
+        each row into every table at once. Every lookup also filters the
+        buffered rows, inside the first table's lookup kernel: at N = 92k a
+        lookup took 59 us with 0 and with 63 rows buffered, and a single
+        insert 2.7 us with a buffer of 64 against 7.5 us without
+        (``benchmarks/index_bench.py``). Larger buffers save little more:
+        most of what is left is the per-row work of the batch insert.
     **params
         Passed to every :class:`~semcache.index.grid.GridIndex` (``probe``,
         ``filter``, quantiles, calibration settings...).
@@ -251,19 +256,14 @@ class MultiGridIndex:
         while True:
             got = 0
             self.last_stats[:] = 0
+            # Buffered rows are in no table: the first one filters them too.
+            extra = (self._buf_low, self._buf_ids, self._buf_n) if self._buf_n else None
             for g in self._grids:
-                q = g._query_row(q_low)
-                got = g._probe(q, threshold, budget, self._out, got)
+                got = g._probe(g._query_row(q_low), threshold, budget, self._out, got, extra)
                 if got < 0:
                     break
                 self.last_stats += g.last_stats
-                if self._buf_n and g is self._grids[0]:
-                    # Buffered rows are in no table: the first one filters them.
-                    got = g._filter_rows(q, self._buf_low, self._buf_ids, self._buf_n, threshold,
-                                         self._out, got)
-                    if got < 0:
-                        break
-                    self.last_stats[1] += self._buf_n
+                extra = None
             if got >= 0:
                 return self._out[:got].copy()
             self._out = np.empty(2 * (-got) + 64, dtype=np.int64)
