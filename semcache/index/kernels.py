@@ -834,28 +834,18 @@ def filter_rows(
         return n_out
     k = perm.shape[0]
     w = q_vec.shape[0]
-    if mapped == 0:
-        # The stored vector is the row itself, zero-padded: no copy needed.
-        for r in range(n_rows):
-            d2 = np.float32(0.0)
-            for t in range(w):
-                x = rows[r, perm[t]] if t < k else np.float32(0.0)
-                diff = x * qinv - q_vec[t]
-                d2 += diff * diff
-            if d2 <= filter_r2:
-                if n_out < out.shape[0]:
-                    out[n_out] = ids[r]
-                n_out += 1
-        return n_out
-    row = np.empty(k, dtype=np.float32)
-    vec = np.empty(w, dtype=np.float32)
+    # Unmapped rows are their own stored vectors (zero-padded): no copies then.
+    row = np.empty(k if mapped else 0, dtype=np.float32)
+    vec = np.empty(w if mapped else 0, dtype=np.float32)
     for r in range(n_rows):
-        for j in range(k):
-            row[j] = rows[r, perm[j]]
-        filter_vec(row, b, T, mapped, vec)
+        if mapped:
+            for j in range(k):
+                row[j] = rows[r, perm[j]]
+            filter_vec(row, b, T, mapped, vec)
         d2 = np.float32(0.0)
         for t in range(w):
-            diff = vec[t] * qinv - q_vec[t]
+            x = vec[t] if mapped else (rows[r, perm[t]] if t < k else np.float32(0.0))
+            diff = x * qinv - q_vec[t]
             d2 += diff * diff
         if d2 <= filter_r2:
             if n_out < out.shape[0]:
