@@ -95,7 +95,7 @@ class MultiGridIndex:
         each row into every table at once. Every lookup also filters the
         buffered rows, inside the first table's lookup kernel: at N = 92k a
         lookup took 59 us with 0 and with 63 rows buffered, and a single
-        insert 2.7 us with a buffer of 64 against 7.5 us without
+        insert 2.8 us with a buffer of 64 against 7.5 us without
         (``benchmarks/index_bench.py``). Larger buffers save little more:
         most of what is left is the per-row work of the batch insert.
     **params
