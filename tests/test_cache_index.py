@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,36 @@ def test_small_scopes_stay_exact_next_to_a_large_one(corpus: tuple[list[str], Fu
         hit = cache.get(stored[3], scope="small")
         assert isinstance(hit, Hit) and hit.exact
         assert not cache.get(stored[100], scope="small", threshold=0.999)
+
+
+def test_single_puts_on_the_grid_are_found_at_once(corpus: tuple[list[str], FunctionEmbedder]) -> None:
+    """A put after the switch to the grid waits in its insert buffer and is still served at once."""
+    texts, emb = corpus
+    stored, queries = _split(texts)
+    base, fresh = stored[:2600], stored[2600:]
+    # Queries whose best match in the whole cache is a fresh text, a paraphrase at
+    # cos >= 0.92 with the same numbers (the numbers guard refuses "2012" for "2016").
+    q_vec = emb.encode([normalize_prompt(t) for t in queries])
+    a_vec = emb.encode([normalize_prompt(t) for t in base + fresh])
+    sims = q_vec @ a_vec.T
+    pairs = [
+        (q, fresh[int(j) - len(base)])
+        for q, j, s in zip(queries, sims.argmax(1), sims.max(1), strict=True)
+        if j >= len(base) and s >= 0.92 and q != (f := fresh[int(j) - len(base)])
+        and re.findall(r"\d+", q) == re.findall(r"\d+", f)
+    ]
+    pairs = list({f: (q, f) for q, f in pairs}.values())  # one query per fresh text
+    assert len(pairs) >= 5
+    with SemanticCache(store="memory", embedder=emb, approx_min_entries=1500, threshold=0.9) as cache:
+        cache.put_many(base, base)
+        part = next(iter(cache._parts.values()))
+        assert cache.stats().index_kinds == {"multigrid": 1}
+        for q, f in pairs:
+            entry = cache.put(f, f"answer to {f}")
+            assert part.index.stats()["buffered"] >= 1  # not in the grid's tables yet
+            hit = cache.get(q)
+            assert isinstance(hit, Hit) and not hit.exact and hit.entry_id == entry
+            assert hit.completion == f"answer to {f}" and hit.score >= 0.9
+            assert cache.delete(entry)
+            hit = cache.get(q)
+            assert not isinstance(hit, Hit) or hit.entry_id != entry
