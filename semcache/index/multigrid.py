@@ -28,8 +28,9 @@ are always the same.
 Insert buffer
 -------------
 A single-row insert, the cache's insert after a miss, spends almost all its
-time entering the compiled kernels, not in them: a kernel call with the
-grid's ~20 array arguments costs about 1.5 us, the insert inside it 0.17 us.
+time entering the compiled kernels, not in them: at N = 92k a one-row call of
+the insert kernel, with the grid's 19 arguments, takes 1.8 us, while one call
+on 2,000 rows takes 0.27 us a row (``benchmarks/insert_buffer_bench.py``).
 So single rows wait in a small buffer (``buffer`` rows, float32, the caller's
 column order), checked and copied by one kernel call
 (:func:`~semcache.index.kernels.buffer_put`), and go into every table in one
@@ -93,11 +94,12 @@ class MultiGridIndex:
         Single-row inserts wait in a buffer of this many rows before going
         into the tables in one batch (see the module docstring); 0 inserts
         each row into every table at once. Every lookup also filters the
-        buffered rows, inside the first table's lookup kernel: at N = 92k a
-        lookup took 59 us with 0 and with 63 rows buffered, and a single
-        insert 2.8 us with a buffer of 64 against 7.5 us without
-        (``benchmarks/index_bench.py``). Larger buffers save little more:
-        most of what is left is the per-row work of the batch insert.
+        buffered rows, inside the first table's lookup kernel. Measured at
+        N = 92k (``benchmarks/insert_buffer_bench.py``): a single insert takes
+        1.8 us on average with 64 (flushes included) against 6.7 us with 0,
+        and a lookup 0.054 ms with 63 rows waiting against 0.052 ms with
+        none. 256 saves nothing more on inserts: what is left is entering
+        the buffering kernel and the per-row work of the batch inserts.
     **params
         Passed to every :class:`~semcache.index.grid.GridIndex` (``probe``,
         ``filter``, quantiles, calibration settings...).
