@@ -53,6 +53,14 @@ def percentiles(samples_s: Sequence[float]) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
+def save_text(name: str, command: str, text: str) -> Path:
+    """Write ``text`` to ``results/<name>``, under a first line giving the command that made it."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / name
+    out.write_text(f"# {command}\n{text}\n")
+    return out
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Print (and return) a plain aligned text table."""
     text = format_table(headers, rows)

@@ -27,7 +27,7 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-from common import RESULTS_DIR, print_table  # noqa: E402
+from common import RESULTS_DIR, print_table, save_text  # noqa: E402
 from index_bench import ground_truth, load_real_corpus, split_corpus, synthetic  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -98,10 +98,8 @@ def main() -> None:
                "p50 ms", "B/entry"]
     print()
     text = print_table(headers, rows)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / "grid_budget_bench.txt"
-    out.write_text(f"# python benchmarks/grid_budget_bench.py --sizes {args.sizes} "
-                   f"--queries {args.queries}\n{text}\n")
+    out = save_text("grid_budget_bench.txt", f"python benchmarks/grid_budget_bench.py --sizes "
+                    f"{args.sizes} --queries {args.queries}", text)
     plot(rows)
     print(f"\nsaved {out} and grid_budget_bench.png")
 

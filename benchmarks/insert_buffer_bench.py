@@ -28,7 +28,7 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-from common import RESULTS_DIR, print_table  # noqa: E402
+from common import RESULTS_DIR, print_table, save_text  # noqa: E402
 from index_bench import load_real_corpus, split_corpus  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -120,10 +120,8 @@ def main() -> None:
     headers = ["buffer", "insert mean us", "insert p50 us", "insert p99 us",
                "lookup p50 ms (empty)", "lookup p50 ms (buffer - 1 rows)"]
     t2 = print_table(headers, rows)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / "insert_buffer_bench.txt"
-    out.write_text(f"# python benchmarks/insert_buffer_bench.py --ops {args.ops} --queries {args.queries}\n"
-                   f"# N = {len(real)}\n{t1}\n\n{t2}\n")
+    out = save_text("insert_buffer_bench.txt", f"python benchmarks/insert_buffer_bench.py --ops "
+                    f"{args.ops} --queries {args.queries}", f"# N = {len(real)}\n{t1}\n\n{t2}")
     plot(rows)
     print(f"\nsaved {out} and insert_buffer_bench.png")
 
