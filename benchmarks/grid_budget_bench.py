@@ -12,7 +12,10 @@ queries are those of ``index_bench.py`` (same seed): the real corpus (92k QQP
 questions and real prompts), optionally grown to 1M rows with synthetic paraphrase
 structure (``--sizes full,1M``).
 
-Run: ``python benchmarks/grid_budget_bench.py [--sizes full,1M] [--queries 2000]``
+Small indexes (``--sizes 5k,10k,20k``, random real rows) also try lower floors
+of the budget, which is what sets it below ~29k entries.
+
+Run: ``python benchmarks/grid_budget_bench.py [--sizes full,1M] [--queries 2000] [--out NAME]``
 """
 
 from __future__ import annotations
@@ -49,7 +52,13 @@ def configs(n: int) -> list[tuple[str, Any]]:
     for scale in (8.0, 16.0, 24.0, 32.0):
         rows = max(4096, int(scale * np.sqrt(n)))
         out.append((f"multigrid 2 tables, {scale:g}*sqrt(N) = {rows} rows",
-                    lambda s=scale: MultiGridIndex(scan_scale=s)))
+                    lambda s=scale: MultiGridIndex(scan_scale=s, min_scan=4096)))
+    if 24.0 * np.sqrt(n) < 4096:
+        # Small indexes: where the floor, not 24*sqrt(N), sets the budget.
+        for floor in (1024, 2048):
+            rows = max(floor, int(24.0 * np.sqrt(n)))
+            out.append((f"multigrid 2 tables, 24*sqrt(N), floor {floor} = {rows} rows",
+                        lambda f=floor: MultiGridIndex(scan_scale=24.0, min_scan=f)))
     return out
 
 
@@ -80,14 +89,20 @@ def run(label: str, X: np.ndarray, Q: np.ndarray, rows: list[list[Any]]) -> None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="full", help="comma list of full,1M")
+    ap.add_argument("--sizes", default="full",
+                    help="comma list of 5k,10k,20k (random real rows), full, 1M")
     ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--out", default="grid_budget_bench",
+                    help="name of the result files in benchmarks/results (.txt, .png)")
     args = ap.parse_args()
     data = load_real_corpus()
-    _, Q, real, _ = split_corpus(data, args.queries)
+    rng, Q, real, _ = split_corpus(data, args.queries)
     rows: list[list[Any]] = []
+    small = {"5k": 5_000, "10k": 10_000, "20k": 20_000}
     for label in args.sizes.split(","):
-        if label == "full":
+        if label in small:
+            X = np.ascontiguousarray(real[rng.choice(len(real), small[label], replace=False)])
+        elif label == "full":
             X = real
         elif label == "1M":
             X = np.ascontiguousarray(np.vstack([real, synthetic(real, 1_000_000 - len(real))]))
@@ -98,13 +113,13 @@ def main() -> None:
                "p50 ms", "B/entry"]
     print()
     text = print_table(headers, rows)
-    out = save_text("grid_budget_bench.txt", f"python benchmarks/grid_budget_bench.py --sizes "
-                    f"{args.sizes} --queries {args.queries}", text)
-    plot(rows)
-    print(f"\nsaved {out} and grid_budget_bench.png")
+    out = save_text(f"{args.out}.txt", f"python benchmarks/grid_budget_bench.py --sizes "
+                    f"{args.sizes} --queries {args.queries} --out {args.out}", text)
+    plot(rows, args.out)
+    print(f"\nsaved {out} and {args.out}.png")
 
 
-def plot(rows: list[list[Any]]) -> None:
+def plot(rows: list[list[Any]], name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +137,7 @@ def plot(rows: list[list[Any]]) -> None:
     ax.set(xscale="log", xlabel="share of entries scanned per lookup",
            ylabel="recall of cos >= 0.85 hits", title="Scan budget vs recall")
     ax.legend(fontsize=7)
-    fig.savefig(RESULTS_DIR / "grid_budget_bench.png", dpi=120, bbox_inches="tight")
+    fig.savefig(RESULTS_DIR / f"{name}.png", dpi=120, bbox_inches="tight")
 
 
 if __name__ == "__main__":
