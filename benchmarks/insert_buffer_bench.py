@@ -85,12 +85,11 @@ def run(buffer: int, X: np.ndarray, low: np.ndarray, new_low: np.ndarray, new_fu
         ts.append(time.perf_counter() - t0)
     look = []
     for fill in (0, max(0, buffer - 1)):
-        if hasattr(idx, "flush"):
-            idx.flush()
-        for j in range(fill):  # ids past the inserts above
-            k = len(X) + len(new_low) + j
-            idx.add(np.array([k], dtype=np.int64), new_low[j : j + 1], new_full[j : j + 1])
-        assert idx.stats().get("buffered", 0) == fill
+        idx.flush()
+        for j in range(fill):  # ids past the inserts above; rows reused if --ops < buffer
+            k, r = len(X) + len(new_low) + j, j % len(new_low)
+            idx.add(np.array([k], dtype=np.int64), new_low[r : r + 1], new_full[r : r + 1])
+        assert idx.stats()["buffered"] == fill
         lt = []
         for q in q_low:
             t0 = time.perf_counter()
