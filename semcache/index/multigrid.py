@@ -226,7 +226,8 @@ class MultiGridIndex:
         n = self._buf_n
         if not n:
             return
-        ids = self._buf_ids[:n].copy()
+        # Views: the tables copy what they keep, and nothing refills the buffer meanwhile.
+        ids = self._buf_ids[:n]
         low = self._buf_low[:n]
         for g in self._grids:
             g._insert_checked(ids, low)
