@@ -49,8 +49,7 @@ def kernel_costs(X: np.ndarray, low: np.ndarray, new_low: np.ndarray) -> list[li
     def call(r: np.ndarray, ids: np.ndarray) -> int:
         return int(K.grid_insert(
             r, ids, g._edges, g.grid, g._b, g._T, g._mapped, g._qinv, g._cells, g._meta,
-            g._pvec, g._pids, g._pcell, g._ctab_k, g._ctab_v, g._itab_k, g._itab_v,
-            g._vec_f, g._vec_q,
+            g._pvec, g._pids, g._ctab, g._itab, g._vec_f, g._vec_q,
         ))
 
     ids = np.arange(base, base + len(rows), dtype=np.int64)

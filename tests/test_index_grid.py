@@ -7,6 +7,7 @@ import pytest
 
 from semcache.errors import ConfigError, IndexStateError
 from semcache.index import GridIndex, MultiGridIndex, make_index
+from semcache.index import kernels as K
 from semcache.index.grid import fit_linear_map, stored_vectors
 from tests._index_data import THRESHOLDS, corpus, exact_of, recall
 
@@ -121,6 +122,99 @@ def test_streaming_inserts_and_deletes_match_exact(make: type[GridIndex]) -> Non
     assert len(g) == len(ex)
     for j in back[:50]:
         assert c.ids[j] in g.candidates(c.low[j], c.full[j], 0.95)
+
+
+def test_hash_table_kernels_match_a_dict() -> None:
+    """Puts, backward-shift deletes and a rehash of the interleaved key/value table.
+
+    Eight slots and keys drawn from a small range: probe runs are long and
+    wrap past the last slot, which is where a slip between a key and its
+    value would show.
+    """
+    rng = np.random.default_rng(0)
+    table = np.full(2 * 8, -1, dtype=np.int64)
+    ref: dict[int, int] = {}
+    for step in range(4000):
+        key = int(rng.integers(0, 40))
+        slot = K.table_find(table, key)
+        assert (slot >= 0) == (key in ref)
+        if slot >= 0 and rng.random() < 0.5:
+            K._table_delete_slot(table, slot)
+            del ref[key]
+        elif slot >= 0 or len(ref) < 6:
+            val = int(rng.integers(0, 1 << 40))
+            K._table_put(table, key, val)
+            ref[key] = val
+        assert int((table[0::2] >= 0).sum()) == len(ref)
+        for k, v in ref.items():
+            s = K.table_find(table, k)
+            assert s >= 0 and table[2 * s] == k and table[2 * s + 1] == v, step
+    assert K.table_slots(table) == 8
+    grown = np.full(2 * 32, -1, dtype=np.int64)
+    K.table_rehash(table, grown)
+    assert K.table_slots(grown) == 32
+    assert {int(k): int(v) for k, v in zip(grown[0::2], grown[1::2], strict=True) if k >= 0} == ref
+
+
+@pytest.mark.parametrize("params", [{}, {"m": 10, "grid": 2}], ids=["G3", "G2"])
+def test_id_table_follows_rows_through_relocations_and_removes(params: dict[str, int]) -> None:
+    """After single inserts (full blocks relocate), removes (last rows fill the
+    holes), a compaction and more of both, every id's entry in the id table
+    names the cell block and position its row is really at, and lookups
+    return what an index built from the live rows in one batch returns."""
+    c = corpus()
+    rng = np.random.default_rng(3)
+    n0 = 1500
+    g = GridIndex(**params)  # type: ignore[arg-type]
+    g.add(c.ids[:n0], c.low[:n0], c.full[:n0])
+    live = set(c.ids[:n0].tolist())
+    rest = list(range(n0, len(c.ids)))
+    half = len(rest) // 2
+    for phase, todo in enumerate((rest[:half], rest[half:])):
+        dead_before = int(g._meta[3])
+        for j in todo:
+            g.add(c.ids[j : j + 1], c.low[j : j + 1], c.full[j : j + 1])
+            live.add(int(c.ids[j]))
+            if rng.random() < 0.3:
+                gone = int(rng.choice(sorted(live)))
+                g.remove(np.array([gone], dtype=np.int64))
+                live.discard(gone)
+        assert int(g._meta[3]) > dead_before, "no block was relocated"
+        if phase == 0:
+            g._compact(len(g._pids))
+            assert int(g._meta[3]) == 0
+    assert g._calibrated_at == n0  # no recalibration: the reference below shares its cells
+
+    # Every row of every cell block maps back to (that cell, that position).
+    ids = np.array(sorted(live), dtype=np.int64)
+    assert len(g) == len(ids)
+    n_cells = int(g._meta[1])
+    seen = []
+    for cell, (start, count, _, code) in enumerate(g._cells[:n_cells].tolist()):
+        for p in range(start, start + count):
+            pid = int(g._pids[p])
+            s = K.table_find(g._itab, pid)
+            assert s >= 0
+            assert int(g._itab[2 * s + 1]) == (cell << 32) | p
+            assert K.codes_of_ids(np.array([pid], dtype=np.int64), g._itab, g._cells)[0] == code
+            seen.append(pid)
+    assert sorted(seen) == ids.tolist()
+    # ... and that cell is the one the row's coordinates hash to.
+    rows = np.searchsorted(c.ids, ids)
+    low = c.low[rows] if g._perm is None else c.low[rows][:, g._perm]
+    want = K.grid_codes(np.ascontiguousarray(low), g._edges, g.grid)
+    assert np.array_equal(K.codes_of_ids(ids, g._itab, g._cells), want)
+    assert K.codes_of_ids(np.setdiff1d(c.ids, ids), g._itab, g._cells).max() == -1
+
+    # The same calibration (same first batch), then the live rows in one bulk load.
+    ref = GridIndex(**params)  # type: ignore[arg-type]
+    ref.add(c.ids[:n0], c.low[:n0], c.full[:n0])
+    assert np.array_equal(ref._edges, g._edges) and ref._qinv == g._qinv
+    ref._bulk_build(ids, np.ascontiguousarray(low))
+    for t in THRESHOLDS:
+        for i in range(len(c.q_low)):
+            got = g.candidates(c.q_low[i], c.q_full[i], t)
+            assert sorted(got.tolist()) == sorted(ref.candidates(c.q_low[i], c.q_full[i], t).tolist())
 
 
 @pytest.mark.parametrize("make", GRIDS)

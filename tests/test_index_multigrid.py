@@ -53,13 +53,13 @@ def test_binary_walk_visits_cells_in_the_same_order_as_the_general_walk() -> Non
         stats_b = np.zeros(3, dtype=np.int64)
         na = K.grid_query_binary(
             q, g._b, g._T, g._mapped, g._qinv, g._edges, probe_r2, filt_q, g.n_probe, budget,
-            g._cells, g._meta, g._pvec, g._pids, g._ctab_k, g._ctab_v, out_a, g._work_f,
+            g._cells, g._meta, g._pvec, g._pids, g._ctab, out_a, g._work_f,
             g._work_i, stats_a, g._heap, g._vec_f, g._order, g._gap2, 0,
             g._no_rows, g._no_ids, 0, g._ident,
         )
         nb = K.grid_query(
             q, g._b, g._T, g._mapped, g._qinv, g._edges, 2, probe_r2, filt_q, g.n_probe, budget,
-            0, g._cells, g._meta, g._pvec, g._pids, g._ctab_k, g._ctab_v, out_b, g._work_f,
+            0, g._cells, g._meta, g._pvec, g._pids, g._ctab, out_b, g._work_f,
             work_general, stats_b, g._heap, g._vec_f, g._hs, 0,
             g._no_rows, g._no_ids, 0, g._ident,
         )

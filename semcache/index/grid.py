@@ -287,14 +287,29 @@ def _pow2(n: int) -> int:
     return 1 << max(4, (max(2, n) - 1).bit_length())
 
 
+def _table(slots: int) -> npt.NDArray[np.int64]:
+    """An empty hash table of ``slots`` slots (a power of two).
+
+    One int64 array of ``2 * slots``, key of slot ``s`` at ``2 * s`` (``-1``:
+    empty) and its value at ``2 * s + 1`` (see :mod:`semcache.index.kernels`).
+    """
+    return np.full(2 * slots, -1, dtype=np.int64)
+
+
+def _slots(table: npt.NDArray[np.int64]) -> int:
+    """Number of slots of a hash table made by :func:`_table` (half its length)."""
+    return len(table) // 2
+
+
 def _id_slots(n: int) -> int:
     """Slots of an id table for ``n`` ids: a power of two at most 3/4 full.
 
     The id tables are the largest structure after the stored vectors (16 bytes a
-    slot, one table per grid); at most half full they cost up to 64 bytes an
-    entry just past a power of two, which alone would break the 15% memory
-    budget of a two-table index. Linear probing at 3/4 load still finds an id
-    in ~2.5 probes, and only inserts and deletes look ids up.
+    slot: the id and its row's packed cell and position; one table per grid);
+    at most half full they cost up to 64 bytes an entry just past a power of
+    two, which alone would break the 15% memory budget of a two-table index.
+    Linear probing at 3/4 load still finds an id in ~2.5 probes, and only
+    inserts and deletes look ids up.
     """
     return _pow2((4 * n) // 3 + 2)
 
@@ -488,13 +503,10 @@ class GridIndex:
     def _alloc_empty(self, width: int, pool: int = 64, cells: int = 16) -> None:
         self._meta = np.zeros(5, dtype=np.int64)
         self._cells = np.zeros((cells, 4), dtype=np.int64)
-        self._ctab_k = np.full(_pow2(2 * cells), -1, dtype=np.int64)
-        self._ctab_v = np.full(_pow2(2 * cells), -1, dtype=np.int64)
+        self._ctab = _table(_pow2(2 * cells))  # cell code -> cell number
         self._pvec = _pool_array((pool, width), np.int8)
         self._pids = _pool_array(pool, np.int64)
-        self._pcell = _pool_array(pool, np.int32)
-        self._itab_k = np.full(64, -1, dtype=np.int64)
-        self._itab_v = np.full(64, -1, dtype=np.int64)
+        self._itab = _table(64)  # id -> its row's packed (cell, pool position)
 
     def _size_work(self) -> None:
         """Scratch of the lookup and insert kernels, allocated once per calibration.
@@ -528,7 +540,7 @@ class GridIndex:
     def __contains__(self, entry_id: object) -> bool:
         if not isinstance(entry_id, int | np.integer) or int(entry_id) < 0:
             return False
-        return bool(K.table_find(self._itab_k, int(entry_id)) >= 0)
+        return bool(K.table_find(self._itab, int(entry_id)) >= 0)
 
     @property
     def calibrated(self) -> bool:
@@ -541,9 +553,8 @@ class GridIndex:
         nbytes = sum(
             a.nbytes
             for a in (
-                self._cells, self._ctab_k, self._ctab_v, self._pvec, self._pids,
-                self._pcell, self._itab_k, self._itab_v, self._edges, self._work_f,
-                self._work_i, self._heap, self._out,
+                self._cells, self._ctab, self._pvec, self._pids, self._itab, self._edges,
+                self._work_f, self._work_i, self._heap, self._out,
             )
         )
         nbytes += sum(a.nbytes for a in self._res_full) + sum(a.nbytes for a in self._res_low)
@@ -566,14 +577,13 @@ class GridIndex:
     def _grow_for(self, n_new: int) -> None:
         """Make room so an insert of ``n_new`` rows is unlikely to stop early."""
         need = int(self._meta[0]) + n_new
-        if _ids_overfull(need, len(self._itab_k)):
+        if _ids_overfull(need, _slots(self._itab)):
             self._rehash_ids(_id_slots(need))
 
-    def _rehash_ids(self, cap: int) -> None:
-        keys = np.full(cap, -1, dtype=np.int64)
-        vals = np.full(cap, -1, dtype=np.int64)
-        K.table_rehash(self._itab_k, self._itab_v, keys, vals)
-        self._itab_k, self._itab_v = keys, vals
+    def _rehash_ids(self, slots: int) -> None:
+        table = _table(slots)
+        K.table_rehash(self._itab, table)
+        self._itab = table
 
     def _grow_cells(self) -> None:
         n_cells = int(self._meta[1])
@@ -581,12 +591,10 @@ class GridIndex:
             grown = np.zeros((2 * len(self._cells), 4), dtype=np.int64)
             grown[:n_cells] = self._cells[:n_cells]
             self._cells = grown
-        if 2 * (n_cells + 1) > len(self._ctab_k):
-            cap = 2 * len(self._ctab_k)
-            keys = np.full(cap, -1, dtype=np.int64)
-            vals = np.full(cap, -1, dtype=np.int64)
-            K.table_rehash(self._ctab_k, self._ctab_v, keys, vals)
-            self._ctab_k, self._ctab_v = keys, vals
+        if 2 * (n_cells + 1) > _slots(self._ctab):
+            table = _table(2 * _slots(self._ctab))
+            K.table_rehash(self._ctab, table)
+            self._ctab = table
 
     def _grow_pool(self) -> None:
         top, dead = int(self._meta[2]), int(self._meta[3])
@@ -605,22 +613,16 @@ class GridIndex:
         pvec[:top] = self._pvec[:top]
         pids = _pool_array(cap, np.int64)
         pids[:top] = self._pids[:top]
-        pcell = _pool_array(cap, np.int32)
-        pcell[:top] = self._pcell[:top]
-        self._pvec, self._pids, self._pcell = pvec, pids, pcell
+        self._pvec, self._pids = pvec, pids
 
     def _compact(self, cap: int) -> None:
         pvec = _pool_array((cap, self._width), np.int8)
         pids = _pool_array(cap, np.int64)
-        pcell = _pool_array(cap, np.int32)
-        K.grid_compact(
-            self._cells, self._meta, self._pvec, self._pids, self._pcell, pvec, pids, pcell,
-            self.slack,
-        )
-        self._pvec, self._pids, self._pcell = pvec, pids, pcell
-        self._itab_k.fill(-1)
-        self._itab_v.fill(-1)
-        K.grid_index_ids(self._pids, self._cells, self._meta, self._itab_k, self._itab_v)
+        K.grid_compact(self._cells, self._meta, self._pvec, self._pids, pvec, pids, self.slack)
+        self._pvec, self._pids = pvec, pids
+        # Every row moved: the id table is refilled with the new positions.
+        self._itab.fill(-1)
+        K.grid_index_ids(self._pids, self._cells, self._meta, self._itab)
 
     # ------------------------------------------------------------ calibration
 
@@ -664,8 +666,7 @@ class GridIndex:
             rev = ids_of[::-1]
             _, first = np.unique(rev, return_index=True)
             rows = len(ids_of) - 1 - first
-            live = K.codes_of_ids(ids_of[rows], self._itab_k, self._itab_v, self._pcell,
-                                  self._cells) >= 0
+            live = K.codes_of_ids(ids_of[rows], self._itab, self._cells) >= 0
             rows = np.sort(rows[live])
             ids, low_all = ids_of[rows], np.ascontiguousarray(low[rows])
             exact_rows = True
@@ -837,19 +838,16 @@ class GridIndex:
         # them instead of forcing a copy of the whole pool.
         pool = int(n * (1 + self.slack)) + 2 * n_cells + n // 8 + 64
         self._alloc_empty(self._width, pool=pool, cells=max(16, 2 * n_cells))
-        self._ctab_k = np.full(_pow2(4 * max(n_cells, 8)), -1, dtype=np.int64)
-        self._ctab_v = np.full(len(self._ctab_k), -1, dtype=np.int64)
+        self._ctab = _table(_pow2(4 * max(n_cells, 8)))
         # Sized for the rows there are (see _id_slots); the first inserts past
         # 3/4 load double it, amortised O(1) like every other growth here.
-        self._itab_k = np.full(_id_slots(max(n, 16)), -1, dtype=np.int64)
-        self._itab_v = np.full(len(self._itab_k), -1, dtype=np.int64)
+        self._itab = _table(_id_slots(max(n, 16)))
         if n:
             K.grid_build(
                 order, codes_sorted, vecs, np.ascontiguousarray(ids, dtype=np.int64),
-                self._cells, self._meta, self._pvec, self._pids, self._pcell,
-                self._ctab_k, self._ctab_v, self.slack,
+                self._cells, self._meta, self._pvec, self._pids, self._ctab, self.slack,
             )
-            K.grid_index_ids(self._pids, self._cells, self._meta, self._itab_k, self._itab_v)
+            K.grid_index_ids(self._pids, self._cells, self._meta, self._itab)
 
     # ------------------------------------------------------------- protocol
 
@@ -884,7 +882,7 @@ class GridIndex:
             raise IndexStateError("ids must be non-negative")
         if self._perm is not None:
             low_a = np.ascontiguousarray(low_a[:, self._perm])
-        clash = ids_a[K.codes_of_ids(ids_a, self._itab_k, self._itab_v, self._pcell, self._cells) >= 0]
+        clash = ids_a[K.codes_of_ids(ids_a, self._itab, self._cells) >= 0]
         if len(clash):
             raise IndexStateError(f"ids already in the index: {clash[:5].tolist()}")
         total = len(self) + n
@@ -957,13 +955,13 @@ class GridIndex:
     def _insert(self, ids: IdArray, low: FloatArray) -> None:
         if len(ids) == 1 and K.grid_insert(
             low, ids, self._edges, self.grid, self._b, self._T, self._mapped, self._qinv,
-            self._cells, self._meta, self._pvec, self._pids, self._pcell, self._ctab_k,
-            self._ctab_v, self._itab_k, self._itab_v, self._vec_f, self._vec_q,
+            self._cells, self._meta, self._pvec, self._pids, self._ctab, self._itab,
+            self._vec_f, self._vec_q,
         ) == 1:
             # The common case, one row that fits. A kernel that stops early has
             # changed nothing, and the loop below grows what is full and retries.
             return
-        if _ids_overfull(int(self._meta[0]) + len(ids), len(self._itab_k)):
+        if _ids_overfull(int(self._meta[0]) + len(ids), _slots(self._itab)):
             self._grow_for(len(ids))
         done = 0
         n = len(ids)
@@ -971,8 +969,8 @@ class GridIndex:
             step = K.grid_insert(
                 low[done:] if done else low, ids[done:] if done else ids, self._edges,
                 self.grid, self._b, self._T, self._mapped, self._qinv,
-                self._cells, self._meta, self._pvec, self._pids, self._pcell,
-                self._ctab_k, self._ctab_v, self._itab_k, self._itab_v, self._vec_f, self._vec_q,
+                self._cells, self._meta, self._pvec, self._pids, self._ctab, self._itab,
+                self._vec_f, self._vec_q,
             )
             done += int(step)
             if done < n:
@@ -987,10 +985,10 @@ class GridIndex:
                     self._make_room()
 
     def _make_room(self) -> None:
-        if _ids_overfull(int(self._meta[0]) + 1, len(self._itab_k)):
-            self._rehash_ids(2 * len(self._itab_k))
+        if _ids_overfull(int(self._meta[0]) + 1, _slots(self._itab)):
+            self._rehash_ids(2 * _slots(self._itab))
         n_cells = int(self._meta[1])
-        if n_cells >= len(self._cells) or 2 * (n_cells + 1) > len(self._ctab_k):
+        if n_cells >= len(self._cells) or 2 * (n_cells + 1) > _slots(self._ctab):
             self._grow_cells()
         # The pool may be short for a new block or a relocated one.
         self._grow_pool()
@@ -1001,10 +999,7 @@ class GridIndex:
         ids_a = ids_a[ids_a >= 0]
         if len(ids_a) == 0 or len(self) == 0:
             return
-        K.grid_remove(
-            ids_a, self._cells, self._meta, self._pvec, self._pids, self._pcell,
-            self._itab_k, self._itab_v,
-        )
+        K.grid_remove(ids_a, self._cells, self._meta, self._pvec, self._pids, self._itab)
 
     def radii(self, threshold: float) -> tuple[float, float]:
         """Squared (probe, filter) radii for a cosine threshold.
@@ -1112,14 +1107,14 @@ class GridIndex:
             return int(K.grid_query_binary(
                 q, self._b, self._T, self._mapped, self._qinv, self._edges, probe_r2, filt_q,
                 self.n_probe, max_points, self._cells, self._meta, self._pvec, self._pids,
-                self._ctab_k, self._ctab_v, out, self._work_f, self._work_i,
+                self._ctab, out, self._work_f, self._work_i,
                 self.last_stats, self._heap, self._vec_f, self._order, self._gap2, n_prev,
                 x_rows, x_ids, n_x, x_perm,
             ))
         return int(K.grid_query(
             q, self._b, self._T, self._mapped, self._qinv, self._edges, self.grid, probe_r2,
             filt_q, self.n_probe, max_points, 1 if self.probe == "orthant" else 0, self._cells,
-            self._meta, self._pvec, self._pids, self._ctab_k, self._ctab_v, out,
+            self._meta, self._pvec, self._pids, self._ctab, out,
             self._work_f, self._work_i, self.last_stats, self._heap, self._vec_f, self._hs, n_prev,
             x_rows, x_ids, n_x, x_perm,
         ))

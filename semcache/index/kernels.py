@@ -7,14 +7,25 @@ way pynndescent organises its kernels: the Python classes in
 grow them when a kernel reports that it ran out of room, and call in here for
 every loop over entries, cells or coordinates.
 
-Two open-addressing hash tables (linear probing, ``-1`` marks an empty slot,
+Two open-addressing hash tables (linear probing, ``-1`` marks an empty key,
 backward-shift deletion so there are no tombstones) map
 
-* entry id -> position in the entry pool, and
+* entry id -> the entry's pool row, as ``(cell << 32) | pos``: the number of
+  the cell it belongs to and its position in the pool (see :func:`_pack`), and
 * grid cell code -> cell number,
 
 so neither structure costs Python objects per entry: a Python ``dict`` of ints
 costs ~100 bytes per entry, more than the whole memory budget of the index.
+
+Each table is a single int64 array of ``2 * slots`` (``slots`` a power of two)
+with the key of slot ``s`` at ``2 * s`` and its value at ``2 * s + 1``. At 1M
+entries the id table is far larger than the CPU caches, so every lookup misses:
+with keys and values interleaved a lookup touches one cache line (and one
+page) instead of one in a key array and another in a value array. The id
+table's value holds the row's cell as well as its position, so the pool needs
+no per-row cell array: an insert writes the row's vector, its id and its id
+table slot (three random places per row, where a separate value array and cell
+array made five), and a remove finds the row's cell block without reading one.
 
 Kernels that may run out of room return a negative status *before* mutating
 anything, so the caller can grow the arrays and call again.
@@ -54,6 +65,7 @@ __all__ = [
     "quantize_into",
     "table_find",
     "table_rehash",
+    "table_slots",
     "thermal_add_patch",
     "thermal_climb",
     "thermal_gather",
@@ -99,7 +111,8 @@ _EMPTY = -1
 
 
 # ---------------------------------------------------------------------------
-# Hash tables (int64 key -> int64 value), capacity a power of two.
+# Hash tables (int64 key -> int64 value): one int64 array, slot s = (key at
+# 2s, value at 2s + 1), the number of slots a power of two.
 # ---------------------------------------------------------------------------
 
 
@@ -116,21 +129,34 @@ def _mix(key: Int) -> np.uint64:
     return x
 
 
-@_kernel("int64(int64[::1], int64)")
-def table_find(keys: I64, key: Int) -> int:
-    """Slot holding ``key`` in a table, or -1.
+@_kernel("int64(int64[::1])")
+def table_slots(table: I64) -> int:
+    """Number of slots of a table (half its length).
 
     Parameters
     ----------
-    keys : ndarray of int64, shape (cap,)
-        Table keys, ``-1`` where empty; ``cap`` is a power of two.
+    table : ndarray of int64, shape (2 * slots,)
+        Interleaved keys and values (see the module docstring).
+    """
+    return int(table.shape[0] >> 1)
+
+
+@_kernel("int64(int64[::1], int64)")
+def table_find(table: I64, key: Int) -> int:
+    """Slot holding ``key`` in a table, or -1; its value is ``table[2 * slot + 1]``.
+
+    Parameters
+    ----------
+    table : ndarray of int64, shape (2 * slots,)
+        Key of slot ``s`` at ``2 * s`` (``-1`` where empty), value at
+        ``2 * s + 1``; ``slots`` is a power of two.
     key : int
         Non-negative key.
     """
-    mask = np.uint64(keys.shape[0] - 1)
+    mask = np.uint64(table_slots(table) - 1)
     s = np.int64(_mix(key) & mask)
     while True:
-        k = keys[s]
+        k = table[2 * s]
         if k == key:
             return int(s)
         if k == _EMPTY:
@@ -138,64 +164,88 @@ def table_find(keys: I64, key: Int) -> int:
         s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
 
 
-@_kernel("int64(int64[::1], int64[::1], int64, int64)")
-def _table_put(keys: I64, vals: I64, key: Int, val: Int) -> int:
-    # The caller guarantees a free slot exists (load factor kept <= 1/2).
-    mask = np.uint64(keys.shape[0] - 1)
+@_kernel("int64(int64[::1], int64, int64)")
+def _table_put(table: I64, key: Int, val: Int) -> int:
+    # The caller guarantees a free slot exists (load factor kept <= 3/4).
+    mask = np.uint64(table_slots(table) - 1)
     s = np.int64(_mix(key) & mask)
     while True:
-        k = keys[s]
+        k = table[2 * s]
         if k == key or k == _EMPTY:  # noqa: SIM109 - numba compiles plain comparisons best
-            keys[s] = key
-            vals[s] = val
+            table[2 * s] = key
+            table[2 * s + 1] = val
             return int(s)
         s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
 
 
-@_kernel("void(int64[::1], int64[::1], int64)")
-def _table_delete_slot(keys: I64, vals: I64, slot: int) -> None:
+@_kernel("void(int64[::1], int64)")
+def _table_delete_slot(table: I64, slot: int) -> None:
     # Backward-shift deletion: pull later members of the probe run into the
     # hole so lookups never need tombstones.
-    mask = np.uint64(keys.shape[0] - 1)
+    mask = np.uint64(table_slots(table) - 1)
     hole = np.uint64(slot)
     s = hole
     while True:
         s = (s + np.uint64(1)) & mask
-        k = keys[np.int64(s)]
+        k = table[2 * np.int64(s)]
         if k == _EMPTY:
             break
         home = _mix(k) & mask
         # Move k into the hole unless its home lies cyclically in (hole, s].
         stays = (hole < home <= s) if hole <= s else (home > hole or home <= s)
         if not stays:
-            keys[np.int64(hole)] = k
-            vals[np.int64(hole)] = vals[np.int64(s)]
+            table[2 * np.int64(hole)] = k
+            table[2 * np.int64(hole) + 1] = table[2 * np.int64(s) + 1]
             hole = s
-    keys[np.int64(hole)] = _EMPTY
-    vals[np.int64(hole)] = _EMPTY
+    table[2 * np.int64(hole)] = _EMPTY
+    table[2 * np.int64(hole) + 1] = _EMPTY
 
 
-@_kernel("void(int64[::1], int64[::1], int64[::1], int64[::1])")
-def table_rehash(old_keys: I64, old_vals: I64, new_keys: I64, new_vals: I64) -> None:
+@_kernel("void(int64[::1], int64[::1])")
+def table_rehash(old: I64, new: I64) -> None:
     """Move every key of a table into a new (empty, larger) table.
 
     Parameters
     ----------
-    old_keys, old_vals : ndarray of int64, shape (cap,)
-    new_keys, new_vals : ndarray of int64, shape (new_cap,)
-        Filled with -1 by the caller; ``new_cap`` a power of two.
+    old : ndarray of int64, shape (2 * slots,)
+    new : ndarray of int64, shape (2 * new_slots,)
+        Filled with -1 by the caller; ``new_slots`` a power of two.
     """
-    for s in range(old_keys.shape[0]):
-        k = old_keys[s]
+    for s in range(table_slots(old)):
+        k = old[2 * s]
         if k != _EMPTY:
-            _table_put(new_keys, new_vals, k, old_vals[s])
+            _table_put(new, k, old[2 * s + 1])
+
+
+@_kernel("int64(int64, int64)")
+def _pack(cell: Int, pos: Int) -> int:
+    """Id table value of the pool row at ``pos`` in cell ``cell``: ``(cell << 32) | pos``.
+
+    Pool positions are below ``2**32`` and cell numbers below ``2**31``, so
+    the value is non-negative.
+    """
+    return int((np.int64(cell) << np.int64(32)) | np.int64(pos))
+
+
+@_kernel("int64(int64)")
+def _cell_of(val: Int) -> int:
+    """Cell number of a packed id table value (see :func:`_pack`)."""
+    return int(np.int64(val) >> np.int64(32))
+
+
+@_kernel("int64(int64)")
+def _pos_of(val: Int) -> int:
+    """Pool position of a packed id table value (see :func:`_pack`)."""
+    return int(np.int64(val) & np.int64(0xFFFFFFFF))
 
 
 # ---------------------------------------------------------------------------
 # Multiprobe grid.
 #
 # Entries live in a pool of rows, one contiguous block per cell, so scanning a
-# cell reads consecutive memory. ``cells[c] = (start, count, capacity, code)``.
+# cell reads consecutive memory: ``pvec[p]`` is the stored vector of row ``p``
+# and ``pids[p]`` its id; the id table maps the id back to ``(cell, p)``.
+# ``cells[c] = (start, count, capacity, code)``.
 # A full cell moves to a block twice as large at the end of the pool (the old
 # block becomes dead space, reclaimed by ``grid_compact``), which keeps
 # inserts amortised O(1). ``meta = [n_items, n_cells, pool_top, pool_dead,
@@ -338,7 +388,7 @@ def grid_codes(low: F32, edges: F32, grid: int) -> I64:
 
 @_kernel(
     "int64(int64[::1], int64[::1], int8[:, ::1], int64[::1], int64[:, ::1], int64[::1],"
-    " int8[:, ::1], int64[::1], int32[::1], int64[::1], int64[::1], float64)"
+    " int8[:, ::1], int64[::1], int64[::1], float64)"
 )
 def grid_build(
     order: I64,
@@ -349,9 +399,7 @@ def grid_build(
     meta: I64,
     pvec: I8,
     pids: I64,
-    pcell: I32,
-    ctab_k: I64,
-    ctab_v: I64,
+    ctab: I64,
     slack: float,
 ) -> int:
     """Bulk-load sorted rows into empty grid arrays (one block per cell).
@@ -369,8 +417,9 @@ def grid_build(
     cells : ndarray of int64, shape (cell_cap, 4)
         Cell table to fill; ``cell_cap`` >= number of distinct codes.
     meta : ndarray of int64, shape (4,)
-    pvec, pids, pcell : pool arrays, first dimension >= total block size.
-    ctab_k, ctab_v : empty cell hash table (>= 2x the number of cells).
+    pvec, pids : pool arrays, first dimension >= total block size.
+    ctab : ndarray of int64, shape (2 * slots,)
+        Empty cell hash table, ``slots`` >= 2x the number of cells.
     slack : float
         Each block gets ``count * slack + 2`` rows of room for later inserts.
 
@@ -395,12 +444,11 @@ def grid_build(
         cells[c, _COUNT] = count
         cells[c, _CAP] = cap
         cells[c, _CODE] = code
-        _table_put(ctab_k, ctab_v, code, c)
+        _table_put(ctab, code, c)
         for r in range(count):
             src = order[i + r]
             pvec[top + r] = vecs[src]
             pids[top + r] = ids[src]
-            pcell[top + r] = c
         n_cells += 1
         top += cap
         i = j
@@ -411,8 +459,8 @@ def grid_build(
     return int(top)
 
 
-@_kernel("void(int64[::1], int64[:, ::1], int64[::1], int64[::1], int64[::1])")
-def grid_index_ids(pids: I64, cells: I64, meta: I64, itab_k: I64, itab_v: I64) -> None:
+@_kernel("void(int64[::1], int64[:, ::1], int64[::1], int64[::1])")
+def grid_index_ids(pids: I64, cells: I64, meta: I64, itab: I64) -> None:
     """Fill the (empty) id table from the live rows of every cell.
 
     Parameters
@@ -420,18 +468,19 @@ def grid_index_ids(pids: I64, cells: I64, meta: I64, itab_k: I64, itab_v: I64) -
     pids : ndarray of int64, shape (pool_cap,)
     cells : ndarray of int64, shape (cell_cap, 4)
     meta : ndarray of int64, shape (4,)
-    itab_k, itab_v : empty id table.
+    itab : ndarray of int64, shape (2 * slots,)
+        Empty id table; each id gets its packed ``(cell, pos)`` (see :func:`_pack`).
     """
     for c in range(meta[1]):
         start = cells[c, _START]
         for p in range(start, start + cells[c, _COUNT]):
-            _table_put(itab_k, itab_v, pids[p], p)
+            _table_put(itab, pids[p], _pack(c, p))
 
 
 @_kernel(
     "int64(float32[:, ::1], int64[::1], float32[:, ::1], int64, float32[::1], float32[:, ::1],"
-    " int64, float32, int64[:, ::1], int64[::1], int8[:, ::1], int64[::1], int32[::1], int64[::1],"
-    " int64[::1], int64[::1], int64[::1], float32[::1], int8[::1])"
+    " int64, float32, int64[:, ::1], int64[::1], int8[:, ::1], int64[::1], int64[::1], int64[::1],"
+    " float32[::1], int8[::1])"
 )
 def grid_insert(
     low: F32,
@@ -446,11 +495,8 @@ def grid_insert(
     meta: I64,
     pvec: I8,
     pids: I64,
-    pcell: I32,
-    ctab_k: I64,
-    ctab_v: I64,
-    itab_k: I64,
-    itab_v: I64,
+    ctab: I64,
+    itab: I64,
     vec: F32,
     qvec: I8,
 ) -> int:
@@ -468,8 +514,8 @@ def grid_insert(
         Map to the stored vectors (see :func:`filter_vec`).
     qinv : float
         Quantisation scale of the stored vectors (see the module comment).
-    cells, meta, pvec, pids, pcell, ctab_k, ctab_v, itab_k, itab_v
-        Grid state (see the module comment).
+    cells, meta, pvec, pids, ctab, itab
+        Grid state (see the module docstring and comment).
     vec : ndarray of float32, shape (w,)
     qvec : ndarray of int8, shape (w,)
         Scratch rows (passed in so a single insert allocates nothing).
@@ -485,7 +531,7 @@ def grid_insert(
     """
     n = low.shape[0]
     for i in range(n):
-        if table_find(itab_k, ids[i]) >= 0:
+        if table_find(itab, ids[i]) >= 0:
             meta[4] = STOP_CLASH
             return int(i)
         filter_vec(low[i], b, T, mapped, vec)
@@ -495,12 +541,12 @@ def grid_insert(
         meta[4] = STOP_ROOM
         # Keep the id table at most 3/4 full and the cell table at most half
         # full, so probe runs stay short (see semcache.index.grid._id_slots).
-        if 4 * (meta[0] + 1) > 3 * itab_k.shape[0]:
+        if 4 * (meta[0] + 1) > 3 * table_slots(itab):
             return int(i)
         code = cell_code(low[i], edges, grid)
-        slot = table_find(ctab_k, code)
+        slot = table_find(ctab, code)
         if slot < 0:
-            if meta[1] >= cells.shape[0] or 2 * (meta[1] + 1) > ctab_k.shape[0]:
+            if meta[1] >= cells.shape[0] or 2 * (meta[1] + 1) > table_slots(ctab):
                 return int(i)
             if meta[2] + 4 > pvec.shape[0]:
                 return int(i)
@@ -511,9 +557,9 @@ def grid_insert(
             cells[c, _CODE] = code
             meta[2] += 4
             meta[1] += 1
-            _table_put(ctab_k, ctab_v, code, c)
+            _table_put(ctab, code, c)
         else:
-            c = ctab_v[slot]
+            c = ctab[2 * slot + 1]
         count = cells[c, _COUNT]
         if count == cells[c, _CAP]:
             # Move the block to the end of the pool with twice the room.
@@ -525,8 +571,7 @@ def grid_insert(
             for r in range(count):
                 pvec[new + r] = pvec[old + r]
                 pids[new + r] = pids[old + r]
-                pcell[new + r] = c
-                _table_put(itab_k, itab_v, pids[new + r], new + r)
+                _table_put(itab, pids[new + r], _pack(c, new + r))
             meta[3] += cells[c, _CAP]
             meta[2] += new_cap
             cells[c, _START] = new
@@ -534,16 +579,14 @@ def grid_insert(
         pos = cells[c, _START] + count
         pvec[pos] = qvec
         pids[pos] = ids[i]
-        pcell[pos] = c
-        _table_put(itab_k, itab_v, ids[i], pos)
+        _table_put(itab, ids[i], _pack(c, pos))
         cells[c, _COUNT] = count + 1
         meta[0] += 1
     return int(n)
 
 
 @_kernel(
-    "int64(int64[::1], int64[:, ::1], int64[::1], int8[:, ::1], int64[::1], int32[::1],"
-    " int64[::1], int64[::1])"
+    "int64(int64[::1], int64[:, ::1], int64[::1], int8[:, ::1], int64[::1], int64[::1])"
 )
 def grid_remove(
     ids: I64,
@@ -551,13 +594,13 @@ def grid_remove(
     meta: I64,
     pvec: I8,
     pids: I64,
-    pcell: I32,
-    itab_k: I64,
-    itab_v: I64,
+    itab: I64,
 ) -> int:
     """Remove entries by id (O(1) each); absent ids are ignored.
 
     The last row of the cell moves into the hole, so blocks never have gaps.
+    The removed row's cell comes from its id table value, and the moved row
+    stays in that cell at its new position.
 
     Returns
     -------
@@ -566,17 +609,18 @@ def grid_remove(
     """
     removed = 0
     for i in range(ids.shape[0]):
-        slot = table_find(itab_k, ids[i])
+        slot = table_find(itab, ids[i])
         if slot < 0:
             continue
-        pos = itab_v[slot]
-        _table_delete_slot(itab_k, itab_v, slot)
-        c = np.int64(pcell[pos])
+        val = itab[2 * slot + 1]
+        pos = _pos_of(val)
+        c = _cell_of(val)
+        _table_delete_slot(itab, slot)
         last = cells[c, _START] + cells[c, _COUNT] - 1
         if pos != last:
             pvec[pos] = pvec[last]
             pids[pos] = pids[last]
-            _table_put(itab_k, itab_v, pids[pos], pos)
+            _table_put(itab, pids[pos], _pack(c, pos))
         cells[c, _COUNT] -= 1
         meta[0] -= 1
         removed += 1
@@ -584,18 +628,15 @@ def grid_remove(
 
 
 @_kernel(
-    "int64(int64[:, ::1], int64[::1], int8[:, ::1], int64[::1], int32[::1],"
-    " int8[:, ::1], int64[::1], int32[::1], float64)"
+    "int64(int64[:, ::1], int64[::1], int8[:, ::1], int64[::1], int8[:, ::1], int64[::1], float64)"
 )
 def grid_compact(
     cells: I64,
     meta: I64,
     pvec: I8,
     pids: I64,
-    pcell: I32,
     new_pvec: I8,
     new_pids: I64,
-    new_pcell: I32,
     slack: float,
 ) -> int:
     """Copy the live rows into a fresh pool, dropping dead blocks.
@@ -615,7 +656,6 @@ def grid_compact(
         for r in range(count):
             new_pvec[top + r] = pvec[start + r]
             new_pids[top + r] = pids[start + r]
-            new_pcell[top + r] = c
         cells[c, _START] = top
         cells[c, _CAP] = cap
         top += cap
@@ -718,7 +758,7 @@ def _scan_rows(
     " int64[::1], int64)"
 )
 def buffer_put(
-    low: F32, ids: I64, full: F32, d: int, itab_k: I64, buf_low: F32, buf_ids: I64, n_buf: int,
+    low: F32, ids: I64, full: F32, d: int, itab: I64, buf_low: F32, buf_ids: I64, n_buf: int,
 ) -> int:
     """Append one row to an insert buffer after checking it as an insert would.
 
@@ -734,8 +774,8 @@ def buffer_put(
         Only its shape is checked.
     d : int
         Width of the full vectors of the index.
-    itab_k : ndarray of int64
-        Keys of the id table of a grid holding every other row.
+    itab : ndarray of int64, shape (2 * slots,)
+        Id table of a grid holding every other row.
     buf_low : ndarray of float32, shape (cap, k)
     buf_ids : ndarray of int64, shape (cap,)
     n_buf : int
@@ -760,7 +800,7 @@ def buffer_put(
     for j in range(k):
         if not np.isfinite(low[0, j]):
             return -4
-    if table_find(itab_k, key) >= 0:
+    if table_find(itab, key) >= 0:
         return -2
     for r in range(n_buf):
         if buf_ids[r] == key:
@@ -855,11 +895,11 @@ def filter_rows(
 
 
 @_kernel(
-    "int64(int64, int64[::1], int64[::1], int64[:, ::1], int8[:, ::1], int64[::1], float32[::1],"
+    "int64(int64, int64[::1], int64[:, ::1], int8[:, ::1], int64[::1], float32[::1],"
     " float32, int64[::1], int64, int64, int64[::1])"
 )
 def _visit_cell(
-    code: Int, ctab_k: I64, ctab_v: I64, cells: I64, pvec: I8, pids: I64, q_vec: F32,
+    code: Int, ctab: I64, cells: I64, pvec: I8, pids: I64, q_vec: F32,
     filter_r2: float, out: I64, n_out: int, n_prev: int, stats: I64,
 ) -> int:
     """Scan the cell with ``code``, if it is occupied, through the filter (see :func:`_scan_rows`).
@@ -867,10 +907,10 @@ def _visit_cell(
     Adds 1 to ``stats[0]`` (occupied cells visited) and the cell's rows to
     ``stats[1]`` (rows scanned) when it is; returns the new number of ids found.
     """
-    slot = table_find(ctab_k, code)
+    slot = table_find(ctab, code)
     if slot < 0:
         return n_out
-    c = ctab_v[slot]
+    c = ctab[2 * slot + 1]
     count = cells[c, _COUNT]
     if count <= 0:
         return n_out
@@ -902,7 +942,7 @@ def _push_node(
 @_kernel(
     "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float32[:, ::1],"
     " int64, float64, float32, int64, int64, int64, int64[:, ::1], int64[::1], int8[:, ::1],"
-    " int64[::1], int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1],"
+    " int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1],"
     " int64[::1], float32[::1], int64[::1], int64, float32[:, ::1], int64[::1], int64, int64[::1])",
     reassoc=True,
 )
@@ -923,8 +963,7 @@ def grid_query(
     meta: I64,
     pvec: I8,
     pids: I64,
-    ctab_k: I64,
-    ctab_v: I64,
+    ctab: I64,
     out: I64,
     work_f: F64,
     work_i: I64,
@@ -972,7 +1011,7 @@ def grid_query(
     orthant : int
         1 restricts the probe to the paper's scheme: one step per dimension,
         towards the side of the home cell's midpoint the query lies on.
-    cells, meta, pvec, pids, ctab_k, ctab_v
+    cells, meta, pvec, pids, ctab
         Grid state.
     out : ndarray of int64, shape (cap,)
         Receives candidate ids.
@@ -1064,7 +1103,7 @@ def grid_query(
             mult *= grid
         if n_cells > 0:
             n_out = _visit_cell(
-                code, ctab_k, ctab_v, cells, pvec, pids, q_vec, filter_r2, out, n_out, n_prev, stats
+                code, ctab, cells, pvec, pids, q_vec, filter_r2, out, n_out, n_prev, stats
             )
             if stats[0] >= max_cells or stats[1] >= max_points:
                 break
@@ -1118,7 +1157,7 @@ def grid_query(
 @_kernel(
     "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float32[:, ::1],"
     " float64, float32, int64, int64, int64[:, ::1], int64[::1], int8[:, ::1], int64[::1],"
-    " int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], int64[::1],"
+    " int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], int64[::1],"
     " float32[::1], int64[::1], float64[::1], int64, float32[:, ::1], int64[::1], int64, int64[::1])",
     reassoc=True,
 )
@@ -1137,8 +1176,7 @@ def grid_query_binary(
     meta: I64,
     pvec: I8,
     pids: I64,
-    ctab_k: I64,
-    ctab_v: I64,
+    ctab: I64,
     out: I64,
     work_f: F64,
     work_i: I64,
@@ -1227,7 +1265,7 @@ def grid_query_binary(
         i = work_i[2 * top + 1]
         if n_cells > 0:
             n_out = _visit_cell(
-                code, ctab_k, ctab_v, cells, pvec, pids, q_vec, filter_r2, out, n_out, n_prev, stats
+                code, ctab, cells, pvec, pids, q_vec, filter_r2, out, n_out, n_prev, stats
             )
             if stats[0] >= max_cells or stats[1] >= max_points:
                 break
@@ -1339,14 +1377,22 @@ def thermal_occupy(
     return flips
 
 
-@_kernel("int64[::1](int64[::1], int64[::1], int64[::1], int32[::1], int64[:, ::1])")
-def codes_of_ids(ids: I64, itab_k: I64, itab_v: I64, pcell: I32, cells: I64) -> I64:
-    """Cell code of each id, -1 for ids not in the index."""
+@_kernel("int64[::1](int64[::1], int64[::1], int64[:, ::1])")
+def codes_of_ids(ids: I64, itab: I64, cells: I64) -> I64:
+    """Cell code of each id, -1 for ids not in the index.
+
+    Parameters
+    ----------
+    ids : ndarray of int64, shape (n,)
+    itab : ndarray of int64, shape (2 * slots,)
+        Id table (the cell of each row is in its value, see :func:`_pack`).
+    cells : ndarray of int64, shape (cell_cap, 4)
+    """
     out = np.full(ids.shape[0], -1, dtype=np.int64)
     for i in range(ids.shape[0]):
-        slot = table_find(itab_k, ids[i])
+        slot = table_find(itab, ids[i])
         if slot >= 0:
-            out[i] = cells[np.int64(pcell[itab_v[slot]]), _CODE]
+            out[i] = cells[_cell_of(itab[2 * slot + 1]), _CODE]
     return out
 
 
@@ -1424,7 +1470,7 @@ def _gap(
 @_kernel(
     "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float64[::1], float64[::1],"
     " int64, int64, float64, float32, float64, int32[::1], int64[:, ::1], int8[:, ::1],"
-    " int64[::1], int64[::1], int64[::1], int64[::1])",
+    " int64[::1], int64[::1], int64[::1])",
     reassoc=True,
 )
 def thermal_gather(
@@ -1444,8 +1490,7 @@ def thermal_gather(
     cells: I64,
     pvec: I8,
     pids: I64,
-    ctab_k: I64,
-    ctab_v: I64,
+    ctab: I64,
     out: I64,
 ) -> int:
     """Candidates from the cells near a centre cell.
@@ -1472,7 +1517,7 @@ def thermal_gather(
     r2, filter_r2 : float
     cell_scale : float
     occ : ndarray of int32, shape (G**m,)
-    cells, pvec, pids, ctab_k, ctab_v
+    cells, pvec, pids, ctab
         Cell blocks (same layout as the grid index).
     out : ndarray of int64
         Receives ids.
@@ -1523,10 +1568,10 @@ def thermal_gather(
                 code = i2 * grid * grid + i1 * grid + i0
                 if occ[code] == 0:
                     continue
-                slot = table_find(ctab_k, code)
+                slot = table_find(ctab, code)
                 if slot < 0:
                     continue
-                c = ctab_v[slot]
+                c = ctab[2 * slot + 1]
                 n_out = _scan_rows(
                     pvec, pids, cells[c, _START], cells[c, _COUNT], q_vec, filter_r2, out, n_out, 0
                 )

@@ -196,7 +196,7 @@ class MultiGridIndex:
         """
         if self._buf_d:
             try:
-                status = int(K.buffer_put(low, ids, full, self._buf_d, self._grids[0]._itab_k,
+                status = int(K.buffer_put(low, ids, full, self._buf_d, self._grids[0]._itab,
                                           self._buf_low, self._buf_ids, self._buf_n))
             except TypeError:
                 status = -3  # not float32 / int64 C-contiguous arrays: the checked path

@@ -203,7 +203,7 @@ class ThermalIndex(GridIndex):
         ids_a = ids_a[ids_a >= 0]
         if len(ids_a) == 0 or len(self) == 0:
             return
-        codes = K.codes_of_ids(ids_a, self._itab_k, self._itab_v, self._pcell, self._cells)
+        codes = K.codes_of_ids(ids_a, self._itab, self._cells)
         super().remove(ids_a)
         if self._m_eff:
             K.thermal_occupy(codes, -1, self._occ, self._field, self.grid, self._m_eff, self._w1d)
@@ -287,7 +287,7 @@ class ThermalIndex(GridIndex):
             got = K.thermal_gather(
                 q, self._b, self._T, self._mapped, self._qinv, self._lo, self._cw, self.grid,
                 centre, r2, self._stored_r2(filt_r2), scale, self._occ, self._cells, self._pvec, self._pids,
-                self._ctab_k, self._ctab_v, self._out,
+                self._ctab, self._out,
             )
             if got >= 0:
                 return self._out[:got].copy()
