@@ -32,7 +32,12 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from common import RESULTS_DIR, print_table, save_text  # noqa: E402
-from index_bench import ground_truth, load_real_corpus, split_corpus, synthetic  # noqa: E402
+from index_bench import (  # noqa: E402
+    corpus_of_size,
+    ground_truth,
+    load_real_corpus,
+    split_corpus,
+)
 from tqdm import tqdm  # noqa: E402
 
 from semcache.index import MultiGridIndex  # noqa: E402
@@ -99,15 +104,7 @@ def main() -> None:
     rng, Q, real, _ = split_corpus(data, args.queries)
     rows: list[list[Any]] = []
     for label in args.sizes.split(","):
-        if label == "10k":
-            X = np.ascontiguousarray(real[rng.choice(len(real), 10_000, replace=False)])
-        elif label == "full":
-            X = real
-        elif label == "1M":
-            X = np.ascontiguousarray(np.vstack([real, synthetic(real, 1_000_000 - len(real))]))
-        else:
-            raise SystemExit(f"unknown size {label}")
-        run(label, X, Q, rows)
+        run(label, corpus_of_size(label, real, rng), Q, rows)
     headers = ["N", "filter_quantile", "R@.85", "R@.9", "R@.95", "cands@.85", "cands@.9",
                "mean ms @.9", "p50 ms @.9"]
     print()

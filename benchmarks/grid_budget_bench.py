@@ -31,7 +31,12 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from common import RESULTS_DIR, print_table, save_text  # noqa: E402
-from index_bench import ground_truth, load_real_corpus, split_corpus, synthetic  # noqa: E402
+from index_bench import (  # noqa: E402
+    corpus_of_size,
+    ground_truth,
+    load_real_corpus,
+    split_corpus,
+)
 from tqdm import tqdm  # noqa: E402
 
 from semcache.index import GridIndex, MultiGridIndex  # noqa: E402
@@ -98,17 +103,8 @@ def main() -> None:
     data = load_real_corpus()
     rng, Q, real, _ = split_corpus(data, args.queries)
     rows: list[list[Any]] = []
-    small = {"5k": 5_000, "10k": 10_000, "20k": 20_000}
     for label in args.sizes.split(","):
-        if label in small:
-            X = np.ascontiguousarray(real[rng.choice(len(real), small[label], replace=False)])
-        elif label == "full":
-            X = real
-        elif label == "1M":
-            X = np.ascontiguousarray(np.vstack([real, synthetic(real, 1_000_000 - len(real))]))
-        else:
-            raise SystemExit(f"unknown size {label}")
-        run(label, X, Q, rows)
+        run(label, corpus_of_size(label, real, rng), Q, rows)
     headers = ["N", "index, scan budget", "R@.85", "R@.9", "R@.95", "scanned / N", "cands",
                "p50 ms", "B/entry"]
     print()

@@ -141,6 +141,29 @@ def synthetic(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def corpus_of_size(label: str, real: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The rows of one benchmark size, shape (N, d), C-contiguous.
+
+    ``5k``, ``10k``, ``20k``: random real rows; ``full``: all of them; ``100k`` and
+    ``1M``: the real rows, then synthetic ones up to N (the QQP dev questions and
+    prompts are 92k rows, so 100k is nearly all real).
+    """
+    small = {"5k": 5_000, "10k": 10_000, "20k": 20_000}
+    if label in small:
+        X = real[rng.choice(len(real), small[label], replace=False)]
+    elif label == "full":
+        X = real
+    elif label in ("100k", "1M"):
+        n_target = 100_000 if label == "100k" else 1_000_000
+        if len(real) >= n_target:
+            X = real[rng.choice(len(real), n_target, replace=False)]
+        else:
+            X = np.vstack([real, synthetic(real, n_target - len(real))])
+    else:
+        raise SystemExit(f"unknown size {label}")
+    return np.ascontiguousarray(X)
+
+
 def ground_truth(X: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact best match (row, cosine) of each query."""
     best = np.empty(len(Q), dtype=np.int64)
@@ -642,21 +665,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[float, float]]] = {}
     for label in sizes:
-        if label == "10k":
-            X = real[rng.choice(len(real), 10_000, replace=False)]
-        elif label == "full":
-            X = real
-        elif label in ("100k", "1M"):
-            # Real rows first, then synthetic ones up to N (the QQP dev questions
-            # and prompts are 92k rows, so 100k is nearly all real).
-            n_target = 100_000 if label == "100k" else 1_000_000
-            if len(real) >= n_target:
-                X = real[rng.choice(len(real), n_target, replace=False)]
-            else:
-                X = np.vstack([real, synthetic(real, n_target - len(real))])
-        else:
-            raise SystemExit(f"unknown size {label}")
-        X = np.ascontiguousarray(X)
+        X = corpus_of_size(label, real, rng)
         t0 = time.perf_counter()
         proj = (LearnedProjection(args.k) if args.projection == "learned"
                 else PCAProjection(args.k)).fit(X)

@@ -29,8 +29,8 @@ Insert buffer
 -------------
 A single-row insert, the cache's insert after a miss, spends almost all its
 time entering the compiled kernels, not in them: at N = 92k a one-row call of
-the insert kernel, with the grid's 19 arguments, takes 1.8 us, while one call
-on 2,000 rows takes 0.27 us a row (``benchmarks/insert_buffer_bench.py``).
+the insert kernel, with the grid's 16 arguments, takes 1.4 us, while one call
+on 2,000 rows takes 0.17 us a row (``benchmarks/insert_buffer_bench.py``).
 So single rows wait in a small buffer (``buffer`` rows, float32, the caller's
 column order), checked and copied by one kernel call
 (:func:`~semcache.index.kernels.buffer_put`), and go into every table in one
@@ -101,10 +101,11 @@ class MultiGridIndex:
         each row into every table at once. Every lookup also filters the
         buffered rows, inside the first table's lookup kernel. Measured at
         N = 92k (``benchmarks/insert_buffer_bench.py``): a single insert takes
-        1.8 us on average with 64 (flushes included) against 6.7 us with 0,
-        and a lookup 0.054 ms with 63 rows waiting against 0.052 ms with
-        none. 256 saves nothing more on inserts: what is left is entering
-        the buffering kernel and the per-row work of the batch inserts.
+        1.8 us on average with 64 (flushes included) against 6.1 us with 0,
+        and a lookup 0.047 ms with 63 rows waiting against 0.044 ms with
+        none. 256 saves little more on inserts (1.6 us) and costs lookups
+        more (0.052 ms with 255 rows waiting): what is left is entering the
+        buffering kernel and the per-row work of the batch inserts.
     **params
         Passed to every :class:`~semcache.index.grid.GridIndex` (``probe``,
         ``filter``, quantiles, calibration settings...).
