@@ -2,8 +2,9 @@
 
 This is the measurement behind ``GridIndex(filter_quantile=0.995)``, the default of
 every grid table. The filter keeps a row when its stored 32-d vector lies within
-``quantile(rho, filter_quantile) * sqrt(2 - 2t)`` of the query's, where ``rho`` is
-the ratio of projected to full distance over the index's own near-duplicate pairs.
+``quantile(rho, q) * sqrt(2 - 2t)`` of the query's, where ``rho`` is the ratio of
+projected to full distance over the index's own near-duplicate pairs and ``q`` is
+``filter_quantile`` plus its standard error over those pairs.
 Every row it keeps is verified by an exact 384-d cosine, a random read of 1.5 kB
 from the stored vectors, so a loose quantile costs re-rank time while a tight one
 loses hits.
