@@ -36,13 +36,12 @@ from index_bench import (  # noqa: E402
     ground_truth,
     load_real_corpus,
     split_corpus,
+    threshold_recall,
 )
 from tqdm import tqdm  # noqa: E402
 
 from semcache.index import GridIndex, MultiGridIndex  # noqa: E402
 from semcache.projection import LearnedProjection  # noqa: E402
-
-THRESHOLDS = (0.85, 0.9, 0.95)
 
 
 def configs(n: int) -> list[tuple[str, Any]]:
@@ -75,11 +74,7 @@ def run(label: str, X: np.ndarray, Q: np.ndarray, rows: list[list[Any]]) -> None
     for name, make in tqdm(configs(len(X)), desc=f"N={label}", unit="config"):
         idx = make()
         idx.add(np.arange(len(X), dtype=np.int64), low, X)
-        rec = []
-        for t in THRESHOLDS:
-            hit = np.flatnonzero(score >= t)
-            found = sum(int(best[i] in set(idx.candidates(q_low[i], Q[i], t).tolist())) for i in hit)
-            rec.append(found / max(1, len(hit)))
+        rec = threshold_recall(lambda i, t, g=idx: g.candidates(q_low[i], Q[i], t), best, score)
         ts, scanned, cands = [], [], []
         for i in range(len(Q)):
             t0 = time.perf_counter()
@@ -87,7 +82,7 @@ def run(label: str, X: np.ndarray, Q: np.ndarray, rows: list[list[Any]]) -> None
             ts.append(time.perf_counter() - t0)
             scanned.append(int(idx.last_stats[1]))
             cands.append(len(c))
-        rows.append([label, name, *rec, float(np.mean(scanned)) / len(X), float(np.mean(cands)),
+        rows.append([label, name, *rec.values(), float(np.mean(scanned)) / len(X), float(np.mean(cands)),
                      1e3 * float(np.median(ts)), idx.stats()["bytes_per_entry"]])
         del idx
 

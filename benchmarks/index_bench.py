@@ -235,8 +235,7 @@ def semcache_method(name: str, make: Callable[[], Index], proj: Any, store: Stor
         return search_prepared(prepare(q), t)
 
     def add_one(i: int, x: np.ndarray) -> None:
-        low = ((x - mu) @ W)[None, :]
-        holder["i"].add(np.array([i], dtype=np.int64), low, x[None, :])
+        add_prepared(i, prepare(x))
 
     def remove_one(i: int) -> None:
         holder["i"].remove(np.array([i], dtype=np.int64))
@@ -386,13 +385,23 @@ def usearch_method(d: int) -> Method | None:
 # ------------------------------------------------------------------------ measuring
 
 
-def recall_of(m: Method, Q: np.ndarray, best: np.ndarray, score: np.ndarray) -> dict[float, float]:
+def threshold_recall(search: Callable[[int, float], np.ndarray], best: np.ndarray,
+                     score: np.ndarray) -> dict[float, float]:
+    """Per threshold t, the share of queries whose exact best match (cosine >= t) is found.
+
+    ``search(i, t)`` returns the ids found for query ``i``; ``best`` and ``score``
+    are :func:`ground_truth`'s.
+    """
     out = {}
     for t in THRESHOLDS:
         hit = np.flatnonzero(score >= t)
-        found = sum(int(best[i] in set(m.search(Q[i], t).tolist())) for i in hit)
+        found = sum(int(best[i] in set(search(int(i), t).tolist())) for i in hit)
         out[t] = found / max(1, len(hit))
     return out
+
+
+def recall_of(m: Method, Q: np.ndarray, best: np.ndarray, score: np.ndarray) -> dict[float, float]:
+    return threshold_recall(lambda i, t: m.search(Q[i], t), best, score)
 
 
 def lookup_times(m: Method, Q: np.ndarray) -> tuple[float, float]:
@@ -501,24 +510,22 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
         # each prompt once: the insert after a miss takes the lookup's
         # projection, as a caller of the index does (peers take the vector).
         if m.add_one is not None:
+            prep: Callable[[np.ndarray], Any] = _same
+            lookup, insert = m.search, m.add_one
+            if m.add_split is not None and m.search_prepared is not None:
+                prep, insert = m.add_split
+                lookup = m.search_prepared
             next_id = n + len(new_rows) + 1
             t0 = time.perf_counter()
             hits = 0
             for r in stream:
                 x = stream_vec(args, r)
-                if m.add_split is not None and m.search_prepared is not None:
-                    p = m.add_split[0](x)
-                    if len(m.search_prepared(p, LOOKUP_T)):
-                        hits += 1
-                    else:
-                        store.put(next_id, x)
-                        m.add_split[1](next_id, p)
-                        next_id += 1
-                elif len(m.search(x, LOOKUP_T)):
+                p = prep(x)
+                if len(lookup(p, LOOKUP_T)):
                     hits += 1
                 else:
                     store.put(next_id, x)
-                    m.add_one(next_id, x)
+                    insert(next_id, p)
                     next_id += 1
             el = time.perf_counter() - t0
             row["mixed_ops_s"] = len(stream) / el
@@ -530,6 +537,11 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
 
 
 _STREAM: dict[str, np.ndarray] = {}
+
+
+def _same(x: np.ndarray) -> np.ndarray:
+    """What peers search and insert: the vector itself (semcache's is projected)."""
+    return x
 
 
 def stream_vec(args: argparse.Namespace, r: int) -> np.ndarray:

@@ -109,7 +109,6 @@ class MultiGridIndex:
     **params
         Passed to every :class:`~semcache.index.grid.GridIndex` (``probe``,
         ``filter``, quantiles, calibration settings...).
-
     """
 
     kind = "multigrid"
