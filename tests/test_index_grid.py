@@ -124,6 +124,39 @@ def test_streaming_inserts_and_deletes_match_exact(make: type[GridIndex]) -> Non
         assert c.ids[j] in g.candidates(c.low[j], c.full[j], 0.95)
 
 
+@pytest.mark.parametrize("make", GRIDS)
+def test_lookups_between_inserts_see_every_row_as_the_arrays_grow(make: type[GridIndex]) -> None:
+    """Lookups read the grid's arrays through a cached tuple: growth and recalibration refresh it.
+
+    Every insert below may replace an array (pool, cells, cell table, id
+    table) or, at 4x growth, the whole calibration; a lookup right after it
+    must search the new ones, so each row is found by its own vector.
+    """
+    c = corpus()
+    n = len(c.ids)
+    g = make(min_calibration=512)
+    g.add(c.ids[:600], c.low[:600], c.full[:600])
+    assert g.calibrated
+    grids = getattr(g, "_grids", [g])
+    # The arrays themselves, not their id()s, which a new array may reuse.
+    before = [(t._pvec, t._edges) for t in grids]
+    for i in range(600, n):
+        g.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
+        if i % 7 == 0 or i == n - 1:
+            assert c.ids[i] in g.candidates(c.low[i], c.full[i], 0.95)
+        if i % 97 == 0:
+            # Rows that have left the insert buffer too.
+            j = i - 300
+            assert c.ids[j] in g.candidates(c.low[j], c.full[j], 0.95)
+    # The loop did replace the arrays and recalibrate (600 -> n >= 4 x 600 rows).
+    assert n >= 2400
+    for t, (pvec, edges) in zip(grids, before, strict=True):
+        assert t._pvec is not pvec and t._edges is not edges
+    ex = exact_of(c)
+    r, hits, _ = recall(g, ex, c.q_low, c.q_full, 0.9)
+    assert hits >= 20 and r >= 0.995
+
+
 def test_hash_table_kernels_match_a_dict() -> None:
     """Puts, backward-shift deletes and a rehash of the interleaved key/value table.
 

@@ -140,9 +140,9 @@ def test_scan_budget_grows_like_the_square_root_of_n() -> None:
     for idx in (g, share):
         idx.add(c.ids, c.low, c.full)
     floor.add(c.ids[:3000], c.low[:3000], c.full[:3000])
-    assert g._budget() == int(24.0 * np.sqrt(len(c.ids)))
-    assert share._budget() == int(0.5 * len(c.ids))
-    assert floor._budget() == 2048  # small indexes: the floor, over 24 * sqrt(3000) = 1314
+    assert g._budget(len(g)) == int(24.0 * np.sqrt(len(c.ids)))
+    assert share._budget(len(share)) == int(0.5 * len(c.ids))
+    assert floor._budget(len(floor)) == 2048  # small indexes: the floor, over 24 * sqrt(3000) = 1314
     with pytest.raises(ConfigError):
         MultiGridIndex(scan_scale=0.0)
 

@@ -52,6 +52,7 @@ __all__ = [
     "buffer_put",
     "cell_code",
     "codes_of_ids",
+    "entry_point",
     "filter_rows",
     "filter_vec",
     "grid_build",
@@ -99,6 +100,23 @@ def _kernel(signature: str, *, reassoc: bool = False) -> Callable[[_F], _F]:
             Callable[[_F], _F], nb.njit(signature, cache=True, nogil=True, fastmath=flags)
         )
     return cast(Callable[[_F], _F], nb.njit(signature, cache=True, nogil=True))
+
+
+def entry_point(kernel: _F) -> _F:
+    """The compiled code of a one-signature kernel, called without the dispatcher.
+
+    A call through the dispatcher first types every argument to pick an
+    overload: with the lookup kernels' 28 arguments that is 0.35 us of the
+    2.6 us a one-cell lookup takes. The entry point only unboxes them, so it
+    trusts their types: use it only with arrays the index allocated itself
+    (a float32 array where int64 is expected would be read as int64).
+    Without a compiled overload (``NUMBA_DISABLE_JIT``) the kernel itself is
+    returned.
+    """
+    overloads = getattr(kernel, "overloads", None)
+    if not overloads or len(overloads) != 1:
+        return kernel
+    return cast(_F, next(iter(overloads.values())).entry_point)
 
 
 # Status codes returned by kernels that need the caller to grow an array.

@@ -263,15 +263,20 @@ class MultiGridIndex:
         -------
         ndarray of int64, shape (c,)
         """
-        if len(self) == 0:
+        n = len(self)
+        if n == 0:
             return np.zeros(0, dtype=np.int64)
-        budget = self._budget() // self.tables
+        # Checked and converted once; each table permutes its own copy.
+        q = self._grids[0]._query_row(q_low, permute=False)
+        budget = self._budget(n) // self.tables
         while True:
             got = 0
             # Buffered rows are in no table: the first one filters them too.
             extra = (self._buf_low, self._buf_ids, self._buf_n) if self._buf_n else None
             for g in self._grids:
-                got = g._probe(g._query_row(q_low), threshold, budget, self._out, got, extra)
+                perm = g._perm
+                got = g._probe(q if perm is None else q[perm], threshold, budget, self._out, got,
+                               extra)
                 if got < 0:
                     break
                 extra = None
@@ -279,9 +284,8 @@ class MultiGridIndex:
                 return self._out[:got].copy()
             self._out = np.empty(2 * (-got) + 64, dtype=np.int64)
 
-    def _budget(self) -> int:
-        """Rows one lookup may scan over all tables."""
-        n = len(self)
+    def _budget(self, n: int) -> int:
+        """Rows one lookup may scan over all tables when they hold ``n`` entries."""
         if self.max_scan is not None:
             return scan_budget(n, self.max_scan, self.min_scan)
         return max(self.min_scan, int(self.scan_scale * math.sqrt(n)))
