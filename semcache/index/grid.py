@@ -1170,9 +1170,7 @@ class GridIndex:
         if args is None:
             args = self._lookup = self._lookup_args()
         kernel, head, n_probe, state, work, no_extra, perm = args
-        radii = self._radii_memo.get(threshold)
-        if radii is None:
-            radii = self._kernel_radii(threshold)
+        radii = self._kernel_radii(threshold)
         x = no_extra if extra is None else (*extra, perm)
         got: int = kernel(q, *head, radii[0], radii[1], n_probe, max_points, *state, out, *work,
                           n_prev, *x)
