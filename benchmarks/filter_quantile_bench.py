@@ -22,28 +22,27 @@ Run: ``python benchmarks/filter_quantile_bench.py [--sizes 10k,full,1M] [--queri
 
 from __future__ import annotations
 
-import os
+import single_thread  # noqa: F401  (before numpy: see its docstring)
 
-for _v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_v] = "1"
+# isort: split
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import time
+from typing import Any
 
-import numpy as np  # noqa: E402
-from common import RESULTS_DIR, print_table, save_text  # noqa: E402
-from index_bench import (  # noqa: E402
+import numpy as np
+from common import RESULTS_DIR, print_table, save_text
+from index_bench import (
     corpus_of_size,
     ground_truth,
     load_real_corpus,
     split_corpus,
     threshold_recall,
 )
-from tqdm import tqdm  # noqa: E402
+from tqdm import tqdm
 
-from semcache.index import MultiGridIndex  # noqa: E402
-from semcache.projection import LearnedProjection  # noqa: E402
+from semcache.index import MultiGridIndex
+from semcache.projection import LearnedProjection
 
 QUANTILES = (0.999, 0.995, 0.99, 0.98)
 

@@ -36,27 +36,26 @@ Plots go to ``benchmarks/results/``.
 
 from __future__ import annotations
 
-import os
+import single_thread  # noqa: F401  (before numpy: see its docstring)
 
-for _v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_v] = "1"
+# isort: split
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np  # noqa: E402
-from common import RESULTS_DIR, embed_cached, percentiles, print_table  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from common import RESULTS_DIR, embed_cached, percentiles, print_table
+from tqdm import tqdm
 
-from semcache.datasets import load_qqp_pairs, load_real_prompts  # noqa: E402
-from semcache.index import ExactIndex, GridIndex, Index, MultiGridIndex, ThermalIndex  # noqa: E402
-from semcache.projection import LearnedProjection, PCAProjection  # noqa: E402
-from semcache.projection.learned import mine_pairs  # noqa: E402
+from semcache.datasets import load_qqp_pairs, load_real_prompts
+from semcache.index import ExactIndex, GridIndex, Index, MultiGridIndex, ThermalIndex
+from semcache.projection import LearnedProjection, PCAProjection
+from semcache.projection.learned import mine_pairs
 
 THRESHOLDS = (0.85, 0.9, 0.95)
 LOOKUP_T = 0.9

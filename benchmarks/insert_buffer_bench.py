@@ -18,23 +18,22 @@ Run: ``python benchmarks/insert_buffer_bench.py [--ops 2000] [--queries 1000]``
 
 from __future__ import annotations
 
-import os
+import single_thread  # noqa: F401  (before numpy: see its docstring)
 
-for _v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_v] = "1"
+# isort: split
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import time
+from typing import Any
 
-import numpy as np  # noqa: E402
-from common import RESULTS_DIR, print_table, save_text  # noqa: E402
-from index_bench import load_real_corpus, split_corpus  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from common import RESULTS_DIR, print_table, save_text
+from index_bench import load_real_corpus, split_corpus
+from tqdm import tqdm
 
-from semcache.index import GridIndex, MultiGridIndex  # noqa: E402
-from semcache.index import kernels as K  # noqa: E402
-from semcache.projection import LearnedProjection  # noqa: E402
+from semcache.index import GridIndex, MultiGridIndex
+from semcache.index import kernels as K
+from semcache.projection import LearnedProjection
 
 BUFFERS = (0, 16, 64, 256)
 

@@ -18,21 +18,20 @@ chosen on held-out pairs).
 
 from __future__ import annotations
 
-import os
+import single_thread  # noqa: F401  (before numpy: see its docstring)
 
-for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_v] = "1"
+# isort: split
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import numpy as np  # noqa: E402
-import scipy.linalg  # noqa: E402
-from common import print_table  # noqa: E402
-from index_bench import load_real_corpus  # noqa: E402
+import numpy as np
+import scipy.linalg
+from common import print_table
+from index_bench import load_real_corpus
 
-from semcache.projection import LearnedProjection, PCAProjection  # noqa: E402
-from semcache.projection.learned import mine_pairs  # noqa: E402
+from semcache.projection import LearnedProjection, PCAProjection
+from semcache.projection.learned import mine_pairs
 
 WIDTHS = (2, 3, 8, 16, 32)
 
