@@ -32,13 +32,7 @@ from typing import Any
 
 import numpy as np
 from common import RESULTS_DIR, print_table, save_text
-from index_bench import (
-    corpus_of_size,
-    ground_truth,
-    load_real_corpus,
-    split_corpus,
-    threshold_recall,
-)
+from index_bench import ground_truth, rows_over_sizes, threshold_recall
 from tqdm import tqdm
 
 from semcache.index import MultiGridIndex
@@ -95,11 +89,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10k,full,1M", help="comma list of 10k, full, 1M")
     ap.add_argument("--queries", type=int, default=2000)
     args = ap.parse_args()
-    data = load_real_corpus()
-    rng, Q, real, _ = split_corpus(data, args.queries)
-    rows: list[list[Any]] = []
-    for label in args.sizes.split(","):
-        run(label, corpus_of_size(label, real, rng), Q, rows)
+    rows = rows_over_sizes(args.sizes, args.queries, run)
     headers = ["N", "filter_quantile", "R@.85", "R@.9", "R@.95", "cands@.85", "cands@.9",
                "mean ms @.9", "p50 ms @.9"]
     print()

@@ -30,13 +30,7 @@ from typing import Any
 
 import numpy as np
 from common import RESULTS_DIR, print_table, save_text
-from index_bench import (
-    corpus_of_size,
-    ground_truth,
-    load_real_corpus,
-    split_corpus,
-    threshold_recall,
-)
+from index_bench import ground_truth, rows_over_sizes, threshold_recall
 from tqdm import tqdm
 
 from semcache.index import GridIndex, MultiGridIndex
@@ -94,11 +88,7 @@ def main() -> None:
     ap.add_argument("--out", default="grid_budget_bench",
                     help="name of the result files in benchmarks/results (.txt, .png)")
     args = ap.parse_args()
-    data = load_real_corpus()
-    rng, Q, real, _ = split_corpus(data, args.queries)
-    rows: list[list[Any]] = []
-    for label in args.sizes.split(","):
-        run(label, corpus_of_size(label, real, rng), Q, rows)
+    rows = rows_over_sizes(args.sizes, args.queries, run)
     headers = ["N", "index, scan budget", "R@.85", "R@.9", "R@.95", "scanned / N", "cands",
                "p50 ms", "B/entry"]
     print()

@@ -163,6 +163,21 @@ def corpus_of_size(label: str, real: np.ndarray, rng: np.random.Generator) -> np
     return np.ascontiguousarray(X)
 
 
+def rows_over_sizes(sizes: str, n_queries: int,
+                    run: Callable[[str, np.ndarray, np.ndarray, list[list[Any]]], None]
+                    ) -> list[list[Any]]:
+    """Table rows of ``run(label, X, Q, rows)`` for each size of the comma list ``sizes``.
+
+    The corpus is loaded and split once (``n_queries`` held-out queries ``Q``);
+    each size's rows ``X`` come from :func:`corpus_of_size`.
+    """
+    rng, Q, real, _ = split_corpus(load_real_corpus(), n_queries)
+    rows: list[list[Any]] = []
+    for label in sizes.split(","):
+        run(label, corpus_of_size(label, real, rng), Q, rows)
+    return rows
+
+
 def ground_truth(X: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact best match (row, cosine) of each query."""
     best = np.empty(len(Q), dtype=np.int64)
