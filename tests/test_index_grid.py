@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -126,7 +131,7 @@ def test_streaming_inserts_and_deletes_match_exact(make: type[GridIndex]) -> Non
 
 @pytest.mark.parametrize("make", GRIDS)
 def test_lookups_between_inserts_see_every_row_as_the_arrays_grow(make: type[GridIndex]) -> None:
-    """Lookups read the grid's arrays through a cached tuple: growth and recalibration refresh it.
+    """Lookups read the grid's arrays through a plan of their addresses: growth and recalibration refresh it.
 
     Every insert below may replace an array (pool, cells, cell table, id
     table) or, at 4x growth, the whole calibration; a lookup right after it
@@ -155,6 +160,78 @@ def test_lookups_between_inserts_see_every_row_as_the_arrays_grow(make: type[Gri
     ex = exact_of(c)
     r, hits, _ = recall(g, ex, c.q_low, c.q_full, 0.9)
     assert hits >= 20 and r >= 0.995
+
+
+@pytest.mark.parametrize("make", GRIDS)
+def test_a_setting_changed_after_lookups_applies_to_the_next_lookup(make: type[GridIndex]) -> None:
+    """Lookups keep their radii per threshold; rebinding a setting must drop them.
+
+    The same rows indexed with ``probe_margin=0.6`` from the start give the
+    reference; the index under test is looked up with the default margin
+    first, so stale radii would show as different candidates.
+    """
+    c = corpus()
+    ref = make(probe_margin=0.6)
+    g = make()
+    for idx in (ref, g):
+        idx.add(c.ids, c.low, c.full)
+    before = [g.candidates(c.q_low[i], c.q_full[i], 0.85) for i in range(100)]
+    for t in getattr(g, "_grids", [g]):
+        t.probe_margin = 0.6
+    changed = 0
+    for i in range(100):
+        got = g.candidates(c.q_low[i], c.q_full[i], 0.85)
+        assert sorted(got.tolist()) == sorted(ref.candidates(c.q_low[i], c.q_full[i], 0.85).tolist())
+        changed += len(got) != len(before[i])
+    assert changed > 0  # the margin does change candidates on this corpus
+
+
+def test_plan_rows_refuse_arrays_of_another_type_or_layout() -> None:
+    """A plan row's addresses are read as PLAN_ARRAYS says: anything else is refused up front."""
+    good = tuple(
+        np.zeros((4, 3) if ndim == 2 else 4, dtype=dtype) for _, dtype, ndim in K.PLAN_ARRAYS
+    )
+    row = K.plan_row((1, 0, 2, 0, 8), good)
+    assert row.shape == (K.PLAN_WIDTH,) and row[5] == good[0].ctypes.data
+    bad_dtype = (good[0].astype(np.float64), *good[1:])
+    bad_layout = (good[0], np.zeros((3, 4), dtype=np.float32).T, *good[2:])
+    bad_ndim = (good[0], np.zeros(4, dtype=np.float32), *good[2:])
+    for arrays in (bad_dtype, bad_layout, bad_ndim, good[:-1]):
+        with pytest.raises(ValueError):
+            K.plan_row((1, 0, 2, 0, 8), arrays)
+
+
+def test_lookups_without_the_jit_find_what_compiled_lookups_find() -> None:
+    """Under ``NUMBA_DISABLE_JIT`` the plan's addresses become ctypes pointers: same candidates."""
+    script = """
+import json
+import numpy as np
+from semcache.index import GridIndex, MultiGridIndex
+rng = np.random.default_rng(0)
+base = rng.standard_normal((300, 384)).astype(np.float32)
+X = np.vstack([base, base + 0.15 * rng.standard_normal((300, 384)).astype(np.float32),
+               rng.standard_normal((300, 384)).astype(np.float32)])
+X /= np.linalg.norm(X, axis=1, keepdims=True)
+L = np.ascontiguousarray(X @ np.linalg.qr(rng.standard_normal((384, 32)))[0].astype(np.float32))
+out = {}
+for name, g in (("grid", GridIndex(m=4, min_calibration=512)),
+                ("multigrid", MultiGridIndex(min_calibration=512))):
+    g.add(np.arange(len(X)), L, X)
+    out[name] = [sorted(g.candidates(L[i], X[i], 0.9).tolist()) for i in range(0, 900, 97)]
+print(json.dumps(out))
+"""
+    runs = []
+    for jit_off in (False, True):
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"}
+        if jit_off:
+            env["NUMBA_DISABLE_JIT"] = "1"
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=300, check=True)
+        runs.append(json.loads(done.stdout))
+    assert runs[0] == runs[1]
+    # Each query row's near copy (row +- 300) is among its candidates.
+    assert all(len(c) >= 1 for c in runs[0]["grid"])
+    assert [c[1] for c in runs[0]["grid"][:4]] == [300, 397, 494, 591]
 
 
 def test_hash_table_kernels_match_a_dict() -> None:

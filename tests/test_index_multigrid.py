@@ -45,6 +45,8 @@ def test_binary_walk_visits_cells_in_the_same_order_as_the_general_walk() -> Non
     budget = g._budget(g.max_scan)
     # The general walk stores a step vector per node, the binary one two words.
     work_general = np.empty(len(g._work_f) * (g._m_eff + 2), dtype=np.int64)
+    no_rows, no_ids = np.zeros((0, 1), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    assert g._perm is None  # block 0: the query needs no reordering
     for i in range(100):
         q = g._query_row(c.q_low[i])
         out_a = np.empty(len(c.ids), dtype=np.int64)
@@ -55,13 +57,13 @@ def test_binary_walk_visits_cells_in_the_same_order_as_the_general_walk() -> Non
             q, g._b, g._T, g._mapped, g._qinv, g._edges, probe_r2, filt_q, g.n_probe, budget,
             g._cells, g._meta, g._pvec, g._pids, g._ctab, out_a, g._work_f,
             g._work_i, stats_a, g._heap, g._vec_f, g._order, g._gap2, 0,
-            g._no_rows, g._no_ids, 0, g._ident,
+            no_rows, no_ids, 0, g._ident,
         )
         nb = K.grid_query(
             q, g._b, g._T, g._mapped, g._qinv, g._edges, 2, probe_r2, filt_q, g.n_probe, budget,
             0, g._cells, g._meta, g._pvec, g._pids, g._ctab, out_b, g._work_f,
             work_general, stats_b, g._heap, g._vec_f, g._hs, 0,
-            g._no_rows, g._no_ids, 0, g._ident,
+            no_rows, no_ids, 0, g._ident,
         )
         assert stats_a[:2].tolist() == stats_b[:2].tolist()
         assert sorted(out_a[:na].tolist()) == sorted(out_b[:nb].tolist())

@@ -57,7 +57,6 @@ when the index has grown ``recalibrate_growth`` times since the last fit.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,6 +319,65 @@ def _ids_overfull(n: int, slots: int) -> bool:
     return 4 * n > 3 * slots
 
 
+class LookupPlan:
+    """The lookup of one or more grids as one kernel call (:func:`~semcache.index.kernels.grid_lookup`).
+
+    It stacks the grids' plan rows and keeps the parts they came from, which
+    keeps every array they point into alive. A grid drops its part when an
+    attribute is rebound (``GridIndex.__setattr__``); the next run sees a
+    part that is not the one it holds and restacks, so a plan never reads an
+    array the grid has replaced. The radii of a threshold are kept until then.
+
+    Parameters
+    ----------
+    grids : list of GridIndex
+        The tables, in the order their candidates are collected.
+    """
+
+    def __init__(self, grids: list[GridIndex]) -> None:
+        self._grids = grids
+        self._parts: list[tuple[Any, ...]] = []
+        self._rows = np.zeros((0, K.PLAN_WIDTH), dtype=np.int64)
+        self._params: dict[float, F64] = {}
+        self._no_rows = np.zeros((0, 1), dtype=np.float32)
+        self._no_ids = np.zeros(0, dtype=np.int64)
+        self._kernel = K.entry_point(K.grid_lookup)
+
+    def run(self, q: FloatArray, threshold: float, max_points: int, out: IdArray,
+            extra: tuple[FloatArray, IdArray, int] | None = None) -> int:
+        """Collect the candidates of query ``q`` into ``out``.
+
+        ``q`` must be a float32 C-contiguous row of the grids' width and
+        ``out`` an int64 array: the kernel is entered without type checks
+        (:func:`~semcache.index.kernels.entry_point`). ``extra`` is (rows,
+        ids, n) of rows outside the grids that the first grid filters too.
+
+        Returns the number of ids in ``out``, or ``-(needed)`` when it is too short.
+        """
+        parts = self._parts
+        stale = len(parts) != len(self._grids)
+        if not stale:
+            for g, part in zip(self._grids, parts, strict=True):
+                if g._lookup is not part:
+                    stale = True
+                    break
+        if stale:
+            parts = self._parts = [g._lookup_part() for g in self._grids]
+            self._rows = np.ascontiguousarray(np.stack([p[0] for p in parts]))
+            self._params.clear()
+        params = self._params.get(threshold)
+        if params is None:
+            if len(self._params) >= 64:  # callers that vary the threshold freely
+                self._params.clear()
+            params = np.array([g._lookup_params(threshold) for g in self._grids],
+                              dtype=np.float64)
+            self._params[threshold] = params
+        if extra is None:
+            return int(self._kernel(q, self._rows, params, max_points, out, self._no_rows,
+                                    self._no_ids, 0))
+        return int(self._kernel(q, self._rows, params, max_points, out, *extra))
+
+
 class GridIndex:
     """Multiprobe grid over the first ``m`` projected coordinates (see the module docstring).
 
@@ -409,6 +467,7 @@ class GridIndex:
 
     kind = "grid"
     _lookup: tuple[Any, ...] | None = None
+    _plan: LookupPlan | None = None
 
     def __init__(
         self,
@@ -475,9 +534,6 @@ class GridIndex:
         # set by each calibration. Distances are the same in any column order,
         # so everything inside works on permuted rows.
         self._perm: npt.NDArray[np.intp] | None = None
-        # (probe radius, filter radius in stored units) by threshold; both
-        # change only when the index is (re)calibrated or rescaled.
-        self._radii_memo: dict[float, tuple[float, float]] = {}
         self._d: int | None = None
         self._map: LinearMap | None = None
         self._rho: float | None = None  # calibrated stretch ratio of the probe
@@ -512,10 +568,11 @@ class GridIndex:
         self._size_work()
 
     def __setattr__(self, name: str, value: object) -> None:
-        # A lookup reads the grid's arrays from one cached tuple (see
-        # _lookup_args). Rebinding any attribute may replace one of them, so
-        # the tuple is dropped and the next lookup builds it again; arrays
-        # changed in place (what inserts and removes do) stay the same objects.
+        # A lookup reads the grid's arrays through a plan row of their
+        # addresses (see _lookup_part). Rebinding any attribute may replace
+        # one of them or change a radius, so the row is dropped and the next
+        # lookup builds it again; arrays changed in place (what inserts and
+        # removes do) keep their addresses.
         object.__setattr__(self, name, value)
         if name != "_lookup":
             object.__setattr__(self, "_lookup", None)
@@ -549,9 +606,8 @@ class GridIndex:
         self._hs = np.empty(2 * m, dtype=np.int64)
         self._vec_f = np.empty(max(self._width, 1), dtype=np.float32)
         self._vec_q = np.empty(max(self._width, 1), dtype=np.int8)
-        # No rows outside the grid, as the lookup kernels take them (see _probe).
-        self._no_rows = np.zeros((0, max(self._k or 0, 1)), dtype=np.float32)
-        self._no_ids = np.zeros(0, dtype=np.int64)
+        # The query in this grid's column order, and that order (see grid_lookup).
+        self._q_row = np.empty(max(self._k or 0, 1), dtype=np.float32)
         self._ident = np.arange(max(self._k or 0, 1), dtype=np.int64)
         self._order = np.empty(m, dtype=np.int64)
         self._gap2 = np.empty(m, dtype=np.float64)
@@ -737,7 +793,6 @@ class GridIndex:
         self._recalibrate_at = int(self.recalibrate_growth * max(1, len(ids)))
         self._size_work()
         self._set_scale(low_all, exact_rows)
-        self._radii_memo.clear()
         self._bulk_build(ids, low_all)
         self._after_build()
 
@@ -780,7 +835,6 @@ class GridIndex:
         else:
             return
         self._qinv = qinv
-        self._radii_memo.clear()
 
     def _rescale(self, low: FloatArray) -> None:
         """Widen the int8 range to hold rows ``low`` too, and rebuild."""
@@ -1087,91 +1141,55 @@ class GridIndex:
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         q = self._query_row(q_low)
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = LookupPlan([self])
         max_points = self._budget(self.max_scan)
         while True:
-            got = self._probe(q, threshold, max_points, self._out, 0)
+            got = plan.run(q, threshold, max_points, self._out)
             if got >= 0:
                 return self._out[:got].copy()
             self._out = np.empty(2 * (-got) + 64, dtype=np.int64)
 
-    def _query_row(self, q_low: FloatArray, permute: bool = True) -> FloatArray:
-        """The query's projected coordinates as the kernels take them: float32, C order, checked width.
+    def _query_row(self, q_low: FloatArray) -> FloatArray:
+        """The query's projected coordinates as the lookup kernel takes them.
 
-        With ``permute`` the columns are also put in this grid's order (a
-        multi-table grid permutes one checked row per table instead).
+        Float32, C order, of the width the index was built with.
         """
         q = np.ascontiguousarray(q_low, dtype=np.float32).reshape(-1)
         if q.shape[0] != self._k:
             raise IndexStateError(f"expected a {self._k}-d query, got {q.shape[0]}-d")
-        return q[self._perm] if permute and self._perm is not None else q
+        return q
 
     def _budget(self, share: float) -> int:
         """Rows a lookup may scan when ``share`` of the entries is allowed."""
         return scan_budget(len(self), share, self.min_scan)
 
-    def _kernel_radii(self, threshold: float) -> tuple[float, float]:
-        """Squared (probe, filter) radii as the kernels take them (filter in stored units)."""
-        memo = self._radii_memo.get(threshold)
-        if memo is None:
-            if len(self._radii_memo) >= 64:  # callers that vary the threshold freely
-                self._radii_memo.clear()
-            probe_r2, filt_r2 = self.radii(threshold)
-            memo = self._radii_memo[threshold] = (probe_r2, self._stored_r2(filt_r2))
-        return memo
+    def _lookup_params(self, threshold: float) -> tuple[float, float, float]:
+        """(int8 scale, squared probe radius, squared filter radius in stored units) of a lookup."""
+        probe_r2, filt_r2 = self.radii(threshold)
+        return self._qinv, probe_r2, self._stored_r2(filt_r2)
 
-    def _lookup_args(self) -> tuple[Any, ...]:
-        """The lookup kernel and the grid's part of its arguments, cached until an attribute changes.
-
-        Gathering the ~20 arrays from attributes and entering the kernel
-        through numba's dispatcher took about 1 us of each table's lookup:
-        with the tuple and the kernel's entry point, a two-table lookup at
-        10k real rows went from 19.8 to 17.6 us (p50, the same candidates;
-        44.0 to 42.0 us at 92k). The entry point skips the dispatcher's
-        typing, which is safe here because every array is the grid's own
-        (:func:`~semcache.index.kernels.entry_point`).
+    def _lookup_part(self) -> tuple[Any, ...]:
+        """This grid's plan row and the arrays it points into, kept until an attribute changes.
 
         Returns
         -------
         tuple
-            (kernel, map arguments, n_probe, grid state, scratch, the
-            arguments for no extra rows, the permutation for extra rows).
+            (row of :func:`~semcache.index.kernels.plan_row`, the arrays).
+            Whoever runs the row holds the tuple, so every address in it
+            stays valid even after the grid replaces an array.
         """
-        perm = self._perm if self._perm is not None else self._ident
-        no_extra = (self._no_rows, self._no_ids, 0, self._ident)
-        head: tuple[Any, ...] = (self._b, self._T, self._mapped, self._qinv, self._edges)
-        state: tuple[Any, ...] = (self._cells, self._meta, self._pvec, self._pids, self._ctab)
-        work: tuple[Any, ...] = (self._work_f, self._work_i, self.last_stats, self._heap,
-                                 self._vec_f)
-        kernel: Callable[..., int]
-        if self.grid == 2 and self.probe != "orthant" and self._m_eff:
-            kernel = K.entry_point(K.grid_query_binary)
-            work += (self._order, self._gap2)
-        else:
-            kernel = K.entry_point(K.grid_query)
-            head += (self.grid,)
-            state = (1 if self.probe == "orthant" else 0, *state)
-            work += (self._hs,)
-        return kernel, head, self.n_probe, state, work, no_extra, perm
-
-    def _probe(self, q: FloatArray, threshold: float, max_points: int, out: IdArray,
-               n_prev: int, extra: tuple[FloatArray, IdArray, int] | None = None) -> int:
-        """Run the lookup kernel: candidate ids go to ``out`` after its first ``n_prev``.
-
-        ``q`` is a float32 C-contiguous row of the kernels' column order (see
-        :meth:`_query_row`) and ``out`` an int64 array: the kernel is entered
-        without type checks. ``extra`` is (rows, ids, n) of rows outside the
-        grid, in the caller's column order, that the lookup filters too (a
-        multi-table grid's insert buffer; see
-        :func:`~semcache.index.kernels.filter_rows`).
-
-        Returns the number of ids in ``out``, or ``-(needed)`` when it is too short.
-        """
-        args = self._lookup
-        if args is None:
-            args = self._lookup = self._lookup_args()
-        kernel, head, n_probe, state, work, no_extra, perm = args
-        radii = self._kernel_radii(threshold)
-        x = no_extra if extra is None else (*extra, perm)
-        got: int = kernel(q, *head, radii[0], radii[1], n_probe, max_points, *state, out, *work,
-                          n_prev, *x)
-        return got
+        part = self._lookup
+        if part is not None:
+            return part
+        binary = self.grid == 2 and self.probe != "orthant" and bool(self._m_eff)
+        settings = (int(binary), int(self._mapped), self.grid, int(self.probe == "orthant"),
+                    self.n_probe)
+        perm = self._ident if self._perm is None else self._perm.astype(np.int64)
+        arrays = (self._b, self._T, self._edges, self._cells, self._meta, self._pvec, self._pids,
+                  self._ctab, self._work_f, self._work_i, self.last_stats, self._heap,
+                  self._vec_f, self._order, self._gap2, self._hs, perm, self._q_row)
+        part = (K.plan_row(settings, arrays), arrays)
+        self._lookup = part
+        return part

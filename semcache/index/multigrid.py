@@ -50,7 +50,7 @@ import numpy.typing as npt
 from semcache._types import FloatArray, IdArray
 from semcache.errors import ConfigError, IndexStateError
 from semcache.index import kernels as K
-from semcache.index.grid import GridIndex, scan_budget
+from semcache.index.grid import GridIndex, LookupPlan, scan_budget
 
 __all__ = ["MultiGridIndex"]
 
@@ -149,6 +149,8 @@ class MultiGridIndex:
             GridIndex(m=m, grid=grid, cell_rows=cell_rows, block=t, **params)  # type: ignore[arg-type]
             for t in range(tables)
         ]
+        # Every table's lookup in one kernel call.
+        self._plan = LookupPlan(self._grids)
         self._out = np.empty(256, dtype=np.int64)
         # The insert buffer: its first _buf_n rows and ids are live. It is
         # allocated once the first table is calibrated; _buf_d (the full
@@ -266,20 +268,12 @@ class MultiGridIndex:
         n = len(self)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        # Checked and converted once; each table permutes its own copy.
-        q = self._grids[0]._query_row(q_low, permute=False)
+        q = self._grids[0]._query_row(q_low)
         budget = self._budget(n) // self.tables
+        # Buffered rows are in no table: the first one filters them too.
+        extra = (self._buf_low, self._buf_ids, self._buf_n) if self._buf_n else None
         while True:
-            got = 0
-            # Buffered rows are in no table: the first one filters them too.
-            extra = (self._buf_low, self._buf_ids, self._buf_n) if self._buf_n else None
-            for g in self._grids:
-                perm = g._perm
-                got = g._probe(q if perm is None else q[perm], threshold, budget, self._out, got,
-                               extra)
-                if got < 0:
-                    break
-                extra = None
+            got = self._plan.run(q, threshold, budget, self._out, extra)
             if got >= 0:
                 return self._out[:got].copy()
             self._out = np.empty(2 * (-got) + 64, dtype=np.int64)
