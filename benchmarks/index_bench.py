@@ -229,8 +229,6 @@ class Store:
 
 def semcache_method(name: str, make: Callable[[], Index], proj: Any, store: Store) -> Method:
     holder: dict[str, Any] = {}
-    W = np.ascontiguousarray(proj.components_.T)
-    mu = proj.mean_
 
     def build(X: np.ndarray) -> None:
         idx = make()
@@ -255,7 +253,9 @@ def semcache_method(name: str, make: Callable[[], Index], proj: Any, store: Stor
         holder["i"].remove(np.array([i], dtype=np.int64))
 
     def prepare(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return ((x - mu) @ W)[None, :], x[None, :]
+        # As the cache projects a query: one row through the projection's transform.
+        row = x[None, :]
+        return proj.transform(row), row
 
     def add_prepared(i: int, p: tuple[np.ndarray, np.ndarray]) -> None:
         holder["i"].add(np.array([i], dtype=np.int64), p[0], p[1])

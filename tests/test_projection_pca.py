@@ -46,6 +46,34 @@ def test_init_only_stores_parameters_and_checks_happen_at_use(X: np.ndarray) -> 
         PCAProjection(n_components=100).fit(X)
 
 
+def test_a_few_rows_project_as_the_batch_does_and_bad_rows_are_refused(X: np.ndarray) -> None:
+    """Up to four rows take a compiled pass, more take BLAS: both match the formula.
+
+    The compiled pass checks finiteness on its outputs, so a NaN or an
+    infinity anywhere in a row (also where a component is 0) must still be refused.
+    """
+    p = PCAProjection(n_components=8).fit(X)
+    ref = (X.astype(np.float64) - p.mean_) @ p.components_.T.astype(np.float64)
+    np.testing.assert_allclose(p.transform(X), ref, atol=1e-5)
+    for rows in (X[:1], X[5:8], X[10:14], X[3]):
+        got = p.transform(rows)
+        want = p.transform(np.vstack([np.atleast_2d(rows), X[:20]]))[: len(np.atleast_2d(rows))]
+        np.testing.assert_allclose(np.atleast_2d(got), want, atol=1e-5)
+        assert got.shape == (*rows.shape[:-1], 8) and got.dtype == np.float32
+    # A strided view and float64 input are converted, not misread.
+    np.testing.assert_allclose(p.transform(X[:4:2]), ref[:4:2], atol=1e-5)
+    np.testing.assert_allclose(p.transform(X[:2].astype(np.float64)), ref[:2], atol=1e-5)
+    zeroed = PCAProjection(n_components=8).fit(X)
+    zeroed.components_ = zeroed.components_.copy()
+    zeroed.components_[:, 0] = 0.0
+    for bad in (np.nan, np.inf, -np.inf):
+        for rows in (X[:1].copy(), X[:30].copy()):
+            rows[-1, 0] = bad
+            for proj in (p, zeroed):
+                with pytest.raises(ProjectionError, match="NaN or infinite"):
+                    proj.transform(rows)
+
+
 def test_round_trip_without_pickle(X: np.ndarray) -> None:
     p = PCAProjection(n_components=6).fit(X)
     blob = dump_projection(p)

@@ -21,8 +21,14 @@ import numpy.typing as npt
 
 from semcache._types import FloatArray
 from semcache.errors import NotFittedError, ProjectionError
+from semcache.index.kernels import project_rows
 
 __all__ = ["BaseProjection", "Projection", "dump_projection", "load_projection"]
+
+#: Inputs of at most this many rows are projected by one compiled pass
+#: (:func:`~semcache.index.kernels.project_rows`); larger ones by BLAS, which
+#: wins once its call overhead is spread over a few rows.
+_FEW_ROWS = 4
 
 
 @runtime_checkable
@@ -91,6 +97,14 @@ class BaseProjection:
         self._check_fitted()
         arr = np.asarray(X, dtype=np.float32)
         one = arr.ndim == 1
+        few = arr.reshape(1, -1) if one else arr
+        if (few.ndim == 2 and 0 < few.shape[0] <= _FEW_ROWS
+                and few.shape[1] == self.n_features_in_ and few.flags.c_contiguous):
+            # A lookup's single row: one compiled pass that also checks finiteness.
+            out = np.empty((few.shape[0], self.components_.shape[0]), dtype=np.float32)
+            if not project_rows(few, self.mean_, self.components_, out):
+                raise ProjectionError("input contains NaN or infinite values")
+            return out[0] if one else out
         mat = _as_matrix(arr.reshape(1, -1) if one else arr)
         if mat.shape[1] != self.n_features_in_:
             raise ProjectionError(
