@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -184,6 +187,27 @@ def test_a_setting_changed_after_lookups_applies_to_the_next_lookup(make: type[G
         assert sorted(got.tolist()) == sorted(ref.candidates(c.q_low[i], c.q_full[i], 0.85).tolist())
         changed += len(got) != len(before[i])
     assert changed > 0  # the margin does change candidates on this corpus
+
+
+@pytest.mark.parametrize("make", GRIDS)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_index_looks_up_its_own_arrays(make: type[GridIndex], how: str) -> None:
+    """Lookup plans hold raw addresses: a copy must not keep reading (or writing) the original's."""
+    c = corpus()
+    g = make()
+    g.add(c.ids, c.low, c.full)
+    before = [sorted(g.candidates(c.q_low[i], c.q_full[i], 0.9).tolist()) for i in range(50)]
+    twin = copy.deepcopy(g) if how == "deepcopy" else pickle.loads(pickle.dumps(g))
+    del g
+    gc.collect()
+    # Overwrite freed memory with new allocations before the copy looks anything up.
+    junk = [np.full(len(c.ids) * 32, -1, dtype=np.int64) for _ in range(8)]
+    assert [sorted(twin.candidates(c.q_low[i], c.q_full[i], 0.9).tolist())
+            for i in range(50)] == before
+    twin.remove(c.ids[:100])
+    assert not set(c.ids[:100].tolist()) & set(twin.candidates(c.low[0], c.full[0], 0.5).tolist())
+    assert c.ids[200] in twin.candidates(c.low[200], c.full[200], 0.95)
+    del junk
 
 
 def test_plan_rows_refuse_arrays_of_another_type_or_layout() -> None:

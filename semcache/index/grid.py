@@ -343,6 +343,18 @@ class LookupPlan:
         self._no_ids = np.zeros(0, dtype=np.int64)
         self._kernel = K.entry_point(K.grid_lookup)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Addresses mean nothing in a copy (pickle or deepcopy): the copy
+        # restacks from its own grids' arrays at its first lookup.
+        state = dict(self.__dict__)
+        state.update(_parts=[], _rows=np.zeros((0, K.PLAN_WIDTH), dtype=np.int64), _params={})
+        del state["_kernel"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._kernel = K.entry_point(K.grid_lookup)
+
     def run(self, q: FloatArray, threshold: float, max_points: int, out: IdArray,
             extra: tuple[FloatArray, IdArray, int] | None = None) -> int:
         """Collect the candidates of query ``q`` into ``out``.
@@ -566,6 +578,12 @@ class GridIndex:
         self._work_f = np.empty(1, dtype=np.float64)
         self._work_i = np.empty(1, dtype=np.int64)
         self._size_work()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy's plan row must point at the copy's arrays (see LookupPlan).
+        state = dict(self.__dict__)
+        state["_lookup"] = None
+        return state
 
     def __setattr__(self, name: str, value: object) -> None:
         # A lookup reads the grid's arrays through a plan row of their
