@@ -319,6 +319,10 @@ def _ids_overfull(n: int, slots: int) -> bool:
     return 4 * n > 3 * slots
 
 
+#: The lookup kernel, entered without numba's dispatcher (see LookupPlan.run).
+_GRID_LOOKUP = K.entry_point(K.grid_lookup)
+
+
 class LookupPlan:
     """The lookup of one or more grids as one kernel call (:func:`~semcache.index.kernels.grid_lookup`).
 
@@ -341,19 +345,6 @@ class LookupPlan:
         self._params: dict[float, F64] = {}
         self._no_rows = np.zeros((0, 1), dtype=np.float32)
         self._no_ids = np.zeros(0, dtype=np.int64)
-        self._kernel = K.entry_point(K.grid_lookup)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Addresses mean nothing in a copy (pickle or deepcopy): the copy
-        # restacks from its own grids' arrays at its first lookup.
-        state = dict(self.__dict__)
-        state.update(_parts=[], _rows=np.zeros((0, K.PLAN_WIDTH), dtype=np.int64), _params={})
-        del state["_kernel"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._kernel = K.entry_point(K.grid_lookup)
 
     def run(self, q: FloatArray, threshold: float, max_points: int, out: IdArray,
             extra: tuple[FloatArray, IdArray, int] | None = None) -> int:
@@ -385,9 +376,9 @@ class LookupPlan:
                               dtype=np.float64)
             self._params[threshold] = params
         if extra is None:
-            return int(self._kernel(q, self._rows, params, max_points, out, self._no_rows,
+            return int(_GRID_LOOKUP(q, self._rows, params, max_points, out, self._no_rows,
                                     self._no_ids, 0))
-        return int(self._kernel(q, self._rows, params, max_points, out, *extra))
+        return int(_GRID_LOOKUP(q, self._rows, params, max_points, out, *extra))
 
 
 class GridIndex:
@@ -580,7 +571,9 @@ class GridIndex:
         self._size_work()
 
     def __getstate__(self) -> dict[str, Any]:
-        # A copy's plan row must point at the copy's arrays (see LookupPlan).
+        # Addresses mean nothing in a copy (pickle or deepcopy): a copy holds
+        # no plan row, so its plan (which sees that its parts are no longer
+        # the grids' own) restacks from the copy's arrays at the first lookup.
         state = dict(self.__dict__)
         state["_lookup"] = None
         return state

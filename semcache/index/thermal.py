@@ -44,7 +44,7 @@ import numpy.typing as npt
 from scipy.ndimage import gaussian_filter
 
 from semcache._types import FloatArray, IdArray
-from semcache.errors import ConfigError, IndexStateError
+from semcache.errors import ConfigError
 from semcache.index import kernels as K
 from semcache.index.grid import GridIndex
 
@@ -258,9 +258,7 @@ class ThermalIndex(GridIndex):
         n = len(self)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        q = np.ascontiguousarray(q_low, dtype=np.float32).reshape(-1)
-        if q.shape[0] != self._k:
-            raise IndexStateError(f"expected a {self._k}-d query, got {q.shape[0]}-d")
+        q = self._query_row(q_low)
         if not self._m_eff:
             # Not calibrated yet: a scan of the single cell, as the grid does.
             return super().candidates(q, q_full, threshold)
