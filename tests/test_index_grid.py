@@ -294,8 +294,9 @@ def test_hash_table_kernels_match_a_dict() -> None:
 def test_id_table_follows_rows_through_relocations_and_removes(params: dict[str, int]) -> None:
     """After single inserts (full blocks relocate), removes (last rows fill the
     holes), a compaction and more of both, every id's entry in the id table
-    names the cell block and position its row is really at, and lookups
-    return what an index built from the live rows in one batch returns."""
+    names the cell and the offset in its block its row is really at (offsets
+    count from the block's start, so moving a block re-indexes nothing), and
+    lookups return what an index built from the live rows in one batch returns."""
     c = corpus()
     rng = np.random.default_rng(3)
     n0 = 1500
@@ -319,7 +320,7 @@ def test_id_table_follows_rows_through_relocations_and_removes(params: dict[str,
             assert int(g._meta[3]) == 0
     assert g._calibrated_at == n0  # no recalibration: the reference below shares its cells
 
-    # Every row of every cell block maps back to (that cell, that position).
+    # Every row of every cell block maps back to (that cell, that offset).
     ids = np.array(sorted(live), dtype=np.int64)
     assert len(g) == len(ids)
     n_cells = int(g._meta[1])
@@ -329,7 +330,7 @@ def test_id_table_follows_rows_through_relocations_and_removes(params: dict[str,
             pid = int(g._pids[p])
             s = K.table_find(g._itab, pid)
             assert s >= 0
-            assert int(g._itab[2 * s + 1]) == (cell << 32) | p
+            assert int(g._itab[2 * s + 1]) == (cell << 32) | (p - start)
             assert K.codes_of_ids(np.array([pid], dtype=np.int64), g._itab, g._cells)[0] == code
             seen.append(pid)
     assert sorted(seen) == ids.tolist()

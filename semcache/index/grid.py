@@ -596,7 +596,7 @@ class GridIndex:
         self._ctab = _table(_pow2(2 * cells))  # cell code -> cell number
         self._pvec = _pool_array((pool, width), np.int8)
         self._pids = _pool_array(pool, np.int64)
-        self._itab = _table(64)  # id -> its row's packed (cell, pool position)
+        self._itab = _table(64)  # id -> its row's packed (cell, offset in the cell's block)
 
     def _size_work(self) -> None:
         """Scratch of the lookup and insert kernels, allocated once per calibration.
@@ -709,9 +709,6 @@ class GridIndex:
         pids = _pool_array(cap, np.int64)
         K.grid_compact(self._cells, self._meta, self._pvec, self._pids, pvec, pids, self.slack)
         self._pvec, self._pids = pvec, pids
-        # Every row moved: the id table is refilled with the new positions.
-        self._itab.fill(-1)
-        K.grid_index_ids(self._pids, self._cells, self._meta, self._itab)
 
     # ------------------------------------------------------------ calibration
 
