@@ -86,6 +86,27 @@ def test_stored_vector_distance_bounds_embedding_distance() -> None:
     assert np.all(dv <= dx + np.sqrt(lmap.tol2))
 
 
+def test_kernel_stored_vector_matches_numpy() -> None:
+    """The insert and query kernels' stored vector (one row at a time) is
+    :func:`stored_vectors`'s (NumPy, whole batches), with a recovered map and
+    without one (the row itself, zero-padded)."""
+    c = corpus()
+    lmap = fit_linear_map(c.full, c.low)
+    assert lmap is not None
+    rows = np.ascontiguousarray(c.low[:200])
+    for mapped, b, T, width in ((1, lmap.b, lmap.T, lmap.T.shape[1] + 1),
+                                (0, np.zeros(rows.shape[1], np.float32),
+                                 np.zeros((rows.shape[1], 1), np.float32), rows.shape[1] + 3)):
+        want = stored_vectors(rows, lmap if mapped else None, width)
+        out = np.empty(width, dtype=np.float32)
+        acc = np.empty(T.shape[1], dtype=np.float64)
+        got = np.empty_like(want)
+        for i, row in enumerate(rows):
+            K.filter_vec(row, b, T, mapped, out, acc)
+            got[i] = out
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
 def test_nonlinear_projection_is_detected() -> None:
     c = corpus()
     assert fit_linear_map(c.full, np.tanh(4 * c.low)) is None
