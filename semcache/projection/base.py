@@ -106,7 +106,7 @@ class BaseProjection:
             if not project_rows(few, self.mean_, self.components_, out):
                 raise ProjectionError("input contains NaN or infinite values")
             return out[0] if one else out
-        mat = _as_matrix(arr.reshape(1, -1) if one else arr)
+        mat = _as_matrix(few)
         if mat.shape[1] != self.n_features_in_:
             raise ProjectionError(
                 f"{type(self).__name__} was fitted on {self.n_features_in_}-d input, "
