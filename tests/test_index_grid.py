@@ -231,6 +231,74 @@ def test_a_copied_index_looks_up_its_own_arrays(make: type[GridIndex], how: str)
     del junk
 
 
+def _walk_by_sorting(g: GridIndex, q_low: np.ndarray, threshold: float
+                     ) -> tuple[list[int], float, float, np.ndarray]:
+    """The binary walk of a :class:`GridIndex`, recomputed by sorting every occupied cell.
+
+    A best-first walk that scans each cell as it pops it visits the occupied
+    cells in increasing wall distance from the query, within the probe
+    radius, until the scan budget is spent. Returns the cells it scans, the
+    squared filter radius and the query's vector (both in stored units), and
+    the stored vectors of the pool.
+    """
+    q = q_low[g._perm] if g._perm is not None else q_low
+    m = g._m_eff
+    edge = g._edges[:m, 0].astype(np.float64)
+    q64 = q[:m].astype(np.float64)
+    home = int(sum(1 << j for j in range(m) if q64[j] >= edge[j]))
+    gap2 = (q64 - edge) ** 2
+    n_cells = int(g._meta[1])
+    cells = g._cells[:n_cells]
+    occupied = [c for c in range(n_cells) if cells[c, 1] > 0]
+    cost = {c: sum(gap2[j] for j in range(m) if (int(cells[c, 3]) ^ home) >> j & 1) for c in occupied}
+    probe_r2, _ = g.radii(threshold)
+    budget = g._budget(g.max_scan)
+    scanned, rows = [], 0
+    for c in sorted(occupied, key=cost.__getitem__):
+        if cost[c] > probe_r2:
+            break
+        scanned.append(c)
+        rows += int(cells[c, 1])
+        if rows >= budget or len(scanned) >= g.n_probe:
+            break
+    qinv, _, filt_r2 = g._lookup_params(threshold)
+    q_vec = np.empty(g._width, dtype=np.float32)
+    K._query_vec(np.ascontiguousarray(q, dtype=np.float32), g._b, g._T, g._mapped,
+                 np.float32(qinv), q_vec)
+    return scanned, filt_r2, q_vec, g._pvec.astype(np.float64)
+
+
+@pytest.mark.parametrize("copies", [1, 12], ids=["cached-pool", "prefetched-pool"])
+@pytest.mark.parametrize("max_scan", [0.02, 1.0])
+def test_binary_walk_scans_the_cells_a_sorted_walk_scans(copies: int, max_scan: float) -> None:
+    """The walk looks one cell ahead (and prefetches its rows): the cells scanned stay the same.
+
+    Twelve noisy copies of the corpus make a pool of over 1 MB, which the walk
+    prefetches (kernels._PREFETCH_BYTES); a budget of 2% stops walks midway.
+    """
+    c = corpus()
+    rng = np.random.default_rng(5)
+    full = np.concatenate([c.full + rng.normal(0, 0.01 * (k > 0), c.full.shape)
+                           for k in range(copies)]).astype(np.float32)
+    full /= np.linalg.norm(full, axis=1, keepdims=True)
+    low = c.proj.transform(full)
+    g = GridIndex(m=10, grid=2, max_scan=max_scan, min_scan=1)
+    g.add(np.arange(len(full), dtype=np.int64), low, full)
+    assert (g._pvec.nbytes >= 1 << 20) == (copies > 1)
+    for i in range(40):
+        got = set(g.candidates(c.q_low[i], c.q_full[i], 0.85).tolist())
+        scanned, filt_r2, q_vec, pvec = _walk_by_sorting(g, c.q_low[i], 0.85)
+        cells = g._cells
+        assert g.last_stats[0] == len(scanned)
+        assert g.last_stats[1] == sum(int(cells[s, 1]) for s in scanned)
+        rows = np.concatenate([np.arange(cells[s, 0], cells[s, 0] + cells[s, 1]) for s in scanned])
+        d2 = ((pvec[rows] - q_vec) ** 2).sum(axis=1)
+        ids = g._pids[rows]
+        # Rows at the radius itself may round either way in float32.
+        assert set(ids[d2 < 0.999 * filt_r2].tolist()) <= got
+        assert got <= set(ids[d2 <= 1.001 * filt_r2].tolist())
+
+
 def test_plan_rows_refuse_arrays_of_another_type_or_layout() -> None:
     """A plan row's addresses are read as PLAN_ARRAYS says: anything else is refused up front."""
     good = tuple(

@@ -43,6 +43,7 @@ from typing import Any, TypeVar, cast
 import numba as nb
 import numpy as np
 import numpy.typing as npt
+from llvmlite import ir
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import carray
@@ -942,6 +943,63 @@ def filter_rows(
     return n_out
 
 
+def _prefetch(addr: int) -> None:
+    """Ask the CPU to start loading the cache line at ``addr``: a hint, never a fault.
+
+    This Python version, which does nothing, runs under ``NUMBA_DISABLE_JIT``;
+    compiled code gets a ``prefetcht0`` (LLVM's ``llvm.prefetch``).
+    """
+
+
+@intrinsic
+def _prefetch_compiled(typingctx: Any, addr: Any) -> Any:
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        # llvmlite names it for the pointer mode of its LLVM (llvm.prefetch.p0 or .p0i8).
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [cgutils.voidptr_t], fnty)
+        # A read (0), to be kept in every cache level (3), of data (1).
+        builder.call(fn, [builder.inttoptr(args[0], cgutils.voidptr_t), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return nb.types.void(nb.types.int64), codegen
+
+
+_prefetch_line: Any = _prefetch_compiled
+
+
+@overload(_prefetch)
+def _prefetch_overload(addr: Any) -> Callable[[Any], Any]:
+    def impl(addr: Any) -> None:
+        _prefetch_line(addr)
+
+    return impl
+
+
+#: Pools of fewer bytes are not prefetched by a lookup's walk: they stay in
+#: the caches (1 MiB is a core's L2 here), and the prefetches only add
+#: instructions. Measured on two-table lookups of real rows: 10k rows
+#: (320 KB a table) were 4% slower with prefetching, 92k rows (3 MB) 9% faster.
+_PREFETCH_BYTES = 1 << 20
+
+
+@_kernel("void(int8[:, ::1], int64, int64)")
+def _prefetch_rows(pvec: I8, start: int, count: int) -> None:
+    """Start loading pool rows ``start .. start + count`` (their stored vectors) into the caches.
+
+    A walk prefetches the next cell's block while it scans the current one.
+    At 1M entries a lookup reads ~24k rows in ~165 blocks scattered over the
+    pool, and memory is half its time: the same lookup repeated, its blocks
+    in cache, took 105 instead of 225 us. Prefetching one block ahead took
+    5% off the lookups at 1M and 9% at 92k (same candidates, in one process
+    against the walk without it); three blocks ahead did no better.
+    """
+    w = pvec.shape[1]
+    first = pvec.ctypes.data + start * w
+    for off in range(0, count * w, 64):
+        _prefetch(first + off)
+
+
 @_kernel(
     "int64(int64, int64[::1], int64[:, ::1], int8[:, ::1], int64[::1], float32[::1],"
     " float32, int64[::1], int64, int64, int64[::1])"
@@ -1301,43 +1359,71 @@ def grid_query_binary(
     stats[0] = 0
     stats[1] = 0
     pops = 0
-    n_cells = meta[1]
-    while hsize > 0:
-        top = _heap_pop(work_f, heap, hsize)
-        hsize -= 1
-        cost = work_f[top]
-        if cost > probe_r2:
-            break
-        pops += 1
-        code = work_i[2 * top]
-        i = work_i[2 * top + 1]
-        if n_cells > 0:
-            n_out = _visit_cell(
-                code, ctab, cells, pvec, pids, q_vec, filter_r2, out, n_out, n_prev, stats
-            )
-            if stats[0] >= max_cells or stats[1] >= max_points:
+    # The walk runs one occupied cell ahead of the scan: it pops (and expands)
+    # nodes until it reaches the next occupied cell, starts loading that
+    # cell's rows (_prefetch_rows), and only then scans the cell found before.
+    # Pops and pushes are those of a walk that scans each cell as it pops it,
+    # in the same order, so the same cells are scanned; the last one found may
+    # go unscanned when the budget runs out.
+    # A pool that fits the caches gains nothing from prefetching, which then
+    # only adds instructions (see _PREFETCH_BYTES).
+    prefetch = pvec.shape[0] * pvec.shape[1] >= _PREFETCH_BYTES
+    waiting = -1  # occupied cell found and not yet scanned
+    waiting_pops = 0  # pops up to and including it
+    while True:
+        found = -1
+        while hsize > 0:
+            top = _heap_pop(work_f, heap, hsize)
+            hsize -= 1
+            cost = work_f[top]
+            if cost > probe_r2:
+                hsize = 0  # every node left costs at least as much
                 break
-        if i + 1 >= m:
-            continue
-        nxt = order[i + 1]
-        # Expand: also flip the next dimension.
-        ncost = cost + gap2[nxt]
-        if ncost <= probe_r2 and n_nodes < cap_nodes:
-            work_f[n_nodes] = ncost
-            work_i[2 * n_nodes] = code ^ (np.int64(1) << nxt)
-            work_i[2 * n_nodes + 1] = i + 1
-            hsize = _heap_push(work_f, heap, hsize, n_nodes)
-            n_nodes += 1
-        # Shift: flip the next dimension instead of the last one.
-        if i >= 0:
-            cur = order[i]
-            ncost = cost - gap2[cur] + gap2[nxt]
-            if ncost <= probe_r2 and n_nodes < cap_nodes:
-                work_f[n_nodes] = ncost
-                work_i[2 * n_nodes] = code ^ (np.int64(1) << cur) ^ (np.int64(1) << nxt)
-                work_i[2 * n_nodes + 1] = i + 1
-                hsize = _heap_push(work_f, heap, hsize, n_nodes)
-                n_nodes += 1
+            pops += 1
+            code = work_i[2 * top]
+            i = work_i[2 * top + 1]
+            slot = table_find(ctab, code)
+            if slot >= 0 and cells[ctab[2 * slot + 1], _COUNT] > 0:
+                found = ctab[2 * slot + 1]
+            if i + 1 < m:
+                nxt = order[i + 1]
+                # Expand: also flip the next dimension.
+                ncost = cost + gap2[nxt]
+                if ncost <= probe_r2 and n_nodes < cap_nodes:
+                    work_f[n_nodes] = ncost
+                    work_i[2 * n_nodes] = code ^ (np.int64(1) << nxt)
+                    work_i[2 * n_nodes + 1] = i + 1
+                    hsize = _heap_push(work_f, heap, hsize, n_nodes)
+                    n_nodes += 1
+                # Shift: flip the next dimension instead of the last one.
+                if i >= 0:
+                    cur = order[i]
+                    ncost = cost - gap2[cur] + gap2[nxt]
+                    if ncost <= probe_r2 and n_nodes < cap_nodes:
+                        work_f[n_nodes] = ncost
+                        work_i[2 * n_nodes] = code ^ (np.int64(1) << cur) ^ (np.int64(1) << nxt)
+                        work_i[2 * n_nodes + 1] = i + 1
+                        hsize = _heap_push(work_f, heap, hsize, n_nodes)
+                        n_nodes += 1
+            if found >= 0:
+                break
+        if found >= 0 and prefetch:
+            _prefetch_rows(pvec, cells[found, _START], cells[found, _COUNT])
+        if waiting >= 0:
+            # Inline, not a helper kernel: a call passes every array again
+            # (grid_query's visits through two nested calls cost it 9% at 10k).
+            count = cells[waiting, _COUNT]
+            stats[0] += 1
+            stats[1] += count
+            n_out = _scan_rows(pvec, pids, cells[waiting, _START], count, q_vec, filter_r2, out,
+                               n_out, n_prev)
+            if stats[0] >= max_cells or stats[1] >= max_points:
+                pops = waiting_pops
+                break
+        if found < 0:
+            break
+        waiting = found
+        waiting_pops = pops
     stats[2] = pops
     n_out = filter_rows(q_vec, x_rows, x_ids, n_x, x_perm, b, T, mapped, qinv, filter_r2, out, n_out)
     stats[1] += n_x
