@@ -299,6 +299,32 @@ def test_binary_walk_scans_the_cells_a_sorted_walk_scans(copies: int, max_scan: 
         assert got <= set(ids[d2 <= 1.001 * filt_r2].tolist())
 
 
+def test_batches_into_a_large_table_land_in_the_cells_their_rows_hash_to() -> None:
+    """Batch inserts into a table whose id table passes 1 MB, where the insert
+    kernel first prefetches every row's id slot and block end
+    (kernels._prefetch_insert): each row is in the cell it hashes to and a
+    lookup with its own coordinates finds it."""
+    c = corpus()
+    rng = np.random.default_rng(7)
+    full = np.concatenate([c.full + rng.normal(0, 0.01 * (k > 0), c.full.shape)
+                           for k in range(12)]).astype(np.float32)
+    full /= np.linalg.norm(full, axis=1, keepdims=True)
+    low = c.proj.transform(full)
+    ids = np.arange(len(full), dtype=np.int64) * 5 + 3
+    n0 = 30_000
+    g = GridIndex(m=10, grid=2)
+    g.add(ids[:n0], low[:n0], full[:n0])
+    assert 8 * len(g._itab) >= K._PREFETCH_BYTES
+    for b in range(n0, len(full), 64):
+        g.add(ids[b : b + 64], low[b : b + 64], full[b : b + 64])
+    assert len(g) == len(ids) and g._calibrated_at == n0
+    ordered = low if g._perm is None else low[:, g._perm]
+    want = K.grid_codes(np.ascontiguousarray(ordered), g._edges, g.grid)
+    assert np.array_equal(K.codes_of_ids(ids, g._itab, g._cells), want)
+    for i in rng.choice(np.arange(n0, len(full)), 50, replace=False):
+        assert ids[i] in g.candidates(low[i], full[i], 0.95)
+
+
 def test_plan_rows_refuse_arrays_of_another_type_or_layout() -> None:
     """A plan row's addresses are read as PLAN_ARRAYS says: anything else is refused up front."""
     good = tuple(
