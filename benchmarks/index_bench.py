@@ -43,6 +43,10 @@ costs tens of microseconds at its next touch (``idle_memory_bench.py``
 measures it); a first pass of 1,000 inserts into a 1M-entry index touches its
 ~85 such stretches once each, which adds several microseconds to every
 insert of that pass. Deletes are timed over the rows of both passes.
+
+The mixed workload runs last, for every method at once: they take turns on
+chunks of the stream, so a drift of the machine's speed over the minutes of a
+run falls on all of them alike (see :func:`mixed_workload`).
 """
 
 from __future__ import annotations
@@ -221,8 +225,10 @@ class Method:
     # semcache only: search(prepared, t), so the mixed workload projects each
     # prompt once and its insert after a miss reuses the lookup's projection.
     search_prepared: Callable[[Any, float], np.ndarray] | None = None
-    # Drops the built index once measured: at 1M rows every peer holds its own
-    # 1.5 GB copy of the vectors, too many to keep alive together.
+    # Drops the built index at the end of its size's run. The mixed workload
+    # interleaves the methods, so until then they are all alive: at 1M rows
+    # every peer holds its own 1.5 GB copy of the vectors (the recorded 1M run
+    # picks four methods with --methods).
     release: Callable[[], None] | None = None
     sweep: list[Any] = field(default_factory=list)
     param: Any = None
@@ -532,34 +538,65 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
         # After the passes of single inserts and the deletes of their rows:
         # what a cache's churn leaves (dead blocks, grown arrays).
         row["overhead_churn_pct"] = 100.0 * m.nbytes(n) / (d * 4)
-        # Mixed workload: replay the stream, insert on miss. semcache projects
-        # each prompt once: the insert after a miss takes the lookup's
-        # projection, as a caller of the index does (peers take the vector).
-        if m.add_one is not None:
-            prep: Callable[[np.ndarray], Any] = _same
-            lookup, insert = m.search, m.add_one
-            if m.add_split is not None and m.search_prepared is not None:
-                prep, insert = m.add_split
-                lookup = m.search_prepared
-            next_id = n + len(new_rows) + 1
-            t0 = time.perf_counter()
-            hits = 0
-            for r in stream:
-                x = stream_vec(args, r)
-                p = prep(x)
-                if len(lookup(p, LOOKUP_T)):
-                    hits += 1
-                else:
-                    store.put(next_id, x)
-                    insert(next_id, p)
-                    next_id += 1
-            el = time.perf_counter() - t0
-            row["mixed_ops_s"] = len(stream) / el
-            row["mixed_hit_rate"] = hits / len(stream)
         rows.append(row)
+        if m.add_one is None and m.release is not None:
+            m.release()
+    mixed_workload([(m, r) for m, r in zip(methods, rows, strict=True) if m.add_one is not None],
+                   stream, n + len(new_rows), store, args)
+    for m in methods:
         if m.release is not None:
             m.release()
     return rows
+
+
+#: Stream rows each method replays in turn in the mixed workload.
+MIXED_CHUNK = 200
+
+
+def mixed_workload(runs: list[tuple[Method, dict[str, Any]]], stream: np.ndarray, first_id: int,
+                   store: Store, args: argparse.Namespace) -> None:
+    """Replay the stream through every method (lookup, insert on miss), interleaved.
+
+    The methods take turns on chunks of ``MIXED_CHUNK`` stream rows, the first
+    of each round rotating, and each method's time is summed over its turns:
+    this machine's speed drifts over minutes, and replays run one after another
+    measured the same code's ratio to faiss IVF at 10k anywhere from 1.35x to
+    2.58x. A row inserted after a miss gets the id ``first_id`` + its place in
+    the stream, the same for every method, so the shared store holds its vector.
+    semcache projects each prompt once: the insert after a miss takes the
+    lookup's projection, as a caller of the index does (peers take the vector).
+    Fills in each row's ``mixed_ops_s`` and ``mixed_hit_rate``.
+    """
+    steps = []
+    for m, _ in runs:
+        prep: Callable[[np.ndarray], Any] = _same
+        lookup: Callable[[Any, float], np.ndarray] = m.search
+        insert: Callable[[int, Any], None] = m.add_one  # type: ignore[assignment]
+        if m.add_split is not None and m.search_prepared is not None:
+            prep, insert = m.add_split
+            lookup = m.search_prepared
+        steps.append((prep, lookup, insert))
+    for j, r in enumerate(stream):
+        store.put(first_id + j, stream_vec(args, r))
+    elapsed = [0.0] * len(runs)
+    hits = [0] * len(runs)
+    chunks = range(0, len(stream), MIXED_CHUNK)
+    for c, start in enumerate(tqdm(chunks, desc="mixed workload", unit="chunk")):
+        for k in range(len(runs)):
+            i = (c + k) % len(runs)
+            prep, lookup, insert = steps[i]
+            t0 = time.perf_counter()
+            for j in range(start, min(start + MIXED_CHUNK, len(stream))):
+                x = stream_vec(args, stream[j])
+                p = prep(x)
+                if len(lookup(p, LOOKUP_T)):
+                    hits[i] += 1
+                else:
+                    insert(first_id + j, p)
+            elapsed[i] += time.perf_counter() - t0
+    for (_, row), el, h in zip(runs, elapsed, hits, strict=True):
+        row["mixed_ops_s"] = len(stream) / el
+        row["mixed_hit_rate"] = h / len(stream)
 
 
 _STREAM: dict[str, np.ndarray] = {}
