@@ -55,7 +55,7 @@ def test_binary_walk_visits_cells_in_the_same_order_as_the_general_walk() -> Non
         stats_b = np.zeros(3, dtype=np.int64)
         na = K.grid_query_binary(
             q, g._b, g._T, g._mapped, g._qinv, g._edges, probe_r2, filt_q, g.n_probe, budget,
-            g._cells, g._meta, g._pvec, g._pids, g._ctab, out_a, g._work_f,
+            g._cells, g._pvec, g._pids, g._ctab, out_a, g._work_f,
             g._work_i, stats_a, g._heap, g._vec_f, g._order, g._gap2, 0,
             no_rows, no_ids, 0, g._ident,
         )

@@ -1314,7 +1314,7 @@ def grid_query(
 
 @_kernel(
     "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float32[:, ::1],"
-    " float64, float32, int64, int64, int64[:, ::1], int64[::1], int8[:, ::1], int64[::1],"
+    " float64, float32, int64, int64, int64[:, ::1], int8[:, ::1], int64[::1],"
     " int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], int64[::1],"
     " float32[::1], int64[::1], float64[::1], int64, float32[:, ::1], int64[::1], int64, int64[::1])",
     reassoc=True,
@@ -1331,7 +1331,6 @@ def grid_query_binary(
     max_cells: int,
     max_points: int,
     cells: I64,
-    meta: I64,
     pvec: I8,
     pids: I64,
     ctab: I64,
@@ -1364,7 +1363,9 @@ def grid_query_binary(
     successor. Cheap probing is what lets the grid use many dimensions
     (``2**m`` cells, most of them small or empty) and scan few rows.
 
-    Parameters are those of :func:`grid_query`, except:
+    Parameters are those of :func:`grid_query` without ``grid``,
+    ``orthant``, ``meta`` (an occupied cell is one with rows, whatever the
+    cell count) and ``hs``, except:
 
     edges : ndarray of float32, shape (m, 1)
         The boundary of each hashed dimension.
@@ -1686,8 +1687,8 @@ def grid_lookup(
             n_out = grid_query_binary(
                 q_row, _plan_f32(row, _A_B), _plan_f32_2d(row, _A_T), row[_PLAN_MAPPED], qinv,
                 _plan_f32_2d(row, _A_EDGES), params[t, 1], filter_r2, row[_PLAN_PROBE_CELLS],
-                max_points, _plan_i64_2d(row, _A_CELLS), _plan_i64(row, _A_META),
-                _plan_i8_2d(row, _A_PVEC), _plan_i64(row, _A_PIDS), _plan_i64(row, _A_CTAB), out,
+                max_points, _plan_i64_2d(row, _A_CELLS), _plan_i8_2d(row, _A_PVEC),
+                _plan_i64(row, _A_PIDS), _plan_i64(row, _A_CTAB), out,
                 _plan_f64(row, _A_WORK_F), _plan_i64(row, _A_WORK_I), _plan_i64(row, _A_STATS),
                 _plan_i64(row, _A_HEAP), _plan_f32(row, _A_QVEC), _plan_i64(row, _A_ORDER),
                 _plan_f64(row, _A_GAP2), n_out, x_rows, x_ids, n_rows, perm,
