@@ -539,8 +539,6 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
         # what a cache's churn leaves (dead blocks, grown arrays).
         row["overhead_churn_pct"] = 100.0 * m.nbytes(n) / (d * 4)
         rows.append(row)
-        if m.add_one is None and m.release is not None:
-            m.release()
     mixed_workload([(m, r) for m, r in zip(methods, rows, strict=True) if m.add_one is not None],
                    stream, n + len(new_rows), store, args)
     for m in methods:
