@@ -44,9 +44,11 @@ measures it); a first pass of 1,000 inserts into a 1M-entry index touches its
 ~85 such stretches once each, which adds several microseconds to every
 insert of that pass. Deletes are timed over the rows of both passes.
 
-The mixed workload runs last, for every method at once: they take turns on
-chunks of the stream, so a drift of the machine's speed over the minutes of a
-run falls on all of them alike (see :func:`mixed_workload`).
+Builds and parameter sweeps run one method after another. Everything timed
+one row at a time (lookups, both passes of inserts, deletes, then the mixed
+workload) runs for every method at once: they take turns on chunks of 200
+items, so a drift of the machine's speed over the minutes of a run falls on
+all of them alike (see :func:`take_turns`).
 """
 
 from __future__ import annotations
@@ -446,12 +448,21 @@ def lookup_times(m: Method, Q: np.ndarray) -> tuple[float, float]:
 
 def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj: Any,
              args: argparse.Namespace, curves: dict[str, list[tuple[float, float]]]) -> list[dict[str, Any]]:
+    """Every method on the rows ``X``: built and swept one after another, then timed taking turns.
+
+    Builds, recall and the parameter sweeps run one method at a time. The
+    timed single-row operations (lookups, the two passes of inserts, the
+    deletes and the mixed workload) run for every method at once, the methods
+    taking turns on chunks (:func:`take_turns`), so every method is alive until
+    the end of the size.
+    """
     n, d = X.shape
     extra = len(stream) + 2 * args.ops
     store = Store(n + extra, d)
     store.put(np.arange(n), X)
     best, score = ground_truth(X, Q)
     new_rows = stream[: 2 * args.ops]  # two passes of single inserts (see the module docstring)
+    store.put(n + np.arange(len(new_rows)), _STREAM["vecs"][new_rows])
     methods: list[Method] = [
         semcache_method("semcache-multigrid", lambda: MultiGridIndex(**args.multigrid), proj, store),
         semcache_method("semcache-grid", lambda: GridIndex(**args.grid), proj, store),
@@ -472,7 +483,7 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
         methods = [m for m in methods if m.name in wanted]
     rows = []
     target = None
-    for m in tqdm(methods, desc=f"N={label}", unit="index"):
+    for m in tqdm(methods, desc=f"N={label} build and sweep", unit="index"):
         row: dict[str, Any] = {"N": label, "method": m.name}
         t0 = time.perf_counter()
         m.build(X)
@@ -499,102 +510,146 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
             target = min(rec.values())
         for t in THRESHOLDS:
             row[f"recall@{t}"] = rec[t]
-        row["p50_ms"], row["p99_ms"] = lookup_times(m, Q)
-        curves.setdefault(f"{m.name} N={label}", []).append((row["p50_ms"], rec[LOOKUP_T]))
         row["param"] = m.param
-        # Single inserts (new ids n..), then single deletes of the same rows.
-        # semcache rows are inserted without their projection timed (the
-        # cache inserts on a miss, after projecting the row for the lookup);
-        # the projection is timed on its own so both totals are reported.
-        if m.add_split is not None:
-            prepare, add_prepared = m.add_split
-            ts, tp = [], []
-            for j, r in enumerate(new_rows):
-                x = stream_vec(args, r)
-                store.put(n + j, x)
-                t0 = time.perf_counter()
-                p = prepare(x)
-                t1 = time.perf_counter()
-                add_prepared(n + j, p)
-                ts.append(time.perf_counter() - t1)
-                tp.append(t1 - t0)
-            row.update(insert_means(ts, tp, args.ops))
-        elif m.add_one is not None:
-            ts = []
-            for j, r in enumerate(new_rows):
-                x = stream_vec(args, r)
-                store.put(n + j, x)
-                t0 = time.perf_counter()
-                m.add_one(n + j, x)
-                ts.append(time.perf_counter() - t0)
-            row.update(insert_means(ts, [0.0] * len(ts), args.ops))
-        if m.remove_one is not None:
-            ts = []
-            for j in range(len(new_rows)):
-                t0 = time.perf_counter()
-                m.remove_one(n + j)
-                ts.append(time.perf_counter() - t0)
-            row["delete_us"] = 1e6 * float(np.mean(ts))
+        rows.append(row)
+    for row, ts in zip(rows, take_turns([lookup_op(m, Q) for m in methods], len(Q), "lookups"),
+                       strict=True):
+        row["p50_ms"], row["p99_ms"] = percentiles(ts)
+        curves.setdefault(f"{row['method']} N={label}", []).append((row["p50_ms"], row[f"recall@{LOOKUP_T}"]))
+    # Single inserts (new ids n..), then single deletes of the same rows.
+    # semcache rows are inserted without their projection timed (the cache
+    # inserts on a miss, after projecting the row for the lookup); the
+    # projection is timed on its own so both totals are reported.
+    ins = [(m, r) for m, r in zip(methods, rows, strict=True) if m.add_one is not None]
+    times = take_turns([insert_op(m, n, new_rows) for m, _ in ins], len(new_rows), "single inserts")
+    for (_, row), ts in zip(ins, times, strict=True):
+        row.update(insert_means([t[0] for t in ts], [t[1] for t in ts], args.ops))
+    dels = [(m, r) for m, r in zip(methods, rows, strict=True) if m.remove_one is not None]
+    times = take_turns([delete_op(m, n) for m, _ in dels], len(new_rows), "single deletes")
+    for (_, row), ts in zip(dels, times, strict=True):
+        row["delete_us"] = 1e6 * float(np.mean(ts))
+    for m, row in zip(methods, rows, strict=True):
         # After the passes of single inserts and the deletes of their rows:
         # what a cache's churn leaves (dead blocks, grown arrays).
         row["overhead_churn_pct"] = 100.0 * m.nbytes(n) / (d * 4)
-        rows.append(row)
-    mixed_workload([(m, r) for m, r in zip(methods, rows, strict=True) if m.add_one is not None],
-                   stream, n + len(new_rows), store, args)
+    mixed_workload(ins, stream, n + len(new_rows), store)
     for m in methods:
         if m.release is not None:
             m.release()
     return rows
 
 
-#: Stream rows each method replays in turn in the mixed workload.
-MIXED_CHUNK = 200
+#: Items (queries, rows, stream rows) each method runs in one turn of :func:`take_turns`.
+CHUNK = 200
+
+
+def take_turns(ops: list[Callable[[int], Any]], n: int, desc: str) -> list[list[Any]]:
+    """``[[ops[i](j) for j in range(n)] for i ...]``, the methods taking turns on chunks of items.
+
+    Each method runs ``CHUNK`` items, then the next method the same items,
+    and so on; the method that goes first rotates from chunk to chunk. This
+    machine's speed drifts over minutes, and methods measured one after
+    another drifted apart: the same code's mixed-workload ratio to faiss IVF
+    at 10k came out anywhere from 1.35x to 2.58x, and its single inserts at
+    100k from 82x to 144x hnswlib's. Each ``ops[i](j)`` times itself and
+    returns what it measured.
+    """
+    out: list[list[Any]] = [[] for _ in ops]
+    for c, start in enumerate(tqdm(range(0, n, CHUNK), desc=desc, unit="chunk")):
+        stop = min(start + CHUNK, n)
+        for k in range(len(ops)):
+            i = (c + k) % len(ops)
+            op = ops[i]
+            out[i].extend(op(j) for j in range(start, stop))
+    return out
+
+
+def lookup_op(m: Method, Q: np.ndarray) -> Callable[[int], float]:
+    """Query ``j`` of ``Q`` at ``LOOKUP_T``, timed (projection and re-rank included)."""
+    def op(j: int) -> float:
+        q = Q[j]
+        t0 = time.perf_counter()
+        m.search(q, LOOKUP_T)
+        return time.perf_counter() - t0
+    return op
+
+
+def insert_op(m: Method, first_id: int, new_rows: np.ndarray) -> Callable[[int], tuple[float, float]]:
+    """Insert stream row ``new_rows[j]`` with id ``first_id + j``: (insert s, projection s).
+
+    semcache's index insert is timed apart from the projection before it;
+    peers insert the vector (projection 0).
+    """
+    if m.add_split is not None:
+        prepare, add_prepared = m.add_split
+
+        def op(j: int) -> tuple[float, float]:
+            x = stream_vec(new_rows[j])
+            t0 = time.perf_counter()
+            p = prepare(x)
+            t1 = time.perf_counter()
+            add_prepared(first_id + j, p)
+            return time.perf_counter() - t1, t1 - t0
+        return op
+    add_one = m.add_one
+    assert add_one is not None
+
+    def op_peer(j: int) -> tuple[float, float]:
+        x = stream_vec(new_rows[j])
+        t0 = time.perf_counter()
+        add_one(first_id + j, x)
+        return time.perf_counter() - t0, 0.0
+    return op_peer
+
+
+def delete_op(m: Method, first_id: int) -> Callable[[int], float]:
+    """Delete id ``first_id + j``, timed."""
+    remove_one = m.remove_one
+    assert remove_one is not None
+
+    def op(j: int) -> float:
+        t0 = time.perf_counter()
+        remove_one(first_id + j)
+        return time.perf_counter() - t0
+    return op
 
 
 def mixed_workload(runs: list[tuple[Method, dict[str, Any]]], stream: np.ndarray, first_id: int,
-                   store: Store, args: argparse.Namespace) -> None:
-    """Replay the stream through every method (lookup, insert on miss), interleaved.
+                   store: Store) -> None:
+    """Replay the stream through every method (lookup, insert on miss), taking turns.
 
-    The methods take turns on chunks of ``MIXED_CHUNK`` stream rows, the first
-    of each round rotating, and each method's time is summed over its turns:
-    this machine's speed drifts over minutes, and replays run one after another
-    measured the same code's ratio to faiss IVF at 10k anywhere from 1.35x to
-    2.58x. A row inserted after a miss gets the id ``first_id`` + its place in
-    the stream, the same for every method, so the shared store holds its vector.
-    semcache projects each prompt once: the insert after a miss takes the
-    lookup's projection, as a caller of the index does (peers take the vector).
-    Fills in each row's ``mixed_ops_s`` and ``mixed_hit_rate``.
+    The methods take turns on chunks of the stream (:func:`take_turns`). A row
+    inserted after a miss gets the id ``first_id`` + its place in the stream,
+    the same for every method, so the shared store holds its vector. semcache
+    projects each prompt once: the insert after a miss takes the lookup's
+    projection, as a caller of the index does (peers take the vector). Fills
+    in each row's ``mixed_ops_s`` and ``mixed_hit_rate``.
     """
-    steps = []
-    for m, _ in runs:
-        prep: Callable[[np.ndarray], Any] = _same
-        lookup: Callable[[Any, float], np.ndarray] = m.search
-        insert: Callable[[int, Any], None] = m.add_one  # type: ignore[assignment]
-        if m.add_split is not None and m.search_prepared is not None:
-            prep, insert = m.add_split
-            lookup = m.search_prepared
-        steps.append((prep, lookup, insert))
-    for j, r in enumerate(stream):
-        store.put(first_id + j, stream_vec(args, r))
-    elapsed = [0.0] * len(runs)
-    hits = [0] * len(runs)
-    chunks = range(0, len(stream), MIXED_CHUNK)
-    for c, start in enumerate(tqdm(chunks, desc="mixed workload", unit="chunk")):
-        for k in range(len(runs)):
-            i = (c + k) % len(runs)
-            prep, lookup, insert = steps[i]
-            t0 = time.perf_counter()
-            for j in range(start, min(start + MIXED_CHUNK, len(stream))):
-                x = stream_vec(args, stream[j])
-                p = prep(x)
-                if len(lookup(p, LOOKUP_T)):
-                    hits[i] += 1
-                else:
-                    insert(first_id + j, p)
-            elapsed[i] += time.perf_counter() - t0
-    for (_, row), el, h in zip(runs, elapsed, hits, strict=True):
-        row["mixed_ops_s"] = len(stream) / el
-        row["mixed_hit_rate"] = h / len(stream)
+    store.put(first_id + np.arange(len(stream)), _STREAM["vecs"][stream])
+    ops = [mixed_op(m, stream, first_id) for m, _ in runs]
+    for (_, row), res in zip(runs, take_turns(ops, len(stream), "mixed workload"), strict=True):
+        row["mixed_ops_s"] = len(stream) / sum(t for t, _ in res)
+        row["mixed_hit_rate"] = sum(h for _, h in res) / len(stream)
+
+
+def mixed_op(m: Method, stream: np.ndarray, first_id: int) -> Callable[[int], tuple[float, bool]]:
+    """Stream row ``j``: lookup, insert on a miss; (seconds, hit)."""
+    prep: Callable[[np.ndarray], Any] = _same
+    lookup: Callable[[Any, float], np.ndarray] = m.search
+    insert: Callable[[int, Any], None] = m.add_one  # type: ignore[assignment]
+    if m.add_split is not None and m.search_prepared is not None:
+        prep, insert = m.add_split
+        lookup = m.search_prepared
+
+    def op(j: int) -> tuple[float, bool]:
+        x = stream_vec(stream[j])
+        t0 = time.perf_counter()
+        p = prep(x)
+        hit = len(lookup(p, LOOKUP_T)) > 0
+        if not hit:
+            insert(first_id + j, p)
+        return time.perf_counter() - t0, hit
+    return op
 
 
 _STREAM: dict[str, np.ndarray] = {}
@@ -618,7 +673,8 @@ def _same(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def stream_vec(args: argparse.Namespace, r: int) -> np.ndarray:
+def stream_vec(r: int) -> np.ndarray:
+    """Embedding of stream entry ``r`` (a prompt or a held-out question)."""
     return _STREAM["vecs"][r]
 
 
