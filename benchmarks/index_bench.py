@@ -47,8 +47,8 @@ insert of that pass. Deletes are timed over the rows of both passes.
 Builds and parameter sweeps run one method after another. Everything timed
 one row at a time (lookups, both passes of inserts, deletes, then the mixed
 workload) runs for every method at once: they take turns on chunks of 200
-items, so a drift of the machine's speed over the minutes of a run falls on
-all of them alike (see :func:`take_turns`).
+items (a whole pass for inserts), so a drift of the machine's speed over the
+minutes of a run falls on all of them alike (see :func:`take_turns`).
 """
 
 from __future__ import annotations
@@ -521,7 +521,16 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
     # inserts on a miss, after projecting the row for the lookup); the
     # projection is timed on its own so both totals are reported.
     ins = [(m, r) for m, r in zip(methods, rows, strict=True) if m.add_one is not None]
-    times = take_turns([insert_op(m, n, new_rows) for m, _ in ins], len(new_rows), "single inserts")
+    # A turn is a whole pass. With turns of 200 rows, the two-table grid's
+    # 1M inserts averaged 10.2 us instead of 2.8: another library's turn
+    # leaves the caches cold for the next (measured apart, at 1M: turns of
+    # 200 faiss IVF inserts between ours raised them from 2.5 to 3.6 us, of
+    # 200 hnswlib inserts from 3.0-3.4 to 4.5-5.5 us), a cost of running
+    # libraries side by side, and it weighs on a 3 us insert, not on a
+    # 400 us one. The insert phase still lasts seconds, short against the
+    # machine's drift.
+    times = take_turns([insert_op(m, n, new_rows) for m, _ in ins], len(new_rows),
+                       "single inserts", chunk=args.ops)
     for (_, row), ts in zip(ins, times, strict=True):
         row.update(insert_means([t[0] for t in ts], [t[1] for t in ts], args.ops))
     dels = [(m, r) for m, r in zip(methods, rows, strict=True) if m.remove_one is not None]
@@ -543,10 +552,11 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
 CHUNK = 200
 
 
-def take_turns(ops: list[Callable[[int], Any]], n: int, desc: str) -> list[list[Any]]:
+def take_turns(ops: list[Callable[[int], Any]], n: int, desc: str,
+               chunk: int = CHUNK) -> list[list[Any]]:
     """``[[ops[i](j) for j in range(n)] for i ...]``, the methods taking turns on chunks of items.
 
-    Each method runs ``CHUNK`` items, then the next method the same items,
+    Each method runs ``chunk`` items, then the next method the same items,
     and so on; the method that goes first rotates from chunk to chunk. This
     machine's speed drifts over minutes, and methods measured one after
     another drifted apart: the same code's mixed-workload ratio to faiss IVF
@@ -555,8 +565,8 @@ def take_turns(ops: list[Callable[[int], Any]], n: int, desc: str) -> list[list[
     returns what it measured.
     """
     out: list[list[Any]] = [[] for _ in ops]
-    for c, start in enumerate(tqdm(range(0, n, CHUNK), desc=desc, unit="chunk")):
-        stop = min(start + CHUNK, n)
+    for c, start in enumerate(tqdm(range(0, n, chunk), desc=desc, unit="chunk")):
+        stop = min(start + chunk, n)
         for k in range(len(ops)):
             i = (c + k) % len(ops)
             op = ops[i]
