@@ -36,8 +36,9 @@ Plots go to ``benchmarks/results/``.
 
 Single inserts are timed in two passes of ``--ops`` new rows each, the mean of
 each reported: "cold ins us" is the first pass, right after the lookup
-measurements, and "ins us" the second, on the next rows of the stream (the
-steady state of a cache inserting after misses). They differ on this kind of
+measurements or the previous method's inserts, and "ins us" the second, on the
+next rows of the stream (the steady state of a cache inserting after misses).
+They differ on this kind of
 machine because a 2 MB stretch of memory that no code touched for a while
 costs tens of microseconds at its next touch (``idle_memory_bench.py``
 measures it); a first pass of 1,000 inserts into a 1M-entry index touches its
@@ -47,8 +48,8 @@ insert of that pass. Deletes are timed over the rows of both passes.
 Builds and parameter sweeps run one method after another. Everything timed
 one row at a time (lookups, both passes of inserts, deletes, then the mixed
 workload) runs for every method at once: they take turns on chunks of 200
-items (a whole pass for inserts), so a drift of the machine's speed over the
-minutes of a run falls on all of them alike (see :func:`take_turns`).
+items (both passes at once for inserts), so a drift of the machine's speed over
+the minutes of a run falls on all of them alike (see :func:`take_turns`).
 """
 
 from __future__ import annotations
@@ -521,16 +522,18 @@ def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj:
     # inserts on a miss, after projecting the row for the lookup); the
     # projection is timed on its own so both totals are reported.
     ins = [(m, r) for m, r in zip(methods, rows, strict=True) if m.add_one is not None]
-    # A turn is a whole pass. With turns of 200 rows, the two-table grid's
-    # 1M inserts averaged 10.2 us instead of 2.8: another library's turn
-    # leaves the caches cold for the next (measured apart, at 1M: turns of
-    # 200 faiss IVF inserts between ours raised them from 2.5 to 3.6 us, of
-    # 200 hnswlib inserts from 3.0-3.4 to 4.5-5.5 us), a cost of running
-    # libraries side by side, and it weighs on a 3 us insert, not on a
-    # 400 us one. The insert phase still lasts seconds, short against the
-    # machine's drift.
+    # One turn per method holds both passes, so the steady pass follows the
+    # method's own cold pass, as in a cache that keeps inserting. Another
+    # library's turn between them leaves the caches cold: with turns of 200
+    # rows the two-table grid's 1M inserts averaged 10.2 us instead of 2.8,
+    # and with a turn per pass (its steady pass right after hnswlib's
+    # cold one) 6.7 us (measured apart at 1M: turns of 200 faiss IVF
+    # inserts between ours raised them from 2.5 to 3.6 us, of 200 hnswlib
+    # inserts from 3.0-3.4 to 4.5-5.5 us). That cost weighs on a 3 us insert,
+    # not on a 400 us one. The insert phase still lasts seconds, short
+    # against the machine's drift.
     times = take_turns([insert_op(m, n, new_rows) for m, _ in ins], len(new_rows),
-                       "single inserts", chunk=args.ops)
+                       "single inserts", chunk=len(new_rows))
     for (_, row), ts in zip(ins, times, strict=True):
         row.update(insert_means([t[0] for t in ts], [t[1] for t in ts], args.ops))
     dels = [(m, r) for m, r in zip(methods, rows, strict=True) if m.remove_one is not None]
