@@ -17,7 +17,7 @@ from semcache.errors import ConfigError, IndexStateError
 from semcache.index import GridIndex, MultiGridIndex, make_index
 from semcache.index import kernels as K
 from semcache.index.grid import fit_linear_map, stored_vectors
-from tests._index_data import THRESHOLDS, corpus, exact_of, recall
+from tests._index_data import THRESHOLDS, Corpus, corpus, exact_of, recall
 
 # Both grids: the single one and the two-table MultiGridIndex built from it.
 GRIDS = [GridIndex, MultiGridIndex]
@@ -268,6 +268,18 @@ def _walk_by_sorting(g: GridIndex, q_low: np.ndarray, threshold: float
     return scanned, filt_r2, q_vec, g._pvec.astype(np.float64)
 
 
+def _noisy_copies(c: Corpus, copies: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The corpus rows, then ``copies - 1`` copies moved by noise (renormalised), and their projections.
+
+    Twelve copies make a grid of over 1 MB of stored vectors and id table,
+    which the kernels prefetch (``kernels._PREFETCH_BYTES``).
+    """
+    full = np.concatenate([c.full + rng.normal(0, 0.01 * (k > 0), c.full.shape)
+                           for k in range(copies)]).astype(np.float32)
+    full /= np.linalg.norm(full, axis=1, keepdims=True)
+    return full, c.proj.transform(full)
+
+
 @pytest.mark.parametrize("copies", [1, 12], ids=["cached-pool", "prefetched-pool"])
 @pytest.mark.parametrize("max_scan", [0.02, 1.0])
 def test_binary_walk_scans_the_cells_a_sorted_walk_scans(copies: int, max_scan: float) -> None:
@@ -277,11 +289,7 @@ def test_binary_walk_scans_the_cells_a_sorted_walk_scans(copies: int, max_scan: 
     prefetches (kernels._PREFETCH_BYTES); a budget of 2% stops walks midway.
     """
     c = corpus()
-    rng = np.random.default_rng(5)
-    full = np.concatenate([c.full + rng.normal(0, 0.01 * (k > 0), c.full.shape)
-                           for k in range(copies)]).astype(np.float32)
-    full /= np.linalg.norm(full, axis=1, keepdims=True)
-    low = c.proj.transform(full)
+    full, low = _noisy_copies(c, copies, np.random.default_rng(5))
     g = GridIndex(m=10, grid=2, max_scan=max_scan, min_scan=1)
     g.add(np.arange(len(full), dtype=np.int64), low, full)
     assert (g._pvec.nbytes >= 1 << 20) == (copies > 1)
@@ -306,10 +314,7 @@ def test_batches_into_a_large_table_land_in_the_cells_their_rows_hash_to() -> No
     lookup with its own coordinates finds it."""
     c = corpus()
     rng = np.random.default_rng(7)
-    full = np.concatenate([c.full + rng.normal(0, 0.01 * (k > 0), c.full.shape)
-                           for k in range(12)]).astype(np.float32)
-    full /= np.linalg.norm(full, axis=1, keepdims=True)
-    low = c.proj.transform(full)
+    full, low = _noisy_copies(c, 12, rng)
     ids = np.arange(len(full), dtype=np.int64) * 5 + 3
     n0 = 30_000
     g = GridIndex(m=10, grid=2)
