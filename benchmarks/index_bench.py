@@ -38,12 +38,12 @@ Single inserts are timed in two passes of ``--ops`` new rows each, the mean of
 each reported: "cold ins us" is the first pass, right after the lookup
 measurements or the previous method's inserts, and "ins us" the second, on the
 next rows of the stream (the steady state of a cache inserting after misses).
-They differ on this kind of
-machine because a 2 MB stretch of memory that no code touched for a while
-costs tens of microseconds at its next touch (``idle_memory_bench.py``
-measures it); a first pass of 1,000 inserts into a 1M-entry index touches its
-~85 such stretches once each, which adds several microseconds to every
-insert of that pass. Deletes are timed over the rows of both passes.
+They differ on this kind of machine because a 2 MB stretch of memory that no
+code touched for a while costs tens of microseconds at its next touch
+(``idle_memory_bench.py`` measures it); a first pass of 1,000 inserts into a
+1M-entry index touches its ~85 such stretches once each, which adds several
+microseconds to every insert of that pass. Deletes are timed over the rows of
+both passes.
 
 Builds and parameter sweeps run one method after another. Everything timed
 one row at a time (lookups, both passes of inserts, deletes, then the mixed
@@ -439,12 +439,9 @@ def recall_of(m: Method, Q: np.ndarray, best: np.ndarray, score: np.ndarray) -> 
 
 
 def lookup_times(m: Method, Q: np.ndarray) -> tuple[float, float]:
-    ts = []
-    for q in Q:
-        t0 = time.perf_counter()
-        m.search(q, LOOKUP_T)
-        ts.append(time.perf_counter() - t0)
-    return percentiles(ts)
+    """Lookup p50 and p99 (ms) of the queries ``Q`` one after another (the sweeps' timing)."""
+    op = lookup_op(m, Q)
+    return percentiles([op(j) for j in range(len(Q))])
 
 
 def run_size(label: str, X: np.ndarray, Q: np.ndarray, stream: np.ndarray, proj: Any,
