@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 
+import numba as nb
 import numpy as np
 import pytest
 
@@ -105,6 +106,56 @@ def test_kernel_stored_vector_matches_numpy() -> None:
             K.filter_vec(row, b, T, mapped, out, acc)
             got[i] = out
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
+
+@pytest.mark.parametrize("width", [16, 24, 32, 64])
+def test_integer_prefilter_keeps_exactly_the_rows_the_float_scan_keeps(width: int) -> None:
+    """The scan's integer pre-filter (query rounded to ints, bound by the
+    triangle inequality) rejects most rows yet keeps every row the float
+    distance alone keeps, for queries inside and far outside the int8 range
+    and radii that put rows right on the ball's edge; widths without an
+    integer path scan in float only."""
+    rng = np.random.default_rng(width)
+    pvec = rng.integers(-128, 128, (3000, width)).astype(np.int8)
+    pids = np.arange(3000, dtype=np.int64) * 7
+    out_a = np.empty(3000, dtype=np.int64)
+    out_b = np.empty(3000, dtype=np.int64)
+    q_int = np.empty(width, dtype=np.int16)
+    dist_int = nb.njit(lambda pv, p, q: K._int_sq_dist(pv, p, q))
+    rejected = []
+    for trial in range(60):
+        q = (rng.normal(0.0, 60.0 if trial % 3 else 400.0, width)).astype(np.float32)
+        if trial % 4 == 0:
+            q = np.ascontiguousarray(pvec[trial] + rng.uniform(-0.5, 0.5, width)).astype(np.float32)
+        d2 = ((pvec.astype(np.float64) - q) ** 2).sum(axis=1)
+        # Radii from a handful of rows inside to exactly a row's own distance.
+        r2 = np.float32(np.sort(d2)[[1, 5, 30, 300][trial % 4]])
+        bound = K._query_int(q, r2, q_int)
+        if width not in K._INT_WIDTHS:
+            assert bound == -1
+        elif bound >= 0:
+            assert np.array_equal(q_int, np.clip(np.round(q), -128, 127))
+            for p in rng.choice(3000, 20, replace=False):
+                diff = pvec[p].astype(np.int64) - q_int
+                assert dist_int(pvec, p, q_int) == diff @ diff
+            exact_int = ((pvec.astype(np.int64) - q_int) ** 2).sum(axis=1)
+            rejected.append(float(np.mean(exact_int > bound)))
+        for start, count in ((0, 3000), (17, 1000)):
+            n_a = K._scan_rows(pvec, pids, start, count, q, r2, out_a, 0, 0, q_int, bound)
+            n_b = K._scan_rows(pvec, pids, start, count, q, r2, out_b, 0, 0, q_int, -1)
+            assert n_a == n_b
+            assert np.array_equal(out_a[:n_a], out_b[:n_b])
+            assert n_b >= 1 or start
+    if width in K._INT_WIDTHS:
+        # Only queries far outside the int8 range (a third of them) get no bound.
+        assert len(rejected) >= 35
+        assert np.median(rejected) > 0.9
+    # No pre-filter for a radius or a query that is not finite.
+    assert K._query_int(np.zeros(width, np.float32), np.float32(np.inf), q_int) == -1
+    q = np.zeros(width, np.float32)
+    q[3] = np.nan
+    assert K._query_int(q, np.float32(1.0), q_int) == -1
 
 
 def test_nonlinear_projection_is_detected() -> None:

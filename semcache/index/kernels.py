@@ -878,24 +878,150 @@ def _heap_pop(node_cost: F64, heap: I64, hsize: int) -> int:
     return int(top)
 
 
+# ---------------------------------------------------------------------------
+# Integer pre-filter of the scans. A row's float distance to the query
+# converts its 32 int8 coordinates to float and sums their squared
+# differences: ~3.4 ns a row. Its distance to the query rounded to integers
+# takes one multiply-add of int16 pairs (pmaddwd on x86) and ~1.8 ns, and a
+# bound on it (see _query_int) rejects most rows, so the float distance is
+# computed only for the few that may lie in the filter ball. Measured on 2,400
+# rows of width 32 (a 10k lookup's budget), 1% inside the ball: 1.8 against
+# 3.4 ns a row, the same rows kept.
+# ---------------------------------------------------------------------------
+
+#: Row widths with an integer pre-filter; rows of other widths are scanned in float only.
+_INT_WIDTHS = (16, 32, 64)
+
+
+def _int_sq_dist(pvec: I8, p: Int, q_int: npt.NDArray[np.int16]) -> int:
+    """``sum((pvec[p] - q_int) ** 2)`` for a row of a width in :data:`INT_WIDTHS`.
+
+    This Python version runs under ``NUMBA_DISABLE_JIT``; compiled code gets
+    the vector intrinsic of :func:`_int_sq_dist_intrinsic` for the width.
+    """
+    diff = pvec[p].astype(np.int64) - q_int
+    return int(diff @ diff)
+
+
+def _int_sq_dist_intrinsic(width: int) -> Any:
+    """The compiled ``_int_sq_dist`` for rows of ``width`` int8 coordinates (LLVM vector code)."""
+
+    @intrinsic
+    def sq_dist(typingctx: Any, pvec: Any, p: Any, q_int: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            i32 = ir.IntType(32)
+            rows = context.make_array(signature.args[0])(context, builder, args[0])
+            query = context.make_array(signature.args[2])(context, builder, args[2])
+            start = builder.gep(rows.data, [builder.mul(args[1], ir.Constant(ir.IntType(64), width))])
+            v8 = builder.load(
+                builder.bitcast(start, ir.VectorType(ir.IntType(8), width).as_pointer()), align=1
+            )
+            q16 = builder.load(
+                builder.bitcast(query.data, ir.VectorType(ir.IntType(16), width).as_pointer()),
+                align=2,
+            )
+            # int8 rows and a query clipped to the int8 range: differences fit int16.
+            diff = builder.sub(builder.sext(v8, ir.VectorType(ir.IntType(16), width)), q16)
+            wide = builder.sext(diff, ir.VectorType(i32, width))
+            acc = builder.mul(wide, wide)
+            n = width
+            pairs = True
+            while n > 1:
+                half = n // 2
+                # Adjacent lanes first: the x86 backend turns that sum of
+                # products into one pmaddwd (the halves first measured 3.0 ns
+                # a row against 1.8); then halves.
+                lo = list(range(0, n, 2)) if pairs else list(range(half))
+                hi = list(range(1, n, 2)) if pairs else list(range(half, n))
+                pairs = False
+                lanes = ir.VectorType(i32, half)
+                acc = builder.add(
+                    builder.shuffle_vector(acc, acc, ir.Constant(lanes, lo)),
+                    builder.shuffle_vector(acc, acc, ir.Constant(lanes, hi)),
+                )
+                n = half
+            return builder.sext(builder.extract_element(acc, i32(0)), ir.IntType(64))
+
+        return nb.types.int64(pvec, nb.types.int64, q_int), codegen
+
+    return sq_dist
+
+
+_int_sq_dist_16: Any = _int_sq_dist_intrinsic(16)
+_int_sq_dist_32: Any = _int_sq_dist_intrinsic(32)
+_int_sq_dist_64: Any = _int_sq_dist_intrinsic(64)
+
+
+@overload(_int_sq_dist)
+def _int_sq_dist_overload(pvec: Any, p: Any, q_int: Any) -> Callable[..., Any]:
+    # numba wants the implementation's parameters annotated as the typing one's.
+    def impl(pvec: Any, p: Any, q_int: Any) -> Any:
+        w = pvec.shape[1]
+        if w == 32:
+            return _int_sq_dist_32(pvec, p, q_int)
+        if w == 16:
+            return _int_sq_dist_16(pvec, p, q_int)
+        return _int_sq_dist_64(pvec, p, q_int)
+
+    return impl
+
+
+@_kernel("int64(float32[::1], float32, int16[::1])")
+def _query_int(q_vec: F32, filter_r2: float, q_int: npt.NDArray[np.int16]) -> int:
+    """Round the query's vector into ``q_int``; return the pre-filter's bound, or -1 for none.
+
+    ``a = q_int`` is ``q = q_vec`` rounded and clipped to the int8 range. A
+    row ``p`` inside the filter ball, ``|p - q|**2 <= filter_r2``, has
+    ``|p - a| <= |p - q| + |q - a|`` (triangle inequality), so its integer
+    distance ``|p - a|**2`` is at most ``(sqrt(filter_r2) + |q - a|)**2``:
+    a row above that bound is outside the ball, and the scan keeps exactly the
+    rows it keeps without the pre-filter. The bound gets a margin for the
+    float rounding of the float distance. -1 (scan in float only) when the
+    width has no integer path, the radius or the query is not finite, or
+    the bound lets every row through.
+    """
+    w = q_vec.shape[0]
+    if w not in _INT_WIDTHS:
+        return -1
+    if not np.isfinite(filter_r2) or filter_r2 < 0.0:
+        return -1
+    off2 = 0.0
+    for t in range(w):
+        x = np.float64(q_vec[t])
+        if not np.isfinite(x):
+            return -1
+        r = min(max(np.round(x), -_Q_MAX - 1.0), _Q_MAX)
+        q_int[t] = np.int16(r)
+        off2 += (x - r) * (x - r)
+    root = np.sqrt(np.float64(filter_r2) * (1.0 + 1e-5)) + np.sqrt(off2)
+    bound = root * root * (1.0 + 1e-9) + 1.0
+    if bound >= w * (2.0 * _Q_MAX + 1.0) ** 2:
+        return -1
+    return int(bound)
+
+
 @_kernel(
-    "int64(int8[:, ::1], int64[::1], int64, int64, float32[::1], float32, int64[::1], int64, int64)",
+    "int64(int8[:, ::1], int64[::1], int64, int64, float32[::1], float32, int64[::1], int64, int64,"
+    " int16[::1], int64)",
     reassoc=True,
 )
 def _scan_rows(
     pvec: I8, pids: I64, start: int, count: int, q_vec: F32, filter_r2: float, out: I64,
-    n_out: int, n_prev: int,
+    n_out: int, n_prev: int, q_int: npt.NDArray[np.int16], int_r2: int,
 ) -> int:
     """Append to ``out`` the ids of pool rows ``start .. start + count`` inside the filter ball.
 
     ``n_out`` ids are already in ``out``; an id among its first ``n_prev``
     (found by another table of a multi-table grid) is not added again.
-    Returns the new number of ids found, which may exceed ``len(out)``: ids
-    past its end are counted, not written, so the caller can ask for a longer
-    array.
+    ``q_int`` and ``int_r2`` are the integer pre-filter's query and bound
+    (:func:`_query_int`; ``int_r2 < 0``: none). Returns the new number of ids
+    found, which may exceed ``len(out)``: ids past its end are counted, not
+    written, so the caller can ask for a longer array.
     """
     w = pvec.shape[1]
     for p in range(start, start + count):
+        if int_r2 >= 0 and _int_sq_dist(pvec, p, q_int) > int_r2:
+            continue
         # One branch-free SIMD sum per row: an early exit on a short prefix
         # measured 2.5x slower (branch misses and a loop LLVM no longer
         # vectorises).
@@ -1063,11 +1189,12 @@ def filter_rows(
 
 @_kernel(
     "int64(int64, int64[::1], int64[:, ::1], int8[:, ::1], int64[::1], float32[::1],"
-    " float32, int64[::1], int64, int64, int64[::1])"
+    " float32, int64[::1], int64, int64, int64[::1], int16[::1], int64)"
 )
 def _visit_cell(
     code: Int, ctab: I64, cells: I64, pvec: I8, pids: I64, q_vec: F32,
     filter_r2: float, out: I64, n_out: int, n_prev: int, stats: I64,
+    q_int: npt.NDArray[np.int16], int_r2: int,
 ) -> int:
     """Scan the cell with ``code``, if it is occupied, through the filter (see :func:`_scan_rows`).
 
@@ -1083,7 +1210,8 @@ def _visit_cell(
         return n_out
     stats[0] += 1
     stats[1] += count
-    return _scan_rows(pvec, pids, cells[c, _START], count, q_vec, filter_r2, out, n_out, n_prev)
+    return _scan_rows(pvec, pids, cells[c, _START], count, q_vec, filter_r2, out, n_out, n_prev,
+                      q_int, int_r2)
 
 
 @_kernel("int64(int64[::1], float64[::1], int64[::1], int64, int64, int64, int64, float64, int64, int64)")
@@ -1208,6 +1336,8 @@ def grid_query(
     """
     m = edges.shape[0]
     _query_vec(q_low, b, T, mapped, qinv, q_vec)
+    q_int = np.empty(q_vec.shape[0], dtype=np.int16)
+    int_r2 = _query_int(q_vec, filter_r2, q_int)
     # Per dimension, the squared scaled gap from the query to the walls of the
     # cells below (steps -1, -2, ...) and above (+1, +2, ...) its home cell.
     # Options along dim j are encoded as signed steps; option cost is
@@ -1270,7 +1400,8 @@ def grid_query(
             mult *= grid
         if n_cells > 0:
             n_out = _visit_cell(
-                code, ctab, cells, pvec, pids, q_vec, filter_r2, out, n_out, n_prev, stats
+                code, ctab, cells, pvec, pids, q_vec, filter_r2, out, n_out, n_prev, stats,
+                q_int, int_r2,
             )
             if stats[0] >= max_cells or stats[1] >= max_points:
                 break
@@ -1397,6 +1528,8 @@ def grid_query_binary(
     """
     m = edges.shape[0]
     _query_vec(q_low, b, T, mapped, qinv, q_vec)
+    q_int = np.empty(q_vec.shape[0], dtype=np.int16)
+    int_r2 = _query_int(q_vec, filter_r2, q_int)
     home = np.int64(0)
     for j in range(m):
         g = np.float64(q_low[j]) - np.float64(edges[j, 0])
@@ -1478,7 +1611,7 @@ def grid_query_binary(
             stats[0] += 1
             stats[1] += count
             n_out = _scan_rows(pvec, pids, cells[waiting, _START], count, q_vec, filter_r2, out,
-                               n_out, n_prev)
+                               n_out, n_prev, q_int, int_r2)
             if stats[0] >= max_cells or stats[1] >= max_points:
                 pops = waiting_pops
                 break
@@ -2000,6 +2133,8 @@ def thermal_gather(
     m = lo.shape[0]
     q_vec = np.empty(pvec.shape[1], dtype=np.float32)
     _query_vec(q_low, b, T, mapped, qinv, q_vec)
+    q_int = np.empty(pvec.shape[1], dtype=np.int16)
+    int_r2 = _query_int(q_vec, filter_r2, q_int)
     cc = np.zeros(3, dtype=np.int64)
     cc[0] = centre % grid
     if m > 1:
@@ -2043,7 +2178,8 @@ def thermal_gather(
                     continue
                 c = ctab[2 * slot + 1]
                 n_out = _scan_rows(
-                    pvec, pids, cells[c, _START], cells[c, _COUNT], q_vec, filter_r2, out, n_out, 0
+                    pvec, pids, cells[c, _START], cells[c, _COUNT], q_vec, filter_r2, out, n_out, 0,
+                    q_int, int_r2,
                 )
     if n_out > out.shape[0]:
         return int(-n_out)
