@@ -6,10 +6,11 @@ write into such a stretch takes tens of microseconds, later writes into the same
 stretch take a normal cache miss. It is the host's doing, not the guest's:
 no page fault is counted in the process (``getrusage``) while it happens.
 
-It matters to single-insert timings of an index built a little earlier: an
-insert writes a few rows at random places of the index arrays, and while the
-stretches are still cold, each first touch adds its cost to one insert
-(``index_bench.py`` reports a cold and a steady pass for this reason).
+It matters to the timings of an index built a while earlier: an insert
+writes a few rows at random places of the index arrays, and while the
+stretches are still cold, each first touch adds its cost to one insert. So
+``index_bench.py`` writes every resident page of its process before each timed
+phase (``idle_pages.py``, which has the measurements at 1M rows).
 
 For each idle time it allocates two 64 MB arrays, writes every page of both,
 waits, and then times

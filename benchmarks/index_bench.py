@@ -36,20 +36,20 @@ Plots go to ``benchmarks/results/``.
 
 Single inserts are timed in two passes of ``--ops`` new rows each, the mean of
 each reported: "cold ins us" is the first pass, right after the lookup
-measurements or the previous method's inserts, and "ins us" the second, on the
-next rows of the stream (the steady state of a cache inserting after misses).
-They differ on this kind of machine because a 2 MB stretch of memory that no
-code touched for a while costs tens of microseconds at its next touch
-(``idle_memory_bench.py`` measures it); a first pass of 1,000 inserts into a
-1M-entry index touches its ~85 such stretches once each, which adds several
-microseconds to every insert of that pass. Deletes are timed over the rows of
-both passes.
+measurements, and "ins us" the second, on the next rows of the stream (the
+steady state of a cache inserting after misses). Deletes are timed over the
+rows of both passes.
 
 Builds and parameter sweeps run one method after another. Everything timed
 one row at a time (lookups, both passes of inserts, deletes, then the mixed
 workload) runs for every method at once: they take turns on chunks of 200
 items (both passes at once for inserts), so a drift of the machine's speed over
 the minutes of a run falls on all of them alike (see :func:`take_turns`).
+Memory left idle is slow to write again on this kind of machine
+(``idle_memory_bench.py``), and the first-built methods sit idle while the
+others are built (minutes at 1M rows), so each timed phase starts by writing
+every resident page of the process once (:mod:`idle_pages`): no method pays
+for the order of the builds.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 from common import RESULTS_DIR, embed_cached, percentiles, print_table
+from idle_pages import rewrite_resident_pages
 from tqdm import tqdm
 
 from semcache.datasets import load_qqp_pairs, load_real_prompts
@@ -563,7 +564,12 @@ def take_turns(ops: list[Callable[[int], Any]], n: int, desc: str,
     at 10k came out anywhere from 1.35x to 2.58x, and its single inserts at
     100k from 82x to 144x hnswlib's. Each ``ops[i](j)`` times itself and
     returns what it measured.
+
+    Every resident page of the process is written first
+    (:func:`idle_pages.rewrite_resident_pages`), so a method built minutes
+    before does not pay for its memory having sat idle meanwhile.
     """
+    rewrite_resident_pages()
     out: list[list[Any]] = [[] for _ in ops]
     for c, start in enumerate(tqdm(range(0, n, chunk), desc=desc, unit="chunk")):
         stop = min(start + chunk, n)
