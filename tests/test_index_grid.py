@@ -134,6 +134,9 @@ def test_integer_prefilter_keeps_exactly_the_rows_the_float_scan_keeps(width: in
         bound = K._query_int(q, r2, q_int)
         if width not in K._INT_WIDTHS:
             assert bound == -1
+            # Even given a bound, a width without an integer path rejects nothing.
+            assert dist_int(pvec, trial, q_int) == -1
+            bound = 0
         elif bound >= 0:
             assert np.array_equal(q_int, np.clip(np.round(q), -128, 127))
             for p in rng.choice(3000, 20, replace=False):

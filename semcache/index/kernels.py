@@ -894,11 +894,13 @@ _INT_WIDTHS = (16, 32, 64)
 
 
 def _int_sq_dist(pvec: I8, p: Int, q_int: npt.NDArray[np.int16]) -> int:
-    """``sum((pvec[p] - q_int) ** 2)`` for a row of a width in :data:`INT_WIDTHS`.
+    """``sum((pvec[p] - q_int) ** 2)`` for a row of a width in ``_INT_WIDTHS``, else -1.
 
     This Python version runs under ``NUMBA_DISABLE_JIT``; compiled code gets
     the vector intrinsic of :func:`_int_sq_dist_intrinsic` for the width.
     """
+    if pvec.shape[1] not in _INT_WIDTHS:
+        return -1
     diff = pvec[p].astype(np.int64) - q_int
     return int(diff @ diff)
 
@@ -961,7 +963,9 @@ def _int_sq_dist_overload(pvec: Any, p: Any, q_int: Any) -> Callable[..., Any]:
             return _int_sq_dist_32(pvec, p, q_int)
         if w == 16:
             return _int_sq_dist_16(pvec, p, q_int)
-        return _int_sq_dist_64(pvec, p, q_int)
+        if w == 64:
+            return _int_sq_dist_64(pvec, p, q_int)
+        return -1  # no integer path: -1 exceeds no bound, so the float distance decides
 
     return impl
 
