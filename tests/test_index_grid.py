@@ -108,7 +108,6 @@ def test_kernel_stored_vector_matches_numpy() -> None:
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
 
 
-
 @pytest.mark.parametrize("width", [16, 24, 32, 64])
 def test_integer_prefilter_keeps_exactly_the_rows_the_float_scan_keeps(width: int) -> None:
     """The scan's integer pre-filter (query rounded to ints, bound by the
