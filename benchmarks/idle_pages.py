@@ -31,8 +31,9 @@ from typing import Any
 import numba as nb
 import numpy as np
 from llvmlite import ir
-from numba.core import cgutils
 from numba.extending import intrinsic
+
+from semcache.index.kernels import _address  # int -> pointer in compiled code
 
 PAGE = mmap.PAGESIZE
 
@@ -48,14 +49,6 @@ def _rewrite_byte(typingctx: Any, addr: Any) -> Any:
         return context.get_dummy_value()
 
     return nb.types.void(nb.types.int64), codegen
-
-
-@intrinsic
-def _pointer(typingctx: Any, addr: Any) -> Any:
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-    return nb.types.voidptr(nb.types.int64), codegen
 
 
 def _mincore() -> Any:
@@ -78,7 +71,7 @@ def _compile() -> Any:
         for r in range(regions.shape[0]):
             lo = regions[r, 0]
             size = regions[r, 1] - lo
-            if mincore(_pointer(lo), size, _pointer(resident.ctypes.data)) != 0:
+            if mincore(_address(lo), size, _address(resident.ctypes.data)) != 0:
                 continue
             for i in range(size // page):
                 if resident[i] & 1:
