@@ -279,7 +279,8 @@ def semcache_method(name: str, make: Callable[[], Index], proj: Any, store: Stor
         return proj.transform(row), row
 
     def add_prepared(i: int, p: tuple[np.ndarray, np.ndarray]) -> None:
-        holder["i"].add(np.array([i], dtype=np.int64), p[0], p[1])
+        # The id as an int, as hnswlib's caller passes it (Index.add takes either).
+        holder["i"].add(i, p[0], p[1])
 
     return Method(name, build, search, add_one, remove_one,
                   lambda n: holder["i"].stats()["bytes"] / max(1, n),
@@ -296,7 +297,7 @@ def exact_method() -> Method:
         holder["i"] = ex
 
     def add_one(i: int, x: np.ndarray) -> None:
-        holder["i"].add(np.array([i]), x[None, :1], x[None, :])
+        holder["i"].add(i, x[None, :1], x[None, :])
 
     return Method(
         "exact-numpy", build, lambda q, t: holder["i"].candidates(q[:1], q, t), add_one,

@@ -259,3 +259,67 @@ def test_rows_the_buffer_cannot_take_go_the_checked_way() -> None:
           np.asfortranarray(c.full[2010:2011]))
     assert len(g) == 2011 and c.ids[2010] in g._grids[1]
     assert c.ids[2010] in g.candidates(c.low[2010], c.full[2010], 0.95)
+
+
+def _stored_rows(g: GridIndex) -> dict[int, tuple[int, bytes]]:
+    """Every live row of a table: id -> (cell code, stored vector bytes)."""
+    out: dict[int, tuple[int, bytes]] = {}
+    cells, meta = g._cells, g._meta
+    for c in range(int(meta[1])):
+        start, count = int(cells[c, K._START]), int(cells[c, K._COUNT])
+        for p in range(start, start + count):
+            out[int(g._pids[p])] = (int(cells[c, K._CODE]), g._pvec[p].tobytes())
+    return out
+
+
+@pytest.mark.parametrize("make", [ExactIndex, GridIndex, MultiGridIndex])
+def test_an_int_id_inserts_one_row_as_an_array_of_one_does(make: type) -> None:
+    c = corpus()
+    by_int, by_array = make(), make()
+    for g in (by_int, by_array):
+        g.add(c.ids[:2000], c.low[:2000], c.full[:2000])
+    for i in range(2000, 2200):  # three buffer flushes and a partly filled buffer
+        by_int.add(int(c.ids[i]), c.low[i : i + 1], c.full[i : i + 1])
+        by_array.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
+    if isinstance(by_int, MultiGridIndex):
+        assert isinstance(by_array, MultiGridIndex)
+        assert by_int.stats()["buffered"] == by_array.stats()["buffered"] == 200 % 64
+    # A NumPy integer takes the checked path (which empties the buffer first).
+    by_int.add(np.int64(c.ids[2200]), c.low[2200:2201], c.full[2200:2201])
+    by_array.add(c.ids[2200:2201], c.low[2200:2201], c.full[2200:2201])
+    assert len(by_int) == len(by_array) == 2201
+    if isinstance(by_int, MultiGridIndex):
+        assert isinstance(by_array, MultiGridIndex)
+        by_array.flush()
+        for a, b in zip(by_int._grids, by_array._grids, strict=True):
+            assert _stored_rows(a) == _stored_rows(b)
+    for i in range(1900, 2201, 7):
+        got = by_int.candidates(c.low[i], c.full[i], 0.95)
+        assert c.ids[i] in got
+        assert sorted(got.tolist()) == sorted(by_array.candidates(c.low[i], c.full[i], 0.95).tolist())
+
+
+@pytest.mark.parametrize("make", [ExactIndex, GridIndex, MultiGridIndex])
+def test_an_int_id_is_refused_as_an_array_of_one_is(make: type) -> None:
+    c = corpus()
+    g = make()
+    g.add(c.ids[:2000], c.low[:2000], c.full[:2000])
+    for i in range(2000, 2010):
+        g.add(int(c.ids[i]), c.low[i : i + 1], c.full[i : i + 1])
+    nan_row = c.low[2040:2041].copy()
+    nan_row[0, 3] = np.nan
+    refused: list[tuple[int, np.ndarray, np.ndarray]] = [
+        (int(c.ids[2005]), c.low[2040:2041], c.full[2040:2041]),  # just inserted (buffered)
+        (int(c.ids[10]), c.low[2040:2041], c.full[2040:2041]),  # stored
+        (2**70, c.low[2040:2041], c.full[2040:2041]),  # beyond int64
+        (int(c.ids[2040]), c.low[2040:2042], c.full[2040:2042]),  # one id, two rows
+        (int(c.ids[2040]), c.low[2040:2041], c.full[2040:2041, :100]),  # another width
+    ]
+    if not isinstance(g, ExactIndex):  # exact search takes any projected coordinates
+        refused += [(-4, c.low[2040:2041], c.full[2040:2041]),
+                    (int(c.ids[2040]), nan_row, c.full[2040:2041])]
+    for key, low, full in refused:
+        with pytest.raises(IndexStateError):
+            g.add(key, low, full)
+    assert len(g) == 2010
+    assert all(c.ids[i] in g.candidates(c.low[i], c.full[i], 0.95) for i in range(2000, 2010))

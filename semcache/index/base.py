@@ -35,13 +35,14 @@ __all__ = ["Index", "check_batch"]
 class Index(Protocol):
     """Structural type of an index (see the module docstring for the contract)."""
 
-    def add(self, ids: IdArray, low: FloatArray, full: FloatArray) -> None:
+    def add(self, ids: IdArray | int, low: FloatArray, full: FloatArray) -> None:
         """Insert entries.
 
         Parameters
         ----------
-        ids : ndarray of int64, shape (n,)
-            New, distinct ids not already in the index.
+        ids : ndarray of int64, shape (n,), or int
+            New, distinct ids not already in the index. An int is the id of
+            a single row (n = 1), as a cache inserts after a miss.
         low : ndarray of float32, shape (n, m)
             Projected coordinates.
         full : ndarray of float32, shape (n, d)
@@ -76,7 +77,9 @@ class Index(Protocol):
         ...
 
 
-def check_batch(ids: IdArray, low: FloatArray, full: FloatArray) -> tuple[IdArray, FloatArray, FloatArray]:
+def check_batch(
+    ids: IdArray | int, low: FloatArray, full: FloatArray
+) -> tuple[IdArray, FloatArray, FloatArray]:
     """Validate and normalise the arguments of :meth:`Index.add`.
 
     Returns C-contiguous ``int64`` ids and ``float32`` arrays, so numba kernels
@@ -85,9 +88,13 @@ def check_batch(ids: IdArray, low: FloatArray, full: FloatArray) -> tuple[IdArra
     Raises
     ------
     IndexStateError
-        Shapes disagree, arrays are not 1-D/2-D, or ids repeat.
+        Shapes disagree, arrays are not 1-D/2-D, ids repeat, or an id does
+        not fit int64.
     """
-    ids_a = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    try:
+        ids_a = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    except OverflowError as exc:
+        raise IndexStateError(f"ids must fit int64: {exc}") from None
     low_a = np.ascontiguousarray(low, dtype=np.float32)
     full_a = np.ascontiguousarray(full, dtype=np.float32)
     if low_a.ndim != 2 or full_a.ndim != 2:

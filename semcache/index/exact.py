@@ -51,7 +51,7 @@ class ExactIndex:
             ids[: self._n] = self._ids[: self._n]
         self._vectors, self._ids = grown, ids
 
-    def add(self, ids: IdArray, low: FloatArray, full: FloatArray) -> None:
+    def add(self, ids: IdArray | int, low: FloatArray, full: FloatArray) -> None:
         """Insert entries (``low`` is ignored: exact search uses ``full``)."""
         ids_a, _, full_a = check_batch(ids, low, full)
         if self.dim is None:

@@ -949,7 +949,7 @@ class GridIndex:
 
     # ------------------------------------------------------------- protocol
 
-    def add(self, ids: IdArray, low: FloatArray, full: FloatArray) -> None:
+    def add(self, ids: IdArray | int, low: FloatArray, full: FloatArray) -> None:
         """Insert entries (see :class:`~semcache.index.base.Index`).
 
         Raises
@@ -958,7 +958,7 @@ class GridIndex:
             Shapes disagree with each other or with earlier rows, or an id
             repeats or is already present.
         """
-        if self._single_row(ids, low, full):
+        if not isinstance(ids, int) and self._single_row(ids, low, full):
             self._insert_row(ids, low)
             return
         ids_a, low_a, full_a = check_batch(ids, low, full)

@@ -60,6 +60,7 @@ __all__ = [
     "STOP_ROOM",
     "buffer_drop",
     "buffer_put",
+    "buffer_put_key",
     "cell_code",
     "codes_of_ids",
     "entry_point",
@@ -1055,11 +1056,11 @@ def _scan_rows(
 
 
 @_kernel(
-    "int64(float32[:, ::1], int64[::1], float32[:, ::1], int64, int64[::1], float32[:, ::1],"
+    "int64(float32[:, ::1], int64, float32[:, ::1], int64, int64[::1], float32[:, ::1],"
     " int64[::1], int64)"
 )
-def buffer_put(
-    low: F32, ids: I64, full: F32, d: int, itab: I64, buf_low: F32, buf_ids: I64, n_buf: int,
+def buffer_put_key(
+    low: F32, key: int, full: F32, d: int, itab: I64, buf_low: F32, buf_ids: I64, n_buf: int,
 ) -> int:
     """Append one row to an insert buffer after checking it as an insert would.
 
@@ -1070,7 +1071,8 @@ def buffer_put(
     Parameters
     ----------
     low : ndarray of float32, shape (1, k)
-    ids : ndarray of int64, shape (1,)
+    key : int
+        The row's id.
     full : ndarray of float32, shape (1, d)
         Only its shape is checked.
     d : int
@@ -1091,11 +1093,8 @@ def buffer_put(
         finite.
     """
     k = buf_low.shape[1]
-    if low.shape[0] != 1 or low.shape[1] != k or ids.shape[0] != 1 or full.shape[0] != 1:
+    if low.shape[0] != 1 or low.shape[1] != k or full.shape[0] != 1 or full.shape[1] != d:
         return -3
-    if full.shape[1] != d:
-        return -3
-    key = ids[0]
     if key < 0:
         return -1
     for j in range(k):
@@ -1110,6 +1109,19 @@ def buffer_put(
         buf_low[n_buf, j] = low[0, j]
     buf_ids[n_buf] = key
     return 1
+
+
+@_kernel(
+    "int64(float32[:, ::1], int64[::1], float32[:, ::1], int64, int64[::1], float32[:, ::1],"
+    " int64[::1], int64)"
+)
+def buffer_put(
+    low: F32, ids: I64, full: F32, d: int, itab: I64, buf_low: F32, buf_ids: I64, n_buf: int,
+) -> int:
+    """:func:`buffer_put_key` with the id as an array of one, shape (1,) (else -3)."""
+    if ids.shape[0] != 1:
+        return -3
+    return buffer_put_key(low, ids[0], full, d, itab, buf_low, buf_ids, n_buf)
 
 
 @_kernel("int64(int64[::1], float32[:, ::1], int64[::1], int64)")

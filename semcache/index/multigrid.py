@@ -186,7 +186,7 @@ class MultiGridIndex:
         """True once every table has fitted its cell boundaries."""
         return all(g.calibrated for g in self._grids)
 
-    def add(self, ids: IdArray, low: FloatArray, full: FloatArray) -> None:
+    def add(self, ids: IdArray | int, low: FloatArray, full: FloatArray) -> None:
         """Insert entries into every table (see :class:`~semcache.index.base.Index`).
 
         Raises
@@ -197,11 +197,19 @@ class MultiGridIndex:
             refused batch leaves every table unchanged.
         """
         if self._buf_d:
+            # An int id spares its caller a one-element array, which cost a
+            # fifth of a buffered insert (0.4 of ~2 us).
             try:
-                status = int(K.buffer_put(low, ids, full, self._buf_d, self._grids[0]._itab,
-                                          self._buf_low, self._buf_ids, self._buf_n))
-            except TypeError:
-                status = -3  # not float32 / int64 C-contiguous arrays: the checked path
+                if isinstance(ids, int):
+                    status = int(K.buffer_put_key(low, ids, full, self._buf_d, self._grids[0]._itab,
+                                                  self._buf_low, self._buf_ids, self._buf_n))
+                else:
+                    status = int(K.buffer_put(low, ids, full, self._buf_d, self._grids[0]._itab,
+                                              self._buf_low, self._buf_ids, self._buf_n))
+            except (TypeError, OverflowError):
+                # Not float32 / int64 C-contiguous arrays, or an int beyond
+                # int64: the checked path says which.
+                status = -3
             if status == 1:
                 self._buf_n += 1
                 if self._buf_n == self.buffer:
@@ -210,11 +218,11 @@ class MultiGridIndex:
             if status == -1:
                 raise IndexStateError("ids must be non-negative")
             if status == -2:
-                raise IndexStateError(f"ids already in the index: [{int(ids[0])}]")
+                raise IndexStateError(f"ids already in the index: {np.ravel(ids)[:1].tolist()}")
             if status == -4:
                 raise IndexStateError("low has non-finite values")
         first = self._grids[0]
-        if not self.buffer and first._single_row(ids, low, full):
+        if not self.buffer and not isinstance(ids, int) and first._single_row(ids, low, full):
             # Checked once: every table holds the same ids and widths.
             for g in self._grids:
                 g._insert_row(ids, low)
