@@ -28,7 +28,7 @@ import numpy as np
 from semcache._types import FloatArray, IdArray
 from semcache.errors import IndexStateError
 
-__all__ = ["Index", "check_batch"]
+__all__ = ["Index", "as_ids", "check_batch"]
 
 
 @runtime_checkable
@@ -77,6 +77,20 @@ class Index(Protocol):
         ...
 
 
+def as_ids(ids: IdArray | int) -> IdArray:
+    """``ids`` as a C-contiguous int64 array of shape (n,); an int is one id.
+
+    Raises
+    ------
+    IndexStateError
+        An id does not fit int64.
+    """
+    try:
+        return np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    except OverflowError as exc:
+        raise IndexStateError(f"ids must fit int64: {exc}") from None
+
+
 def check_batch(
     ids: IdArray | int, low: FloatArray, full: FloatArray
 ) -> tuple[IdArray, FloatArray, FloatArray]:
@@ -91,10 +105,7 @@ def check_batch(
         Shapes disagree, arrays are not 1-D/2-D, ids repeat, or an id does
         not fit int64.
     """
-    try:
-        ids_a = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-    except OverflowError as exc:
-        raise IndexStateError(f"ids must fit int64: {exc}") from None
+    ids_a = as_ids(ids)
     low_a = np.ascontiguousarray(low, dtype=np.float32)
     full_a = np.ascontiguousarray(full, dtype=np.float32)
     if low_a.ndim != 2 or full_a.ndim != 2:

@@ -66,7 +66,7 @@ import numpy.typing as npt
 from semcache._types import FloatArray, IdArray
 from semcache.errors import ConfigError, IndexStateError
 from semcache.index import kernels as K
-from semcache.index.base import check_batch
+from semcache.index.base import as_ids, check_batch
 
 __all__ = ["GridIndex", "LinearMap", "fit_linear_map", "mine_near_pairs", "quantise", "scan_budget"]
 
@@ -958,7 +958,9 @@ class GridIndex:
             Shapes disagree with each other or with earlier rows, or an id
             repeats or is already present.
         """
-        if not isinstance(ids, int) and self._single_row(ids, low, full):
+        if isinstance(ids, int):
+            ids = as_ids(ids)  # then the single-row path applies as to an array of one
+        if self._single_row(ids, low, full):
             self._insert_row(ids, low)
             return
         ids_a, low_a, full_a = check_batch(ids, low, full)
