@@ -312,12 +312,12 @@ def test_an_int_id_is_refused_as_an_array_of_one_is(make: type) -> None:
         (int(c.ids[2005]), c.low[2040:2041], c.full[2040:2041]),  # just inserted (buffered)
         (int(c.ids[10]), c.low[2040:2041], c.full[2040:2041]),  # stored
         (2**70, c.low[2040:2041], c.full[2040:2041]),  # beyond int64
+        (-4, c.low[2040:2041], c.full[2040:2041]),
         (int(c.ids[2040]), c.low[2040:2042], c.full[2040:2042]),  # one id, two rows
         (int(c.ids[2040]), c.low[2040:2041], c.full[2040:2041, :100]),  # another width
     ]
     if not isinstance(g, ExactIndex):  # exact search takes any projected coordinates
-        refused += [(-4, c.low[2040:2041], c.full[2040:2041]),
-                    (int(c.ids[2040]), nan_row, c.full[2040:2041])]
+        refused.append((int(c.ids[2040]), nan_row, c.full[2040:2041]))
     for key, low, full in refused:
         with pytest.raises(IndexStateError):
             g.add(key, low, full)

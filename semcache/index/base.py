@@ -102,10 +102,12 @@ def check_batch(
     Raises
     ------
     IndexStateError
-        Shapes disagree, arrays are not 1-D/2-D, ids repeat, or an id does
-        not fit int64.
+        Shapes disagree, arrays are not 1-D/2-D, ids repeat, or an id is
+        negative or does not fit int64.
     """
     ids_a = as_ids(ids)
+    if (ids_a < 0).any():
+        raise IndexStateError("ids must be non-negative")
     low_a = np.ascontiguousarray(low, dtype=np.float32)
     full_a = np.ascontiguousarray(full, dtype=np.float32)
     if low_a.ndim != 2 or full_a.ndim != 2:

@@ -978,8 +978,6 @@ class GridIndex:
                 f"expected rows of widths ({self._k}, {self._d}), "
                 f"got ({low_a.shape[1]}, {full_a.shape[1]})"
             )
-        if (ids_a < 0).any():
-            raise IndexStateError("ids must be non-negative")
         if self._perm is not None:
             low_a = np.ascontiguousarray(low_a[:, self._perm])
         clash = ids_a[K.codes_of_ids(ids_a, self._itab, self._cells) >= 0]
