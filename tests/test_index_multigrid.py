@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 from semcache.errors import ConfigError, IndexStateError
-from semcache.index import ExactIndex, GridIndex, MultiGridIndex, make_index
+from semcache.index import ExactIndex, GridIndex, Index, MultiGridIndex, make_index
 from semcache.index import kernels as K
 from tests._index_data import corpus, exact_of, recall
 
@@ -272,8 +275,11 @@ def _stored_rows(g: GridIndex) -> dict[int, tuple[int, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("make", [ExactIndex, GridIndex, MultiGridIndex])
-def test_an_int_id_inserts_one_row_as_an_array_of_one_does(make: type) -> None:
+@pytest.mark.parametrize(
+    "make", [ExactIndex, GridIndex, MultiGridIndex, functools.partial(MultiGridIndex, buffer=0)],
+    ids=["exact", "grid", "multigrid", "multigrid-unbuffered"],
+)
+def test_an_int_id_inserts_one_row_as_an_array_of_one_does(make: Callable[[], Index]) -> None:
     c = corpus()
     by_int, by_array = make(), make()
     for g in (by_int, by_array):
@@ -283,7 +289,8 @@ def test_an_int_id_inserts_one_row_as_an_array_of_one_does(make: type) -> None:
         by_array.add(c.ids[i : i + 1], c.low[i : i + 1], c.full[i : i + 1])
     if isinstance(by_int, MultiGridIndex):
         assert isinstance(by_array, MultiGridIndex)
-        assert by_int.stats()["buffered"] == by_array.stats()["buffered"] == 200 % 64
+        waiting = 200 % by_int.buffer if by_int.buffer else 0
+        assert by_int.stats()["buffered"] == by_array.stats()["buffered"] == waiting
     # A NumPy integer takes the checked path (which empties the buffer first).
     by_int.add(np.int64(c.ids[2200]), c.low[2200:2201], c.full[2200:2201])
     by_array.add(c.ids[2200:2201], c.low[2200:2201], c.full[2200:2201])

@@ -50,6 +50,7 @@ import numpy.typing as npt
 from semcache._types import FloatArray, IdArray
 from semcache.errors import ConfigError, IndexStateError
 from semcache.index import kernels as K
+from semcache.index.base import as_ids
 from semcache.index.grid import GridIndex, LookupPlan, scan_budget
 
 __all__ = ["MultiGridIndex"]
@@ -221,8 +222,10 @@ class MultiGridIndex:
                 raise IndexStateError(f"ids already in the index: {np.ravel(ids)[:1].tolist()}")
             if status == -4:
                 raise IndexStateError("low has non-finite values")
+        if isinstance(ids, int):
+            ids = as_ids(ids)  # the paths below take arrays, as GridIndex.add does
         first = self._grids[0]
-        if not self.buffer and not isinstance(ids, int) and first._single_row(ids, low, full):
+        if not self.buffer and first._single_row(ids, low, full):
             # Checked once: every table holds the same ids and widths.
             for g in self._grids:
                 g._insert_row(ids, low)
