@@ -17,7 +17,7 @@ import pytest
 from semcache.errors import ConfigError, IndexStateError
 from semcache.index import GridIndex, MultiGridIndex, make_index
 from semcache.index import kernels as K
-from semcache.index.grid import fit_linear_map, stored_vectors
+from semcache.index.grid import END_ROOM, fit_linear_map, stored_vectors
 from tests._index_data import THRESHOLDS, Corpus, corpus, exact_of, recall
 
 # Both grids: the single one and the two-table MultiGridIndex built from it.
@@ -479,17 +479,20 @@ def test_id_table_follows_rows_through_relocations_and_removes(params: dict[str,
     rest = list(range(n0, len(c.ids)))
     half = len(rest) // 2
     for phase, todo in enumerate((rest[:half], rest[half:])):
-        dead_before = int(g._meta[3])
+        relocated = False
         for j in todo:
+            dead_before = int(g._meta[3])
             g.add(c.ids[j : j + 1], c.low[j : j + 1], c.full[j : j + 1])
+            # A relocation leaves its old block dead (a compaction resets the count).
+            relocated |= int(g._meta[3]) > dead_before
             live.add(int(c.ids[j]))
             if rng.random() < 0.3:
                 gone = int(rng.choice(sorted(live)))
                 g.remove(np.array([gone], dtype=np.int64))
                 live.discard(gone)
-        assert int(g._meta[3]) > dead_before, "no block was relocated"
+        assert relocated, "no block was relocated"
         if phase == 0:
-            g._compact(len(g._pids))
+            g._repack()
             assert int(g._meta[3]) == 0
     assert g._calibrated_at == n0  # no recalibration: the reference below shares its cells
 
@@ -523,6 +526,77 @@ def test_id_table_follows_rows_through_relocations_and_removes(params: dict[str,
         for i in range(len(c.q_low)):
             got = g.candidates(c.q_low[i], c.q_full[i], t)
             assert sorted(got.tolist()) == sorted(ref.candidates(c.q_low[i], c.q_full[i], t).tolist())
+
+
+@pytest.mark.parametrize("params", [{}, {"m": 10, "grid": 2}], ids=["G3", "G2"])
+def test_streamed_inserts_keep_the_pool_within_a_compacted_one(params: dict[str, int]) -> None:
+    """A cache inserts one row after another for as long as it runs: the
+    blocks that full cells leave behind must not pile up. The pool never
+    holds more rows than a compaction gives it (``1 + slack + END_ROOM`` an
+    entry, 2 a cell and 64), every growth drops the dead blocks, and every
+    row is still where the id table says (the relocation test above checks
+    lookups after a compaction)."""
+    c = corpus()
+    n0 = 1100  # past min_calibration: rows go to their cells from the start
+    g = GridIndex(**params)  # type: ignore[arg-type]
+    g.add(c.ids[:n0], c.low[:n0], c.full[:n0])
+    assert g.calibrated
+    growths = 0
+    for j in range(n0, len(c.ids)):
+        pool = len(g._pids)
+        g.add(c.ids[j : j + 1], c.low[j : j + 1], c.full[j : j + 1])
+        if len(g._pids) != pool:
+            growths += 1
+            assert int(g._meta[3]) == 0, "dead blocks survived a growth"
+        bound = (1 + g.slack + END_ROOM) * len(g) + 2 * int(g._meta[1]) + 64
+        assert len(g._pids) <= bound, (j, len(g._pids), bound)
+    assert growths >= 2  # the corpus is three times the first batch
+    assert g._calibrated_at == n0 and len(g) == len(c.ids)
+    cell_of = K.codes_of_ids(c.ids, g._itab, g._cells)
+    assert cell_of.min() >= 0
+    n_cells = int(g._meta[1])
+    stored = np.concatenate([g._pids[s : s + n] for s, n, _, _ in g._cells[:n_cells].tolist()])
+    assert sorted(stored.tolist()) == sorted(c.ids.tolist())
+
+
+@pytest.mark.parametrize("params", [{}, {"m": 10, "grid": 2}], ids=["G3", "G2"])
+def test_removing_most_entries_gives_their_memory_back(params: dict[str, int]) -> None:
+    """A cache that expires most of its entries does not keep their memory: the
+    pool and the id table shrink once the entries left would fit twice over,
+    and the index then answers as one built from those entries does."""
+    c = corpus()
+    g = GridIndex(**params)  # type: ignore[arg-type]
+    g.add(c.ids, c.low, c.full)
+    pool, slots = len(g._pids), len(g._itab) // 2
+    keep = np.arange(0, len(c.ids), 10)
+    gone = np.setdiff1d(np.arange(len(c.ids)), keep)
+    for j in gone:  # one at a time, as a cache expires entries
+        g.remove(c.ids[j : j + 1])
+    live = len(keep)
+    assert len(g) == live and all(int(i) in g for i in c.ids[keep])
+    bound = (1 + g.slack + END_ROOM) * live + 2 * int(g._meta[1]) + 64
+    assert len(g._pids) <= 2 * bound < pool
+    assert len(g._itab) // 2 < slots and 16 * live >= 3 * (len(g._itab) // 2)
+    ref = GridIndex(**params)  # type: ignore[arg-type]
+    ref.add(c.ids, c.low, c.full)  # the same calibration, then only the kept rows
+    low = c.low[keep] if ref._perm is None else c.low[keep][:, ref._perm]
+    ref._bulk_build(c.ids[keep], np.ascontiguousarray(low))
+    for i in range(len(c.q_low)):
+        got = g.candidates(c.q_low[i], c.q_full[i], 0.85)
+        assert sorted(got.tolist()) == sorted(ref.candidates(c.q_low[i], c.q_full[i], 0.85).tolist())
+
+
+def test_compaction_refuses_a_pool_too_short_and_changes_nothing() -> None:
+    c = corpus()
+    g = GridIndex()
+    g.add(c.ids[:800], c.low[:800], c.full[:800])
+    need = K.grid_packed_rows(g._cells, g._meta, g.slack)
+    cells, meta = g._cells.copy(), g._meta.copy()
+    short = (np.zeros((need - 1, g._pvec.shape[1]), dtype=np.int8), np.zeros(need - 1, dtype=np.int64))
+    assert K.grid_compact(g._cells, g._meta, g._pvec, g._pids, *short, g.slack) == -1
+    assert np.array_equal(g._cells, cells) and np.array_equal(g._meta, meta)
+    fits = (np.zeros((need, g._pvec.shape[1]), dtype=np.int8), np.zeros(need, dtype=np.int64))
+    assert K.grid_compact(g._cells, g._meta, g._pvec, g._pids, *fits, g.slack) == need
 
 
 @pytest.mark.parametrize("make", GRIDS)

@@ -314,6 +314,16 @@ def _id_slots(n: int) -> int:
     return _pow2((4 * n) // 3 + 2)
 
 
+#: Spare pool rows past the blocks after a build or a compaction, as a share
+#: of the entries: full cells move there (see :func:`_end_room`).
+END_ROOM = 0.125
+
+
+def _end_room(n: int) -> int:
+    """Spare pool rows past the blocks for ``n`` entries."""
+    return int(END_ROOM * n) + 64
+
+
 def _ids_overfull(n: int, slots: int) -> bool:
     """True when ``n`` ids would fill an id table of ``slots`` beyond 3/4."""
     return 4 * n > 3 * slots
@@ -443,15 +453,19 @@ class GridIndex:
     recalibrate_growth : float
         Refit the boundaries when the index has grown this much.
     slack : float
-        Spare room per cell block at (re)build time, as a share of its rows.
-        A row inserted into a full block moves the block to the end of the
-        pool, leaving its old place dead until the pool is compacted, so too
-        little room costs memory as soon as the index grows. Measured with
-        two tables on 10k real rows after 2,000 single inserts and their
-        deletes (the churn of ``benchmarks/index_bench.py``): 0.25 leaves the
-        index 14.8% beyond the raw vectors (11.1% right after the build),
-        0.125 18.8% (10.4%); on 92k rows 0.25 costs 0.66 points (10.5%
-        against 9.8%), with inserts and lookups as fast.
+        Spare room per cell block at a build or a compaction, as a share of
+        its rows. A row inserted into a full block moves the block to the
+        end of the pool with twice the room, leaving its old place dead;
+        when the pool's end is full, the live rows are copied into a fresh
+        pool (dead blocks dropped, every block back to this room). So the
+        pool never holds more than ``1 + slack + END_ROOM`` rows an entry
+        (plus 2 a cell), and it is copied about every ``slack * n`` inserts.
+        Measured with two tables on 10k real rows, 2,000 single inserts and
+        their deletes (the churn of ``benchmarks/index_bench.py``), then
+        4,000 more inserts: 0.25 leaves the index 12.1% beyond the raw
+        vectors after the churn and 11.9% after the inserts (11.1% right
+        after the build) and copies each pool twice in the 2,000 inserts;
+        0.125 leaves 11.4% and 11.5% (10.4%) but copies it four times.
     random_state : int
         Seed of every sample.
     block : int
@@ -693,29 +707,38 @@ class GridIndex:
             K.table_rehash(self._ctab, table)
             self._ctab = table
 
-    def _grow_pool(self) -> None:
-        top, dead = int(self._meta[2]), int(self._meta[3])
-        live_room = top - dead
-        # Reclaim dead blocks when they are most of the pool, else grow it.
-        cap = max(64, 2 * live_room + 64, len(self._pids) if dead * 2 < top else 0)
-        if dead * 2 >= top and dead > 0:
-            cap = max(cap, 2 * live_room + 64)
-            self._compact(cap)
-            return
-        # Grow by half, not double: still amortised O(1) per insert, but a
-        # doubled pool is half empty, which alone would break the memory
-        # budget after the first growth of a bulk-built index.
-        cap = len(self._pids) + max(64, len(self._pids) // 2)
-        pvec = _pool_array((cap, self._width), np.int8)
-        pvec[:top] = self._pvec[:top]
-        pids = _pool_array(cap, np.int64)
-        pids[:top] = self._pids[:top]
-        self._pvec, self._pids = pvec, pids
+    def _repack(self) -> None:
+        """Copy the live rows into a fresh pool sized for them, with room at its end.
+
+        It is how the pool grows (:meth:`_make_room`) and shrinks
+        (:meth:`_give_back`): dead blocks (the old places of moved cells) are
+        left behind and every block gets the room of a built one, so right
+        after it the pool holds at most ``1 + slack + END_ROOM`` rows an
+        entry, plus 2 a cell.
+        """
+        live = int(self._meta[0])
+        self._compact(K.grid_packed_rows(self._cells, self._meta, self.slack) + _end_room(live))
+
+    def _give_back(self) -> None:
+        """Shrink the pool and the id table once most of their entries are gone.
+
+        Only when the entries would fit twice over in what a repack or a
+        rehash makes (amortised O(1) a delete, as growing is an insert): a
+        cache that expires most of its entries does not keep their memory.
+        """
+        live = int(self._meta[0])
+        packed = (1 + self.slack) * live + 2 * int(self._meta[1]) + _end_room(live)
+        if len(self._pids) > 2 * packed:
+            self._repack()
+        slots = _slots(self._itab)
+        if slots > 64 and 16 * live < 3 * slots:  # under 3/16 full: half the 3/8 after a doubling
+            self._rehash_ids(max(64, _id_slots(live)))
 
     def _compact(self, cap: int) -> None:
         pvec = _pool_array((cap, self._width), np.int8)
         pids = _pool_array(cap, np.int64)
-        K.grid_compact(self._cells, self._meta, self._pvec, self._pids, pvec, pids, self.slack)
+        top = K.grid_compact(self._cells, self._meta, self._pvec, self._pids, pvec, pids, self.slack)
+        assert top >= 0, "the new pool is sized by grid_packed_rows"
         self._pvec, self._pids = pvec, pids
 
     # ------------------------------------------------------------ calibration
@@ -934,7 +957,7 @@ class GridIndex:
         n_cells = int(np.count_nonzero(np.diff(codes_sorted))) + 1 if n else 0
         # Spare rows past the blocks: the first full cells relocate into
         # them instead of forcing a copy of the whole pool.
-        pool = int(n * (1 + self.slack)) + 2 * n_cells + n // 8 + 64
+        pool = int(n * (1 + self.slack)) + 2 * n_cells + _end_room(n)
         self._alloc_empty(self._width, pool=pool, cells=max(16, 2 * n_cells))
         self._ctab = _table(_pow2(4 * max(n_cells, 8)))
         # Sized for the rows there are (see _id_slots); the first inserts past
@@ -1083,13 +1106,17 @@ class GridIndex:
                     self._make_room()
 
     def _make_room(self) -> None:
+        """Grow what stopped :func:`~semcache.index.kernels.grid_insert` (a retry grows the rest)."""
         if _ids_overfull(int(self._meta[0]) + 1, _slots(self._itab)):
             self._rehash_ids(2 * _slots(self._itab))
+            return
         n_cells = int(self._meta[1])
         if n_cells >= len(self._cells) or 2 * (n_cells + 1) > _slots(self._ctab):
             self._grow_cells()
-        # The pool may be short for a new block or a relocated one.
-        self._grow_pool()
+            return
+        # Else the pool is short for a new block or a relocated one. Not
+        # growing it for the other two spares a copy of every row.
+        self._repack()
 
     def remove(self, ids: IdArray) -> None:
         """Remove entries; absent ids are ignored."""
@@ -1098,6 +1125,7 @@ class GridIndex:
         if len(ids_a) == 0 or len(self) == 0:
             return
         K.grid_remove(ids_a, self._cells, self._meta, self._pvec, self._pids, self._itab)
+        self._give_back()
 
     def radii(self, threshold: float) -> tuple[float, float]:
         """Squared (probe, filter) radii for a cosine threshold.
