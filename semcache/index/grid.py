@@ -457,15 +457,16 @@ class GridIndex:
         its rows. A row inserted into a full block moves the block to the
         end of the pool with twice the room, leaving its old place dead;
         when the pool's end is full, the live rows are copied into a fresh
-        pool (dead blocks dropped, every block back to this room). So the
-        pool never holds more than ``1 + slack + END_ROOM`` rows an entry
-        (plus 2 a cell), and it is copied about every ``slack * n`` inserts.
-        Measured with two tables on 10k real rows, 2,000 single inserts and
-        their deletes (the churn of ``benchmarks/index_bench.py``), then
-        4,000 more inserts: 0.25 leaves the index 12.1% beyond the raw
-        vectors after the churn and 11.9% after the inserts (11.1% right
-        after the build) and copies each pool twice in the 2,000 inserts;
-        0.125 leaves 11.4% and 11.5% (10.4%) but copies it four times.
+        pool (dead blocks dropped, every block back to this room). So while
+        entries come in, the pool holds at most ``1 + slack + END_ROOM`` rows
+        an entry (plus 2 a cell), and it is copied about every ``slack * n``
+        inserts; deletes shrink it once it is twice that. Measured with two
+        tables on 10k real rows, 2,000 single inserts and their deletes (the
+        churn of ``benchmarks/index_bench.py``), then 4,000 more inserts:
+        0.25 leaves the index 12.1% beyond the raw vectors after the churn
+        and 11.9% after the inserts (11.1% right after the build) and copies
+        each table's pool once in the 2,000 inserts; 0.125 leaves 11.4% and
+        11.5% (10.4%) but copies it twice.
     random_state : int
         Seed of every sample.
     block : int
