@@ -824,9 +824,13 @@ def plots(rows: list[dict[str, Any]], curves: dict[str, list[tuple[float, float]
     streamed = [r for r in rows if r.get("overhead_stream_curve")]
     if streamed:
         fig, ax = plt.subplots(figsize=(7, 5))
+        # A colour per method and a line style per size: more lines than colours.
+        colour = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in streamed))}
+        style = {lab: ("-", "--", "-.", ":")[i % 4] for i, lab in enumerate(labels)}
         for r in streamed:
             pts = r["overhead_stream_curve"]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{r['method']} N={r['N']}")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour[r["method"]],
+                    linestyle=style[r["N"]], label=f"{r['method']} N={r['N']}")
         ax.axhline(15, color="grey", linestyle="--", linewidth=1)
         ax.set(xlabel="single inserts / N (then as many that each evict the oldest)",
                ylabel="index bytes beyond the raw vectors (%)",
