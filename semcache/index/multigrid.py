@@ -55,6 +55,10 @@ from semcache.index.grid import GridIndex, LookupPlan, scan_budget
 
 __all__ = ["MultiGridIndex"]
 
+# Bound once: a buffered insert is ~2 us, and each lookup of a module attribute counts.
+_BUFFER_PUT_KEY = K.buffer_put_key
+_BUFFER_PUT = K.buffer_put
+
 
 class MultiGridIndex:
     """``tables`` grids over consecutive blocks of the projected coordinates.
@@ -150,6 +154,7 @@ class MultiGridIndex:
             GridIndex(m=m, grid=grid, cell_rows=cell_rows, block=t, **params)  # type: ignore[arg-type]
             for t in range(tables)
         ]
+        self._first = self._grids[0]  # its id table has every id; read by each buffered insert
         # Every table's lookup in one kernel call.
         self._plan = LookupPlan(self._grids)
         self._out = np.empty(256, dtype=np.int64)
@@ -200,13 +205,14 @@ class MultiGridIndex:
         if self._buf_d:
             # An int id spares its caller a one-element array, which cost a
             # fifth of a buffered insert (0.4 of ~2 us).
+            # The kernels return Python ints (numba boxes int64 so): no int() around them.
             try:
                 if isinstance(ids, int):
-                    status = int(K.buffer_put_key(low, ids, full, self._buf_d, self._grids[0]._itab,
-                                                  self._buf_low, self._buf_ids, self._buf_n))
+                    status = _BUFFER_PUT_KEY(low, ids, full, self._buf_d, self._first._itab,
+                                             self._buf_low, self._buf_ids, self._buf_n)
                 else:
-                    status = int(K.buffer_put(low, ids, full, self._buf_d, self._grids[0]._itab,
-                                              self._buf_low, self._buf_ids, self._buf_n))
+                    status = _BUFFER_PUT(low, ids, full, self._buf_d, self._first._itab,
+                                         self._buf_low, self._buf_ids, self._buf_n)
             except (TypeError, OverflowError):
                 # Not float32 / int64 C-contiguous arrays, or an int beyond
                 # int64: the checked path says which.
