@@ -574,9 +574,10 @@ def stream_memory(runs: list[tuple[Method, dict[str, Any]]], X: np.ndarray, proj
     ``N / 50`` steps; the row gets the largest (``ovh % stream``) and the
     curve for the plot. The rows are copies of the built ones under new ids,
     projected in one batch (the phase measures memory, not time), so cells
-    fill as the data's own distribution fills them. Peers are left out: their
-    memory does not depend on a history of single inserts in the same way
-    (hnswlib allocates ``max_elements`` up front).
+    fill as the data's own distribution fills them. Peers are left out: the
+    benchmark reads their memory from their serialised size (faiss) or their
+    per-element layout (hnswlib, which allocates ``max_elements`` up front),
+    neither of which shows spare room that a history of inserts leaves.
     """
     n, d = X.shape
     steps = int(share * n)
