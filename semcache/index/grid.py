@@ -717,8 +717,20 @@ class GridIndex:
         after it the pool holds at most ``1 + slack + END_ROOM`` rows an
         entry, plus 2 a cell.
         """
-        live = int(self._meta[0])
-        self._compact(K.grid_packed_rows(self._cells, self._meta, self.slack) + _end_room(live))
+        cap = K.grid_packed_rows(self._cells, self._meta, self.slack) + _end_room(int(self._meta[0]))
+        pvec = _pool_array((cap, self._width), np.int8)
+        pids = _pool_array(cap, np.int64)
+        top = K.grid_compact(self._cells, self._meta, self._pvec, self._pids, pvec, pids, self.slack)
+        assert top >= 0, "the new pool is sized by grid_packed_rows"
+        self._pvec, self._pids = pvec, pids
+
+    def _pool_rows(self, n: int, n_cells: int) -> int:
+        """Pool rows for ``n`` entries in ``n_cells`` cells: every block's room, then the end's.
+
+        What a build allocates, and at least what a repack does
+        (:func:`~semcache.index.kernels.grid_packed_rows` rounds each block down).
+        """
+        return int(n * (1 + self.slack)) + 2 * n_cells + _end_room(n)
 
     def _give_back(self) -> None:
         """Shrink the pool and the id table once most of their entries are gone.
@@ -728,19 +740,11 @@ class GridIndex:
         cache that expires most of its entries does not keep their memory.
         """
         live = int(self._meta[0])
-        packed = (1 + self.slack) * live + 2 * int(self._meta[1]) + _end_room(live)
-        if len(self._pids) > 2 * packed:
+        if len(self._pids) > 2 * self._pool_rows(live, int(self._meta[1])):
             self._repack()
         slots = _slots(self._itab)
         if slots > 64 and 16 * live < 3 * slots:  # under 3/16 full: half the 3/8 after a doubling
             self._rehash_ids(max(64, _id_slots(live)))
-
-    def _compact(self, cap: int) -> None:
-        pvec = _pool_array((cap, self._width), np.int8)
-        pids = _pool_array(cap, np.int64)
-        top = K.grid_compact(self._cells, self._meta, self._pvec, self._pids, pvec, pids, self.slack)
-        assert top >= 0, "the new pool is sized by grid_packed_rows"
-        self._pvec, self._pids = pvec, pids
 
     # ------------------------------------------------------------ calibration
 
@@ -958,8 +962,7 @@ class GridIndex:
         n_cells = int(np.count_nonzero(np.diff(codes_sorted))) + 1 if n else 0
         # Spare rows past the blocks: the first full cells relocate into
         # them instead of forcing a copy of the whole pool.
-        pool = int(n * (1 + self.slack)) + 2 * n_cells + _end_room(n)
-        self._alloc_empty(self._width, pool=pool, cells=max(16, 2 * n_cells))
+        self._alloc_empty(self._width, pool=self._pool_rows(n, n_cells), cells=max(16, 2 * n_cells))
         self._ctab = _table(_pow2(4 * max(n_cells, 8)))
         # Sized for the rows there are (see _id_slots); the first inserts past
         # 3/4 load double it, amortised O(1) like every other growth here.

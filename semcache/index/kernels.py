@@ -500,6 +500,12 @@ def grid_codes(low: F32, edges: F32, grid: int) -> I64:
     return out
 
 
+@_kernel("int64(int64, float64)")
+def _block_cap(count: int, slack: float) -> int:
+    """Rows of a cell block built or compacted for ``count`` rows: ``count * slack + 2`` to spare."""
+    return int(count + np.int64(count * slack) + 2)
+
+
 @_kernel("void(int8[:, ::1], int64, int8[:, ::1], int64)")
 def _copy_row(src: I8, i: int, dst: I8, j: int) -> None:
     """``dst[j] = src[i]``, one byte at a time.
@@ -564,7 +570,7 @@ def grid_build(
         while j < n and codes_sorted[j] == code:
             j += 1
         count = j - i
-        cap = int(count + np.int64(count * slack) + 2)
+        cap = _block_cap(count, slack)
         c = n_cells
         cells[c, _START] = top
         cells[c, _COUNT] = count
@@ -814,8 +820,7 @@ def grid_packed_rows(cells: I64, meta: I64, slack: float) -> int:
     """Pool rows the blocks take once compacted by :func:`grid_compact`."""
     top = 0
     for c in range(meta[1]):
-        count = cells[c, _COUNT]
-        top += count + np.int64(count * slack) + 2
+        top += _block_cap(cells[c, _COUNT], slack)
     return int(top)
 
 
@@ -849,7 +854,7 @@ def grid_compact(
     for c in range(meta[1]):
         count = cells[c, _COUNT]
         start = cells[c, _START]
-        cap = count + np.int64(count * slack) + 2
+        cap = _block_cap(count, slack)
         for r in range(count):
             _copy_row(pvec, start + r, new_pvec, top + r)
             new_pids[top + r] = pids[start + r]
