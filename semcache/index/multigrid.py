@@ -154,7 +154,7 @@ class MultiGridIndex:
             GridIndex(m=m, grid=grid, cell_rows=cell_rows, block=t, **params)  # type: ignore[arg-type]
             for t in range(tables)
         ]
-        self._first = self._grids[0]  # its id table has every id; read by each buffered insert
+        self._first = self._grids[0]  # holds every id (the buffer's checks read its id table)
         # Every table's lookup in one kernel call.
         self._plan = LookupPlan(self._grids)
         self._out = np.empty(256, dtype=np.int64)
@@ -167,13 +167,13 @@ class MultiGridIndex:
         self._buf_d = 0
 
     def __len__(self) -> int:
-        return len(self._grids[0]) + self._buf_n
+        return len(self._first) + self._buf_n
 
     def __contains__(self, entry_id: object) -> bool:
         if (self._buf_n and isinstance(entry_id, int | np.integer)
                 and bool((self._buf_ids[: self._buf_n] == int(entry_id)).any())):
             return True
-        return entry_id in self._grids[0]
+        return entry_id in self._first
 
     @property
     def last_stats(self) -> npt.NDArray[np.int64]:
@@ -230,7 +230,7 @@ class MultiGridIndex:
                 raise IndexStateError("low has non-finite values")
         if isinstance(ids, int):
             ids = as_ids(ids)  # the paths below take arrays, as GridIndex.add does
-        first = self._grids[0]
+        first = self._first
         if not self.buffer and first._single_row(ids, low, full):
             # Checked once: every table holds the same ids and widths.
             for g in self._grids:
@@ -285,7 +285,7 @@ class MultiGridIndex:
         n = len(self)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        q = self._grids[0]._query_row(q_low)
+        q = self._first._query_row(q_low)
         budget = self._budget(n) // self.tables
         # Buffered rows are in no table: the first one filters them too.
         extra = (self._buf_low, self._buf_ids, self._buf_n) if self._buf_n else None
