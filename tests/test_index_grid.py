@@ -463,6 +463,34 @@ def test_hash_table_kernels_match_a_dict() -> None:
     assert {int(k): int(v) for k, v in zip(grown[0::2], grown[1::2], strict=True) if k >= 0} == ref
 
 
+@pytest.mark.parametrize("grid", [2, 3, 5])
+def test_cell_codes_match_searchsorted(grid: int) -> None:
+    """A row's cell coordinate along a dimension is the number of edges at or below it.
+
+    Values on an edge, between repeated edges and beyond both ends are where
+    counting edges and scanning them could part.
+    """
+    rng = np.random.default_rng(grid)
+    m = 6
+    edges = np.sort(rng.choice(np.linspace(-1, 1, 9), (m, grid - 1)), axis=1).astype(np.float32)
+    low = rng.choice(np.concatenate([edges.ravel(), rng.uniform(-1.5, 1.5, 40)]), (300, m + 2))
+    low = low.astype(np.float32)
+    coords = np.stack([np.searchsorted(edges[j], low[:, j], side="right") for j in range(m)], 1)
+    want = coords @ (grid ** np.arange(m))
+    got = K.grid_codes(low, edges, grid)
+    np.testing.assert_array_equal(got, want)
+    assert [K.cell_code(row, edges, grid) for row in low] == want.tolist()
+
+
+def test_take_columns_matches_numpy_indexing() -> None:
+    a = np.arange(5 * 7, dtype=np.float32).reshape(5, 7)
+    cols = np.roll(np.arange(7, dtype=np.int64), -3)
+    got = K.take_columns(a, cols)
+    np.testing.assert_array_equal(got, a[:, cols])
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(K.take_columns(a[:1], cols), a[:1, cols])
+
+
 @pytest.mark.parametrize("params", [{}, {"m": 10, "grid": 2}], ids=["G3", "G2"])
 def test_id_table_follows_rows_through_relocations_and_removes(params: dict[str, int]) -> None:
     """After single inserts (full blocks relocate), removes (last rows fill the

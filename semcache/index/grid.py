@@ -100,7 +100,7 @@ class LinearMap:
         """Orthonormal coordinates, shape (n, r), of projected rows (n, k)."""
         return np.ascontiguousarray((low - self.b) @ self.T, dtype=np.float32)
 
-    def reordered(self, cols: npt.NDArray[np.intp]) -> LinearMap:
+    def reordered(self, cols: npt.NDArray[np.int64]) -> LinearMap:
         """The same map for projected rows whose columns are reordered to ``low[:, cols]``."""
         return LinearMap(
             b=np.ascontiguousarray(self.b[cols]),
@@ -247,14 +247,14 @@ def mine_near_pairs(
     return np.concatenate(A), np.concatenate(B), np.concatenate(C)
 
 
-def _same_order(a: npt.NDArray[np.intp] | None, b: npt.NDArray[np.intp] | None) -> bool:
+def _same_order(a: npt.NDArray[np.int64] | None, b: npt.NDArray[np.int64] | None) -> bool:
     if a is None or b is None:
         return a is b
     return bool(np.array_equal(a, b))
 
 
-def _relative_order(old: npt.NDArray[np.intp] | None, new: npt.NDArray[np.intp] | None,
-                    k: int) -> npt.NDArray[np.intp]:
+def _relative_order(old: npt.NDArray[np.int64] | None, new: npt.NDArray[np.int64] | None,
+                    k: int) -> npt.NDArray[np.int64]:
     """Columns of rows in order ``old`` that give them in order ``new`` (None: as given)."""
     inv_old = np.argsort(old) if old is not None else np.arange(k)
     return inv_old[new] if new is not None else inv_old
@@ -559,7 +559,7 @@ class GridIndex:
         # Column order that puts the hashed coordinates first (None: as given),
         # set by each calibration. Distances are the same in any column order,
         # so everything inside works on permuted rows.
-        self._perm: npt.NDArray[np.intp] | None = None
+        self._perm: npt.NDArray[np.int64] | None = None
         self._d: int | None = None
         self._map: LinearMap | None = None
         self._rho: float | None = None  # calibrated stretch ratio of the probe
@@ -840,11 +840,11 @@ class GridIndex:
         self._bulk_build(ids, low_all)
         self._after_build()
 
-    def _perm_for(self, m: int) -> npt.NDArray[np.intp] | None:
+    def _perm_for(self, m: int) -> npt.NDArray[np.int64] | None:
         """Column order hashing block ``self.block`` of ``m`` coordinates (None: as given)."""
         assert self._k is not None
         off = (self.block * m) % self._k
-        return np.roll(np.arange(self._k), -off) if off else None
+        return np.roll(np.arange(self._k, dtype=np.int64), -off) if off else None
 
     def _set_scale(self, low: FloatArray, exact_rows: bool) -> None:
         """Choose the int8 scale for rows ``low`` and update the rounding-error bound.
@@ -1006,7 +1006,7 @@ class GridIndex:
                 f"got ({low_a.shape[1]}, {full_a.shape[1]})"
             )
         if self._perm is not None:
-            low_a = np.ascontiguousarray(low_a[:, self._perm])
+            low_a = K.take_columns(low_a, self._perm)
         clash = ids_a[K.codes_of_ids(ids_a, self._itab, self._cells) >= 0]
         if len(clash):
             raise IndexStateError(f"ids already in the index: {clash[:5].tolist()}")
@@ -1071,8 +1071,7 @@ class GridIndex:
             In the caller's column order.
         """
         if self._perm is not None:
-            # Column fancy indexing returns Fortran order for more than one row.
-            low = low[:, self._perm] if len(low) == 1 else np.ascontiguousarray(low[:, self._perm])
+            low = K.take_columns(low, self._perm)
         self._insert(ids, low)
         if self._meta[0] >= self._recalibrate_at:
             self._calibrate(None, None)
@@ -1234,7 +1233,7 @@ class GridIndex:
         binary = self.grid == 2 and self.probe != "orthant" and bool(self._m_eff)
         settings = (int(binary), int(self._mapped), self.grid, int(self.probe == "orthant"),
                     self.n_probe)
-        perm = self._ident if self._perm is None else self._perm.astype(np.int64)
+        perm = self._ident if self._perm is None else self._perm
         arrays = (self._b, self._T, self._edges, self._cells, self._meta, self._pvec, self._pids,
                   self._ctab, self._work_f, self._work_i, self.last_stats, self._heap,
                   self._vec_f, self._order, self._gap2, self._hs, perm, self._q_row)
