@@ -457,6 +457,8 @@ def test_hash_table_kernels_match_a_dict() -> None:
             s = K.table_find(table, k)
             assert s >= 0 and table[2 * s] == k and table[2 * s + 1] == v, step
     assert K.table_slots(table) == 8
+    # -1 marks an empty slot: a negative key must not find one.
+    assert K.table_find(table, -1) == K.table_find(table, -7) == -1
     grown = np.full(2 * 32, -1, dtype=np.int64)
     K.table_rehash(table, grown)
     assert K.table_slots(grown) == 32
@@ -654,6 +656,23 @@ def test_empty_index(make: type[GridIndex]) -> None:
     assert len(g.candidates(q, q, 0.9)) == 0
     g.remove(np.array([1, 2], dtype=np.int64))
     assert len(g) == 0
+
+
+@pytest.mark.parametrize("make", GRIDS)
+def test_removing_negative_or_absent_ids_changes_nothing(make: type[GridIndex]) -> None:
+    """-1 is also the id table's empty-slot key: removing it must not take a slot for an entry."""
+    c = corpus()
+    g = make()
+    g.add(c.ids[:600], c.low[:600], c.full[:600])
+    g.add(int(c.ids[600]), c.low[600:601], c.full[600:601])  # buffered in a two-table grid
+    queries = range(0, 601, 20)
+    before = [sorted(g.candidates(c.low[i], c.full[i], 0.9).tolist()) for i in queries]
+    g.remove(np.array([-1, -2, -1, 10**12], dtype=np.int64))
+    g.remove([-1])  # type: ignore[arg-type]
+    assert len(g) == 601
+    assert [sorted(g.candidates(c.low[i], c.full[i], 0.9).tolist()) for i in queries] == before
+    g.remove(np.array([-1, c.ids[0], c.ids[600]], dtype=np.int64))
+    assert len(g) == 599 and c.ids[0] not in g and c.ids[600] not in g and c.ids[1] in g
 
 
 @pytest.mark.parametrize("make", GRIDS)

@@ -185,8 +185,11 @@ def table_find(table: I64, key: Int) -> int:
         Key of slot ``s`` at ``2 * s`` (``-1`` where empty), value at
         ``2 * s + 1``; ``slots`` is a power of two.
     key : int
-        Non-negative key.
+        Any int; a negative one is never found.
     """
+    if key < 0:
+        # Never stored, and -1 is the key of an empty slot, which it would match.
+        return -1
     mask = np.uint64(table_slots(table) - 1)
     s = np.int64(_mix(key) & mask)
     while True:
@@ -795,7 +798,7 @@ def grid_remove(
     pids: I64,
     itab: I64,
 ) -> int:
-    """Remove entries by id (O(1) each); absent ids are ignored.
+    """Remove entries by id (O(1) each); absent and negative ids are ignored.
 
     The last row of the cell moves into the hole, so blocks never have gaps.
     The removed row's cell comes from its id table value, and the moved row
