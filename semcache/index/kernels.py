@@ -430,12 +430,8 @@ def filter_vec(low: F32, b: F32, T: F32, mapped: int, out: F32, acc: F64) -> Non
     k = low.shape[0]
     r = out.shape[0] - 1
     if mapped == 0:
-        # Two loops, not one with a test per element: this copy is a plain
-        # loop LLVM vectorises.
-        for j in range(min(k, r + 1)):
-            out[j] = low[j]
-        for j in range(k, r + 1):
-            out[j] = np.float32(0.0)
+        for j in range(r + 1):
+            out[j] = low[j] if j < k else np.float32(0.0)
         return
     # Row i of T is contiguous, so adding low's terms one row at a time runs
     # over all r sums at once in SIMD lanes; a sum per output (a dot product
