@@ -51,6 +51,24 @@ def test_streaming_updates_equal_a_full_reblur() -> None:
     assert recall(t, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995
 
 
+def test_removing_repeated_negative_or_absent_ids_counts_each_row_out_once() -> None:
+    """An id listed twice is one row: its cell's count drops by one, not two."""
+    c = corpus()
+    t = ThermalIndex(min_calibration=512)
+    t.add(c.ids[:1200], c.low[:1200], c.full[:1200])
+    gone = c.ids[:300]
+    t.remove(np.concatenate([gone, gone[::-1], [-1, -5, 10**12]]))
+    assert len(t) == 900
+    # Occupancy agrees with the stored rows, and the field with the occupancy.
+    assert int(t._occ.sum()) == 900
+    assert int(t._occ.min()) >= 0
+    occ = (t._occ > 0).astype(np.float64).reshape((t.grid,) * t.m)
+    want = gaussian_filter(occ, sigma=t.sigma, mode="constant", truncate=t.truncate)
+    assert np.allclose(t.field(), want, atol=1e-9)
+    ex = ExactSubset(c, np.r_[300:1200])
+    assert recall(t, ex, c.q_low, c.q_full, 0.9)[0] >= 0.995
+
+
 def ExactSubset(c: object, rows: np.ndarray) -> object:
     from semcache.index.exact import ExactIndex
 

@@ -200,11 +200,14 @@ class ThermalIndex(GridIndex):
     def remove(self, ids: IdArray) -> None:
         """Remove entries (absent ids are ignored) and re-diffuse locally."""
         ids_a = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-        ids_a = ids_a[ids_a >= 0]
         if len(ids_a) == 0 or len(self) == 0:
             return
+        if len(ids_a) > 1:
+            # An id listed twice is removed once: its cell must be counted out once.
+            ids_a = np.unique(ids_a)
+        # Absent and negative ids get code -1, which thermal_occupy skips.
         codes = K.codes_of_ids(ids_a, self._itab, self._cells)
-        super().remove(ids_a)
+        self._remove_checked(ids_a)
         if self._m_eff:
             K.thermal_occupy(codes, -1, self._occ, self._field, self.grid, self._m_eff, self._w1d)
 
