@@ -901,10 +901,11 @@ class SemanticCache:
         except SerializationError as exc:
             # A corrupt record is never served; it counts as an error and, failing open,
             # the next candidate may still be served.
-            self._counters["errors"] += 1
             if not self.fail_open:
-                raise
+                raise  # get() counts it
+            self._counters["errors"] += 1
             log.error("semcache: entry %d is unreadable and is skipped: %s", entry_id, exc)
+            self._remove_local([entry_id])  # not retried by later lookups of this process
             return MISS
         if stored is None:  # deleted by another process since our last sync
             self._remove_local([entry_id])

@@ -225,6 +225,8 @@ class SQLiteStore(Store):
         """Turn backend failures into StoreError / StoreLockedError."""
         try:
             yield
+        except StoreError:
+            raise
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StoreLockedError(f"the cache store at {self.where} is locked: {exc}") from exc
