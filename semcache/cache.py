@@ -511,6 +511,8 @@ class SemanticCache:
     # ------------------------------------------------------------- journal sync
     def _sync(self) -> None:
         """Apply what the store's change log holds beyond what this process has seen."""
+        if not self._store.usable():  # e.g. a remote store not synced within its staleness bound
+            raise StoreError(f"the store at {self._store.where} is not usable right now")
         batch = self._store.changes(self._seq)
         if batch.items is None:
             # The log no longer reaches back to our position (compacted while we were
@@ -1003,6 +1005,8 @@ class SemanticCache:
                     for i in range(s, min(s + batch_size, len(prompts)))
                 ]
                 with self._lock:
+                    if not self._store.usable():
+                        raise StoreError(f"the store at {self._store.where} is not usable right now")
                     ids.extend(self._store.put_many(rows))
                     self._sync()
                     self._counters["puts"] += len(rows)

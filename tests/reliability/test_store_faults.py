@@ -176,3 +176,37 @@ def test_deleting_half_gives_disk_space_back(tmp_path: Path) -> None:
     half = store.file_size()
     store.close()
     assert half < 0.7 * full, (full, half)
+
+
+def test_store_spec_variants(tmp_path: Path) -> None:
+    from semcache.errors import ConfigError
+    from semcache.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    with open_cache(tmp_path / "x", store=store) as cache:
+        cache.put("q", "a")
+    assert store.load_all().ids.size == 1  # the cache wrote into the instance it was given
+    with pytest.raises(ConfigError):
+        open_cache(tmp_path / "y", store="sqlite-please")
+    with pytest.raises(ConfigError):
+        open_cache(tmp_path / "y", store="nosuchscheme://host/db")
+
+
+def test_unusable_store_fails_open(tmp_path: Path) -> None:
+    from semcache.stores.memory import MemoryStore
+
+    class Stale(MemoryStore):
+        ok = True
+
+        def usable(self) -> bool:
+            return self.ok
+
+    store = Stale()
+    cache = open_cache(tmp_path / "x", store=store)
+    cache.put("q", "a")
+    store.ok = False
+    assert cache.get("q") is MISS
+    assert cache.put("q2", "b") is None
+    store.ok = True
+    assert cache.get("q").completion == "a"  # type: ignore[union-attr]
+    cache.close()
