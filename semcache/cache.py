@@ -435,7 +435,7 @@ class SemanticCache:
         """Forget everything in memory and load every live entry from the store in bulk."""
         self._reset_state()
         self._load_projection()
-        loaded = self._load_snapshot() or self._store.load_all()
+        loaded = self._load_snapshot() or self._store.load_all(fingerprint=self.fingerprint)
         self._seq = loaded.head
         self._add_bulk(loaded)
 

@@ -442,12 +442,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def load_all(self, dim: int | None = None) -> Loaded:
+    def load_all(self, dim: int | None = None, fingerprint: str | None = None) -> Loaded:
         """Every live valid entry as of one position, read in one consistent transaction.
 
         Linear in live entries (one scan, no per-entry round trip). Rows whose
         vector is not ``dim`` wide are skipped; with ``dim=None`` the most common
-        width among the rows is kept.
+        width among the rows of embedder ``fingerprint`` is kept (among all rows
+        when it has none). Skipped rows of another fingerprint are not counted as
+        invalid: they were written by another embedder, not corrupted.
         """
 
     def load_digests(self) -> Digests:

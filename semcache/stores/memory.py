@@ -138,15 +138,19 @@ class MemoryStore(Store):
                               StoredEntry(entry_id, row[0], row[1].copy())))
             return ChangeBatch(self._head, items)
 
-    def load_all(self, dim: int | None = None) -> Loaded:
+    def load_all(self, dim: int | None = None, fingerprint: str | None = None) -> Loaded:
         with self._lock:
             rows = [(i, m, v) for i, (m, v, _) in self._entries.items()]
             head = self._head
-        want = dim if dim is not None else majority_dim([v.shape[0] for _, _, v in rows])
+        want = dim
+        if want is None:
+            own = [v.shape[0] for _, m, v in rows if m.fingerprint == fingerprint]
+            want = majority_dim(own or [v.shape[0] for _, _, v in rows])
         kept = [r for r in rows if r[2].shape[0] == want]
-        skipped = len(rows) - len(kept)
-        for entry_id, _, v in rows:
-            if v.shape[0] != want:
+        skipped = 0
+        for entry_id, m, v in rows:
+            if v.shape[0] != want and (fingerprint is None or m.fingerprint == fingerprint):
+                skipped += 1
                 self._skip(entry_id, ValueError(f"{v.shape[0]}-d vector, expected {want}-d"))
         vectors = (np.stack([v for _, _, v in kept]).astype(np.float32) if kept
                    else np.zeros((0, want or 0), np.float32))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -49,6 +50,7 @@ from semcache.stores.base import (
 __all__ = ["DB_FILENAME", "MARKER_FILENAME", "SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
+log = logging.getLogger("semcache")
 
 DB_FILENAME: Final = "cache.db"
 #: Written next to the database when its settings are created: a directory that
@@ -535,7 +537,7 @@ class SQLiteStore(Store):
 
         return self._read(run)
 
-    def load_all(self, dim: int | None = None) -> Loaded:
+    def load_all(self, dim: int | None = None, fingerprint: str | None = None) -> Loaded:
         def run(c: sqlite3.Connection) -> tuple[int, list[int], list[EntryMeta], list[object], int]:
             head = self._head(c)
             ids, metas, _, skipped = self._scan_meta(c)
@@ -559,13 +561,17 @@ class SQLiteStore(Store):
             return head, ids, metas, vec_of, skipped
 
         head, ids, metas, blobs, skipped = self._read(run)
-        return self._assemble(head, ids, metas, blobs, skipped, dim)
+        return self._assemble(head, ids, metas, blobs, skipped, dim, fingerprint)
 
     def _assemble(self, head: int, ids: list[int], metas: list[EntryMeta], blobs: list[object],
-                  skipped: int, dim: int | None) -> Loaded:
+                  skipped: int, dim: int | None, fingerprint: str | None) -> Loaded:
         """Validate vectors in bulk and build the (n, d) table."""
         lengths = [len(b) if isinstance(b, bytes) else -1 for b in blobs]
-        want = dim if dim is not None else majority_dim([x // 4 for x in lengths if x > 0 and x % 4 == 0])
+        want = dim
+        if want is None:
+            own = [x // 4 for x, m in zip(lengths, metas, strict=True)
+                   if x > 0 and x % 4 == 0 and m.fingerprint == fingerprint]
+            want = majority_dim(own or [x // 4 for x in lengths if x > 0 and x % 4 == 0])
         nbytes = -2 if want is None else 4 * want
         keep = np.fromiter((x == nbytes for x in lengths), dtype=bool, count=len(lengths))
         kept_idx = np.flatnonzero(keep)
@@ -579,6 +585,13 @@ class SQLiteStore(Store):
             table = np.zeros((0, want or 0), np.float32)
             good = np.zeros(0, dtype=bool)
         bad_rows = set(np.flatnonzero(~keep).tolist()) | set(kept_idx[~good].tolist())
+        # Another embedder's rows of another width are foreign, not corrupt: left out uncounted.
+        foreign = {i for i in np.flatnonzero(~keep).tolist()
+                   if fingerprint is not None and metas[i].fingerprint != fingerprint and lengths[i] > 0}
+        if foreign:
+            log.info("semcache: %d entries in %s have vectors of another width from another embedder; "
+                     "not loaded", len(foreign), self.where)
+        bad_rows -= foreign
         for i in sorted(bad_rows):
             self._skip(ids[i], SerializationError("vector missing, of the wrong width, non-finite "
                                                   "or not of unit norm"))

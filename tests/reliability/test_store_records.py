@@ -187,3 +187,17 @@ def test_memory_store_validates_like_the_disk_store() -> None:
                          "c")])
     assert store.head() == 0 and store.load_all().ids.size == 0
     assert struct.calcsize("<f") == 4
+
+
+def test_other_embedders_wider_vectors_do_not_hide_this_embedders_entries(tmp_path: Path) -> None:
+    from tests.conftest import HashEmbedder
+
+    directory = tmp_path / "c"
+    with open_cache(directory, embedder=HashEmbedder(32, name="old")) as old:
+        old.put_many([f"old {i}" for i in range(20)], [f"o{i}" for i in range(20)])
+    for _ in range(2):  # the new embedder's entries survive reopening while the old ones outnumber them
+        with open_cache(directory, embedder=HashEmbedder(DIM, name="new")) as new:
+            new.put("new question", "new answer")
+            assert new.get("new question").completion == "new answer"  # type: ignore[union-attr]
+            assert new.get("old 1") is MISS
+            assert new.stats().errors == 0
