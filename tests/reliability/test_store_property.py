@@ -25,7 +25,8 @@ op = st.one_of(
     st.tuples(st.just("delete"), st.integers(0, len(SCOPES) - 1), st.integers(0, len(PROMPTS) - 1),
               st.just(0)),
     st.tuples(st.just("reopen"), st.just(0), st.just(0), st.just(0)),
-    st.tuples(st.just("purge"), st.integers(0, len(SCOPES) - 1), st.just(0), st.just(0)),
+    # purge(scope=None) is a ConfigError by design (it would not say what to delete)
+    st.tuples(st.just("purge"), st.integers(1, len(SCOPES) - 1), st.just(0), st.just(0)),
 )
 
 
