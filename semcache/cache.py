@@ -64,7 +64,7 @@ from semcache.stores import (
     Store,
     dumps_completion,
     make_store,
-    vector_digest,
+    vector_digests,
 )
 
 __all__ = [
@@ -459,25 +459,31 @@ class SemanticCache:
             log.info("semcache: snapshot of %s is too old for the change log; loading the store",
                      self._store.where)
             return None
-        extra = {i: e.vector for i, e in later.items if e is not None}
-        pos = np.searchsorted(snap.ids, digests.ids)
-        pos = np.minimum(pos, max(len(snap.ids) - 1, 0))
-        inside = (snap.ids[pos] == digests.ids) if len(snap.ids) else np.zeros(len(digests.ids), bool)
-        rows: list[FloatArray] = []
-        dim = snap.vectors.shape[1]
-        for k, entry_id in enumerate(digests.ids.tolist()):
-            vec = extra.get(entry_id)
-            if vec is None and inside[k]:
-                vec = snap.vectors[pos[k]]
-            if vec is None or vec.shape[0] != dim or vector_digest(vec) != digests.vhash[k]:
-                log.warning("semcache: snapshot in %s disagrees with the store (entry %d); deleting it "
-                            "and loading the store", self.directory, entry_id)
-                delete_snapshot(self.directory)
-                return None
-            rows.append(vec)
-        vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-        norms = np.linalg.norm(vectors, axis=1)
-        if len(rows) and not (np.isfinite(norms).all() and (np.abs(norms - 1.0) <= 1e-3).all()):
+        n, dim = len(digests.ids), snap.vectors.shape[1]
+        vectors = np.empty((n, dim), dtype=np.float32)
+        found = np.zeros(n, dtype=bool)
+        if len(snap.ids) and n:
+            pos = np.minimum(np.searchsorted(snap.ids, digests.ids), len(snap.ids) - 1)
+            found = snap.ids[pos] == digests.ids
+            vectors[found] = snap.vectors[pos[found]]
+        # Rows put (or re-put) since the snapshot come from the change log.
+        row_of = {int(i): k for k, i in enumerate(digests.ids.tolist())} if later.items else {}
+        for entry_id, entry in later.items:
+            k = row_of.get(entry_id)
+            if entry is not None and k is not None and entry.vector.shape[0] == dim:
+                vectors[k] = entry.vector
+                found[k] = True
+        # Every row must match the digest the store keeps for that id: this catches swapped
+        # rows, shifted ids, other widths and damaged values, whatever the checksum said.
+        ok = found & (vector_digests(vectors) == digests.vhash) if n else found
+        if not ok.all():
+            bad = int(digests.ids[int(np.flatnonzero(~ok)[0])])
+            log.warning("semcache: snapshot in %s disagrees with the store (entry %d); deleting it "
+                        "and loading the store", self.directory, bad)
+            delete_snapshot(self.directory)
+            return None
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        if n and not (np.abs(norms - 1.0) <= 1e-3).all():
             delete_snapshot(self.directory)
             return None
         self._snapshot_seq = digests.head

@@ -22,6 +22,7 @@ from semcache.stores import (
     loads_completion,
     make_store,
     vector_digest,
+    vector_digests,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "loads_completion",
     "make_store",
     "vector_digest",
+    "vector_digests",
 ]

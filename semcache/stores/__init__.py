@@ -27,6 +27,7 @@ from semcache.stores.base import (
     dumps_completion,
     loads_completion,
     vector_digest,
+    vector_digests,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "loads_completion",
     "make_store",
     "vector_digest",
+    "vector_digests",
 ]
 
 #: URL scheme -> factory ``(url, timeout) -> Store``. Backends living in optional

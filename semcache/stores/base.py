@@ -15,7 +15,6 @@ served.
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from semcache._types import FloatArray, IdArray, JSONValue
 from semcache.errors import InvalidPromptError, SerializationError
@@ -46,6 +46,7 @@ __all__ = [
     "dumps_completion",
     "loads_completion",
     "vector_digest",
+    "vector_digests",
 ]
 
 log = logging.getLogger("semcache")
@@ -141,20 +142,54 @@ class Digests:
     """Every live entry's metadata and vector digest, without the vectors.
 
     Used to verify a snapshot row by row cheaply: ``ids`` int64 (n,) ascending,
-    ``metas`` and ``vhash`` (:func:`vector_digest` of each stored vector) aligned
-    with it. Records that failed validation are left out (``skipped``).
+    ``metas`` and ``vhash`` (uint64 (n,), :func:`vector_digests` of each stored
+    vector) aligned with it. Records that failed validation are left out (``skipped``).
     """
 
     head: int
     ids: IdArray
     metas: list[EntryMeta]
-    vhash: list[bytes]
+    vhash: npt.NDArray[np.uint64]
     skipped: int = 0
 
 
+_DIGEST_MUL: dict[int, npt.NDArray[np.uint64]] = {}
+
+
+def vector_digests(vectors: FloatArray) -> npt.NDArray[np.uint64]:
+    """64-bit digest of each float32 row, vectorised (what :class:`Digests` compares).
+
+    A position-dependent multiply-sum of the row's 32-bit words, then a mixing step:
+    any change of a value, a swap of rows or a shift of ids changes it. It is not a
+    cryptographic hash: whoever can forge a snapshot can write the database itself,
+    so it guards against damage and confusion, not against the directory's owner.
+
+    Parameters
+    ----------
+    vectors : float32 array, shape (n, d)
+
+    Returns
+    -------
+    uint64 array, shape (n,)
+    """
+    arr = np.ascontiguousarray(vectors, dtype="<f4")
+    n, d = arr.shape
+    if d not in _DIGEST_MUL:
+        odd = np.random.default_rng(0x5E3C).integers(1, 2**63, size=d, dtype=np.uint64)
+        _DIGEST_MUL[d] = np.asarray(odd | np.uint64(1), dtype=np.uint64)
+    mul = _DIGEST_MUL[d]
+    words = arr.view("<u4").astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = (words * mul).sum(axis=1, dtype=np.uint64) + np.uint64(d)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return np.asarray(h, dtype=np.uint64).reshape(n)
+
+
 def vector_digest(vector: FloatArray) -> bytes:
-    """8-byte BLAKE2b of a float32 vector's bytes (what :class:`Digests` compares)."""
-    return hashlib.blake2b(np.ascontiguousarray(vector, np.float32).tobytes(), digest_size=8).digest()
+    """:func:`vector_digests` of one vector, as 8 little-endian bytes (the stored ``vhash``)."""
+    return vector_digests(np.asarray(vector, np.float32)[None, :]).astype("<u8").tobytes()
 
 
 # ------------------------------------------------------------------ validation
@@ -464,7 +499,7 @@ class Store(abc.ABC):
             head=loaded.head,
             ids=loaded.ids[order],
             metas=[loaded.metas[i] for i in order],
-            vhash=[vector_digest(loaded.vectors[i]) for i in order],
+            vhash=vector_digests(loaded.vectors[order]) if order else np.zeros(0, np.uint64),
             skipped=loaded.skipped,
         )
 

@@ -27,6 +27,7 @@ from semcache._types import JSONValue
 from semcache.errors import SerializationError, StoreError, StoreFormatError, StoreLockedError
 from semcache.stores.base import (
     CLEARED,
+    NORM_TOLERANCE,
     OP_CLEAR,
     OP_DELETE,
     OP_PUT,
@@ -102,6 +103,17 @@ INSERT OR IGNORE INTO state (name, value) VALUES ('floor', 0);
 """
 
 _META_COLS = "id, scope, key, fingerprint, created, expires, threshold, wrong, right"
+#: check_meta's rules as an SQL expression (1: valid), evaluated by SQLite for every row.
+_VALID = """(
+    typeof(scope) = 'text' AND length(scope) = 32 AND scope NOT GLOB '*[^0-9a-f]*'
+    AND typeof(key) = 'text' AND length(key) = 32 AND key NOT GLOB '*[^0-9a-f]*'
+    AND typeof(fingerprint) = 'text' AND length(fingerprint) BETWEEN 1 AND 512
+    AND typeof(created) IN ('real', 'integer') AND abs(created) < 1e300
+    AND (expires IS NULL OR (typeof(expires) IN ('real', 'integer') AND abs(expires) < 1e300))
+    AND (threshold IS NULL OR (typeof(threshold) IN ('real', 'integer') AND threshold BETWEEN -1 AND 1))
+    AND typeof(wrong) = 'integer' AND wrong >= 0 AND typeof(right) = 'integer' AND right >= 0
+    AND typeof(vhash) = 'blob' AND length(vhash) = 8
+)"""
 _CHUNK = 500  # ids per IN (...) query, below SQLite's variable limit
 
 
@@ -495,45 +507,60 @@ class SQLiteStore(Store):
 
         return self._read(run)
 
-    def _scan_meta(self, c: sqlite3.Connection) -> tuple[list[int], list[EntryMeta], list[bytes], int]:
-        """Every entry's validated metadata and vector digest, ascending id."""
+    def _scan_meta(self, c: sqlite3.Connection) -> tuple[list[int], list[EntryMeta], bytes, int]:
+        """Every entry's validated metadata and 8-byte vector digest (concatenated), ascending id.
+
+        The per-field checks of :func:`check_meta` run inside SQLite (``_VALID``), so the
+        Python loop only builds the records; fingerprints (few distinct values) are
+        checked in Python once each. Text that is not UTF-8 makes the default decoder
+        fail the whole scan, so the scan is then retried with a lenient decoder.
+        """
+        try:
+            return self._scan_meta_once(c)
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc).lower():
+                raise
+            c.text_factory = _text
+            try:
+                return self._scan_meta_once(c)
+            finally:
+                c.text_factory = str
+
+    def _scan_meta_once(self, c: sqlite3.Connection) -> tuple[list[int], list[EntryMeta], bytes, int]:
         ids: list[int] = []
         metas: list[EntryMeta] = []
         vhash: list[bytes] = []
         skipped = 0
-        ok_scopes: set[str] = set()
-        ok_fps: set[str] = set()
-        cur = c.execute(f"SELECT {_META_COLS}, vhash FROM entries ORDER BY id")
+        fps: dict[str, bool] = {}
+        cur = c.execute(f"SELECT {_META_COLS}, vhash, {_VALID} FROM entries ORDER BY id")
         while True:
-            rows = cur.fetchmany(10_000)
+            rows = cur.fetchmany(20_000)
             if not rows:
                 break
             for r in rows:
-                meta = EntryMeta(*r[1:9])
-                try:
-                    # Scopes and fingerprints repeat: validate the rest fully, those once each.
-                    if meta.scope in ok_scopes and meta.fingerprint in ok_fps:
-                        _check_fast(meta)
-                    else:
-                        check_meta(meta)
-                        ok_scopes.add(meta.scope)
-                        ok_fps.add(meta.fingerprint)
-                    if not isinstance(r[9], bytes) or len(r[9]) != 8:
-                        raise SerializationError("vector digest is not 8 bytes")
-                except SerializationError as exc:
-                    self._skip(r[0], exc)
+                fp = r[3]
+                ok = fps.get(fp)
+                if ok is None:
+                    ok = fps[fp] = _fingerprint_ok(fp)
+                if not (r[10] and ok):
+                    try:
+                        check_meta(EntryMeta(*r[1:9]))
+                        raise SerializationError("vector digest or a field of the wrong type")
+                    except SerializationError as exc:
+                        self._skip(r[0], exc)
                     skipped += 1
                     continue
-                ids.append(int(r[0]))
-                metas.append(meta)
+                ids.append(r[0])
+                metas.append(EntryMeta(*r[1:9]))
                 vhash.append(r[9])
-        return ids, metas, vhash, skipped
+        return ids, metas, b"".join(vhash), skipped
 
     def load_digests(self) -> Digests:
         def run(c: sqlite3.Connection) -> Digests:
             head = self._head(c)
             ids, metas, vhash, skipped = self._scan_meta(c)
-            return Digests(head, np.array(ids, dtype=np.int64), metas, vhash, skipped)
+            return Digests(head, np.array(ids, dtype=np.int64), metas,
+                           np.frombuffer(vhash, dtype="<u8").astype(np.uint64), skipped)
 
         return self._read(run)
 
@@ -577,10 +604,11 @@ class SQLiteStore(Store):
         kept_idx = np.flatnonzero(keep)
         if len(kept_idx):
             flat = b"".join(blobs[i] for i in kept_idx.tolist())  # type: ignore[misc]
-            table = np.frombuffer(flat, dtype="<f4").astype(np.float32).reshape(len(kept_idx), -1)
-            finite = np.asarray(np.isfinite(table).all(axis=1), dtype=bool)
-            norms = np.linalg.norm(np.where(finite[:, None], table, 0).astype(np.float64), axis=1)
-            good = finite & (np.abs(norms - 1.0) <= 1e-3)
+            table = np.frombuffer(flat, dtype="<f4").reshape(len(kept_idx), -1)
+            # NaN rows give a NaN norm and infinite ones an infinite norm: both fail the test.
+            with np.errstate(over="ignore", invalid="ignore"):
+                norms = np.sqrt(np.einsum("ij,ij->i", table, table))
+            good = np.asarray(np.abs(norms - 1.0) <= NORM_TOLERANCE, dtype=bool)
         else:
             table = np.zeros((0, want or 0), np.float32)
             good = np.zeros(0, dtype=bool)
@@ -600,7 +628,7 @@ class SQLiteStore(Store):
             head=head,
             ids=np.array(ids, dtype=np.int64)[final] if len(ids) else np.zeros(0, np.int64),
             metas=[metas[i] for i in final.tolist()],
-            vectors=np.ascontiguousarray(table[good]),
+            vectors=np.ascontiguousarray(table[good], dtype=np.float32),
             skipped=skipped + len(bad_rows),
         )
 
@@ -665,28 +693,6 @@ class SQLiteStore(Store):
         return total
 
 
-def _check_fast(meta: EntryMeta) -> None:
-    """:func:`check_meta` minus the scope and fingerprint (already seen valid)."""
-    key = meta.key
-    if not isinstance(key, str) or len(key) != 32 or not _is_hex(key):
-        raise SerializationError(f"key {str(key)[:40]!r} is not 32 lowercase hex chars")
-    if not _plain(meta):
-        check_meta(meta)
-
-
-_HEXCHARS = frozenset("0123456789abcdef")
-
-
-def _is_hex(s: str) -> bool:
-    return _HEXCHARS.issuperset(s)
-
-
-def _plain(meta: EntryMeta) -> bool:
-    """Fast path of the numeric checks: common, obviously valid field values."""
-    c, e, t, w, r = meta.created, meta.expires, meta.threshold, meta.wrong, meta.right
-    return (
-        type(c) is float and c == c and abs(c) < 1e300
-        and (e is None or (type(e) is float and e == e and abs(e) < 1e300))
-        and (t is None or (type(t) is float and -1.0 <= t <= 1.0))
-        and type(w) is int and type(r) is int and w >= 0 and r >= 0
-    )
+def _fingerprint_ok(fp: object) -> bool:
+    """check_meta's fingerprint rule (the rest is checked in SQL)."""
+    return isinstance(fp, str) and 0 < len(fp) <= 512 and fp.isprintable()
