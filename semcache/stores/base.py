@@ -153,7 +153,7 @@ class Digests:
     skipped: int = 0
 
 
-_DIGEST_MUL: dict[int, npt.NDArray[np.uint64]] = {}
+_DIGEST_MUL: dict[int, npt.NDArray[np.uint32]] = {}
 
 
 def vector_digests(vectors: FloatArray) -> npt.NDArray[np.uint64]:
@@ -175,10 +175,11 @@ def vector_digests(vectors: FloatArray) -> npt.NDArray[np.uint64]:
     arr = np.ascontiguousarray(vectors, dtype="<f4")
     n, d = arr.shape
     if d not in _DIGEST_MUL:
-        odd = np.random.default_rng(0x5E3C).integers(1, 2**63, size=d, dtype=np.uint64)
-        _DIGEST_MUL[d] = np.asarray(odd | np.uint64(1), dtype=np.uint64)
+        odd = np.random.default_rng(0x5E3C).integers(1, 2**32, size=d, dtype=np.uint64) | np.uint64(1)
+        _DIGEST_MUL[d] = np.asarray(odd, dtype=np.uint32)
     mul = _DIGEST_MUL[d]
-    words = arr.view("<u4").astype(np.uint64)
+    # 32-bit products (wrapping) summed in 64 bits: no (n, d) uint64 temporary.
+    words = arr.view("<u4")
     with np.errstate(over="ignore"):
         h = (words * mul).sum(axis=1, dtype=np.uint64) + np.uint64(d)
         h ^= h >> np.uint64(31)

@@ -179,7 +179,6 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         try:
-            self._conn.text_factory = _text
             self._setup(existed, marker)
         except BaseException:
             self._conn.close()
@@ -482,10 +481,20 @@ class SQLiteStore(Store):
             for s in range(0, len(wanted), _CHUNK):
                 chunk = wanted[s : s + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                rows = c.execute(
-                    f"SELECT e.id, e.scope, e.key, e.fingerprint, e.created, e.expires, e.threshold, "
-                    f"e.wrong, e.right, v.vector FROM entries e JOIN vectors v ON v.id = e.id "
-                    f"WHERE e.id IN ({marks})", chunk).fetchall()
+                query = (f"SELECT e.id, e.scope, e.key, e.fingerprint, e.created, e.expires, e.threshold, "
+                         f"e.wrong, e.right, v.vector FROM entries e JOIN vectors v ON v.id = e.id "
+                         f"WHERE e.id IN ({marks})")
+                try:
+                    rows = c.execute(query, chunk).fetchall()
+                except sqlite3.OperationalError as exc:
+                    if "decode" not in str(exc).lower():
+                        raise
+                    # Text that is not UTF-8: decode leniently; validation then rejects that row.
+                    c.text_factory = _text
+                    try:
+                        rows = c.execute(query, chunk).fetchall()
+                    finally:
+                        c.text_factory = str
                 for r in rows:
                     try:
                         meta = check_meta(EntryMeta(*r[1:9]))
