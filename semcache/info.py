@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
+from pathlib import Path
 
-from semcache.stores.sqlite import SQLiteStore
+from semcache.stores.sqlite import DB_FILENAME, SQLiteStore
 
 __all__ = ["configure", "run"]
 
@@ -17,6 +19,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not (Path(args.directory) / DB_FILENAME).is_file():
+        # Opening would create an empty store: report instead of writing anything.
+        print(f"semcache info: {args.directory} holds no semcache store", file=sys.stderr)
+        return 1
     store = SQLiteStore(args.directory)
     try:
         digests = store.load_digests()  # metadata only: no vectors, no completions
