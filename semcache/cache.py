@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import heapq
 import inspect
 import logging
@@ -435,9 +436,17 @@ class SemanticCache:
         """Forget everything in memory and load every live entry from the store in bulk."""
         self._reset_state()
         self._load_projection()
-        loaded = self._load_snapshot() or self._store.load_all(fingerprint=self.fingerprint)
-        self._seq = loaded.head
-        self._add_bulk(loaded)
+        # Loading creates a few objects per entry and keeps them all: the cyclic GC's
+        # repeated full passes over them would make a large open superlinear.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            loaded = self._load_snapshot() or self._store.load_all(fingerprint=self.fingerprint)
+            self._seq = loaded.head
+            self._add_bulk(loaded)
+        finally:
+            if paused:
+                gc.enable()
 
     def _load_snapshot(self) -> Loaded | None:
         """The store's entries with vectors from a verified snapshot, or None (use load_all).
