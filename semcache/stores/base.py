@@ -1,0 +1,523 @@
+"""The store interface every backend implements, and the validation they share.
+
+One abstraction, several implementations (memory, local SQLite, PostgreSQL):
+:class:`~semcache.cache.SemanticCache` talks only to :class:`Store` and never
+knows which one it has. See ``docs/store.md`` for the design.
+
+Nothing read from a store is deserialised by anything that can execute code:
+vectors are raw float32 bytes, metadata are typed columns (or JSON), completions
+are JSON text. Everything read is validated here (:func:`check_meta`,
+:func:`check_vector`, :func:`loads_completion`) before the cache sees it; a
+record that fails is skipped, counted (:attr:`Store.skipped`) and logged, never
+served.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from semcache._types import FloatArray, IdArray, JSONValue
+from semcache.errors import InvalidPromptError, SerializationError
+
+__all__ = [
+    "CLEARED",
+    "MAX_JSON_DEPTH",
+    "NORM_TOLERANCE",
+    "ChangeBatch",
+    "Digests",
+    "EntryMeta",
+    "Loaded",
+    "Row",
+    "Store",
+    "StoredEntry",
+    "check_meta",
+    "check_vector",
+    "dumps_completion",
+    "loads_completion",
+    "vector_digest",
+]
+
+log = logging.getLogger("semcache")
+
+#: Change-log id of a clear: every entry is gone.
+CLEARED = -1
+
+#: Deepest JSON nesting a completion may have (written or read). Deeper input
+#: would overflow Python's recursion in ``json`` (an untyped ``RecursionError``).
+MAX_JSON_DEPTH = 256
+
+#: A stored vector must have unit L2 norm within this tolerance (float32
+#: round-off is ~1e-6); a vector scaled x1000 would otherwise score 1.0 against
+#: everything.
+NORM_TOLERANCE = 1e-3
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_MAX_FINGERPRINT = 512
+
+
+@dataclass(frozen=True, slots=True)
+class EntryMeta:
+    """What the index needs about an entry (no completion)."""
+
+    #: Scope id: 32 lowercase hex chars (see :func:`semcache.scope.scope_id`).
+    scope: str
+    #: Exact-match key of the normalised prompt: 32 lowercase hex chars.
+    key: str
+    #: Fingerprint of the embedder that produced the vector.
+    fingerprint: str
+    created: float
+    expires: float | None
+    #: Per-entry cosine threshold learned from feedback (None: the cache's own).
+    threshold: float | None = None
+    #: How many times a hit on this entry was reported wrong.
+    wrong: int = 0
+    #: How many times a hit on this entry was reported right.
+    right: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An entry as read back from the store (validated)."""
+
+    entry_id: int
+    meta: EntryMeta
+    #: float32, shape (d,), unit norm.
+    vector: FloatArray
+
+
+#: One entry to write: metadata, float32 vector (d,), the stored prompt, the completion.
+Row = tuple[EntryMeta, FloatArray, str, JSONValue]
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """What changed after a position (see :meth:`Store.changes`).
+
+    ``items`` holds ``(entry_id, entry)`` for a put or update still present,
+    ``(entry_id, None)`` for a delete and ``(CLEARED, None)`` for a clear, in log
+    order. ``items is None`` means the log no longer reaches back to the position
+    asked for (compacted, or the store was wiped/restored): reload with
+    :meth:`Store.load_all`.
+    """
+
+    head: int
+    items: list[tuple[int, StoredEntry | None]] | None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Every live, valid entry as of log position ``head`` (one consistent read).
+
+    Attributes
+    ----------
+    head : int
+    ids : int64 array, shape (n,)
+    metas : list of EntryMeta, length n
+    vectors : float32 array, shape (n, d), unit rows (d = 0 when n = 0)
+    skipped : int
+        Records that failed validation and were left out.
+    """
+
+    head: int
+    ids: IdArray
+    metas: list[EntryMeta]
+    vectors: FloatArray
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class Digests:
+    """Per-entry identity without vectors, to verify a snapshot row by row cheaply.
+
+    ``ids`` int64 (n,), sorted ascending; ``scopes``, ``keys``, ``fingerprints``
+    and ``vhash`` (:func:`vector_digest` of each stored vector) aligned with it.
+    """
+
+    head: int
+    ids: IdArray
+    scopes: list[str]
+    keys: list[str]
+    fingerprints: list[str]
+    vhash: list[bytes]
+
+
+def vector_digest(vector: FloatArray) -> bytes:
+    """8-byte BLAKE2b of a float32 vector's bytes (what :class:`Digests` compares)."""
+    return hashlib.blake2b(np.ascontiguousarray(vector, np.float32).tobytes(), digest_size=8).digest()
+
+
+# ------------------------------------------------------------------ validation
+def _finite(x: object, what: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise SerializationError(f"{what} is {type(x).__name__}, not a number")
+    v = float(x)
+    if not math.isfinite(v):
+        raise SerializationError(f"{what} is not finite")
+    return v
+
+
+def _count(x: object, what: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 2**62:
+        raise SerializationError(f"{what} is not a non-negative int: {x!r}")
+    return x
+
+
+def check_meta(meta: EntryMeta) -> EntryMeta:
+    """Validate an :class:`EntryMeta` (read from a store or about to be written).
+
+    Raises
+    ------
+    SerializationError
+        A field of the wrong type, a scope id or key that is not 32 lowercase hex
+        chars, a non-finite time, a threshold outside [-1, 1], a negative count.
+    """
+    if not isinstance(meta, EntryMeta):
+        raise SerializationError(f"entry metadata is {type(meta).__name__}, not EntryMeta")
+    for what, value in (("scope id", meta.scope), ("key", meta.key)):
+        if not isinstance(value, str) or not _HEX32.fullmatch(value):
+            raise SerializationError(f"{what} {str(value)[:40]!r} is not 32 lowercase hex chars")
+    fp = meta.fingerprint
+    if not isinstance(fp, str) or not fp or len(fp) > _MAX_FINGERPRINT or not fp.isprintable():
+        raise SerializationError("embedder fingerprint is not a short printable string")
+    _finite(meta.created, "created")
+    if meta.expires is not None:
+        _finite(meta.expires, "expires")
+    if meta.threshold is not None and not -1.0 <= _finite(meta.threshold, "threshold") <= 1.0:
+        raise SerializationError(f"threshold {meta.threshold!r} is not in [-1, 1]")
+    _count(meta.wrong, "wrong")
+    _count(meta.right, "right")
+    return meta
+
+
+def check_vector(data: object, dim: int | None = None) -> FloatArray:
+    """Validate a stored vector: float32 bytes (or array), finite, unit norm.
+
+    Parameters
+    ----------
+    data : bytes or array-like
+        Raw little-endian float32 bytes, or an array of shape (d,).
+    dim : int, optional
+        Expected width.
+
+    Returns
+    -------
+    float32 array, shape (d,), a private copy.
+
+    Raises
+    ------
+    SerializationError
+        Wrong type or length, NaN/infinity, or a norm further than
+        :data:`NORM_TOLERANCE` from 1.
+    """
+    if isinstance(data, bytes | bytearray | memoryview):
+        raw = bytes(data)
+        if not raw or len(raw) % 4:
+            raise SerializationError(f"a vector of {len(raw)} bytes is not float32")
+        vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    else:
+        try:
+            vec = np.array(data, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(f"vector is not numeric: {exc}") from exc
+        if vec.ndim != 1 or vec.size == 0:
+            raise SerializationError(f"vector has shape {vec.shape}, expected (d,)")
+    if dim is not None and vec.shape[0] != dim:
+        raise SerializationError(f"vector is {vec.shape[0]}-d, expected {dim}-d")
+    if not np.isfinite(vec).all():
+        raise SerializationError("vector holds NaN or infinity")
+    norm = float(np.linalg.norm(vec.astype(np.float64)))
+    if abs(norm - 1.0) > NORM_TOLERANCE:
+        raise SerializationError(f"vector norm is {norm:.6g}, not 1")
+    return vec
+
+
+def _json_depth_ok(value: object, limit: int) -> bool:
+    """Whether ``value`` nests no deeper than ``limit`` (iterative: no recursion to overflow)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list | tuple):
+            if depth > limit:
+                return False
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children)
+    return True
+
+
+def _check_text(text: str, what: str, exc_type: type[Exception]) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise exc_type(f"{what} holds a lone surrogate and cannot be stored as UTF-8: {exc}") from exc
+
+
+def dumps_completion(prompt: str, completion: JSONValue) -> str:
+    """JSON text of a stored (prompt, completion), validated before anything is written.
+
+    Raises
+    ------
+    InvalidPromptError
+        ``prompt`` is not valid Unicode (a lone surrogate).
+    SerializationError
+        ``completion`` is not JSON-serialisable, holds NaN/infinity or a lone
+        surrogate, or nests deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    if not isinstance(prompt, str):
+        raise InvalidPromptError(f"a prompt must be a str, not {type(prompt).__name__}")
+    _check_text(prompt, "the prompt", InvalidPromptError)
+    if not _json_depth_ok(completion, MAX_JSON_DEPTH):
+        raise SerializationError(f"the completion nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        text = json.dumps({"prompt": prompt, "completion": completion}, allow_nan=False,
+                          ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SerializationError(f"completion is not JSON-serialisable: {exc}") from exc
+    _check_text(text, "the completion", SerializationError)
+    return text
+
+
+def loads_completion(text: object, entry_id: int | None = None) -> tuple[str, JSONValue]:
+    """Inverse of :func:`dumps_completion`, validating what was read.
+
+    Raises
+    ------
+    SerializationError
+        Not UTF-8 text, not JSON, too deep, or not ``{"prompt": str, "completion": ...}``.
+    """
+    what = "stored completion" if entry_id is None else f"stored completion {entry_id}"
+    if isinstance(text, bytes | bytearray | memoryview):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SerializationError(f"{what} is not UTF-8: {exc}") from exc
+    if not isinstance(text, str):
+        raise SerializationError(f"{what} is {type(text).__name__}, not text")
+    # Cheap bound before parsing: json.loads recurses once per bracket.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and not _bracket_depth_ok(text):
+        raise SerializationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise SerializationError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict) or set(obj) != {"prompt", "completion"} \
+            or not isinstance(obj["prompt"], str):
+        raise SerializationError(f"{what} is not a {{prompt, completion}} record")
+    return obj["prompt"], obj["completion"]
+
+
+def _bracket_depth_ok(text: str) -> bool:
+    """Bracket nesting of JSON text (ignoring brackets inside strings) within the limit."""
+    depth = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+# ----------------------------------------------------------------- the store
+class Store(abc.ABC):
+    """Where entries, settings and blobs live; see the module docstring.
+
+    Every method raises :class:`~semcache.errors.StoreError` (or
+    :class:`~semcache.errors.StoreLockedError`) when the backend fails, and
+    :class:`~semcache.errors.SerializationError` when a value cannot be encoded
+    or a record read back cannot be decoded. Nothing else escapes.
+    """
+
+    #: For messages and logs; never holds a password.
+    where: str = "store"
+
+    def __init__(self) -> None:
+        self._skip_lock = threading.Lock()
+        #: Records that failed validation on read and were skipped (never served).
+        self.skipped = 0
+
+    def _skip(self, entry_id: object, exc: Exception) -> None:
+        """Count and log a record that failed validation."""
+        with self._skip_lock:
+            self.skipped += 1
+        log.error("semcache: skipping invalid record %s in %s: %s", entry_id, self.where, exc)
+
+    # settings and blobs (shared by every process/node on this store)
+    @abc.abstractmethod
+    def load_settings(self) -> dict[str, Any] | None:
+        """The stored settings, or None when the store has none yet."""
+
+    @abc.abstractmethod
+    def init_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Store ``settings`` if none exist yet; return the stored ones.
+
+        Race-free: two processes creating the store at once agree on one ``store_id``.
+        """
+
+    @abc.abstractmethod
+    def save_settings(self, settings: dict[str, Any]) -> None:
+        """Replace the stored settings."""
+
+    @abc.abstractmethod
+    def get_blob(self, name: str) -> bytes | None:
+        """An opaque blob (e.g. the fitted projection), or None."""
+
+    @abc.abstractmethod
+    def set_blob(self, name: str, data: bytes) -> None:
+        """Store an opaque blob."""
+
+    # entries: every write is ONE transaction and appends to the change log
+    @abc.abstractmethod
+    def put_many(self, rows: list[Row]) -> list[int]:
+        """Write entries in one transaction; return their new ids, in order.
+
+        Rows are validated first (:func:`check_meta`, :func:`check_vector`,
+        :func:`dumps_completion`): a bad row raises before anything is written.
+        """
+
+    @abc.abstractmethod
+    def delete(self, ids: Sequence[int]) -> list[int]:
+        """Delete entries in one transaction; return the ids that existed."""
+
+    @abc.abstractmethod
+    def update_meta(self, entry_id: int, meta: EntryMeta) -> bool:
+        """Rewrite an entry's metadata (vector unchanged); False when it is gone."""
+
+    @abc.abstractmethod
+    def get_completion(self, entry_id: int) -> tuple[str, JSONValue] | None:
+        """(stored prompt, completion) of an entry; None when it is gone.
+
+        Raises :class:`~semcache.errors.SerializationError` when the record is corrupt.
+        """
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Remove every entry and blob (settings stay); logs one CLEARED record."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections/files. Idempotent."""
+
+    # the change log: positions are in COMMIT order
+    @abc.abstractmethod
+    def head(self) -> int:
+        """Newest change-log position."""
+
+    @abc.abstractmethod
+    def changes(self, since: int) -> ChangeBatch:
+        """Changes after position ``since`` (see :class:`ChangeBatch`).
+
+        A reader that has seen position p never later receives a change with
+        position <= p. ``items`` is None when the log no longer reaches back to
+        ``since`` (compacted, or head < since): the caller reloads with
+        :meth:`load_all`.
+        """
+
+    @abc.abstractmethod
+    def load_all(self, dim: int | None = None) -> Loaded:
+        """Every live valid entry as of one position, read in one consistent transaction.
+
+        Linear in live entries (one scan, no per-entry round trip). Rows whose
+        vector is not ``dim`` wide are skipped; with ``dim=None`` the most common
+        width among the rows is kept.
+        """
+
+    def load_digests(self) -> Digests:
+        """Ids, scopes, keys, fingerprints and vector digests of every live entry.
+
+        Used to verify a snapshot row by row. This default reads everything through
+        :meth:`load_all`; backends override it with a scan that skips the vectors.
+        """
+        loaded = self.load_all()
+        order = np.argsort(loaded.ids, kind="stable")
+        return Digests(
+            head=loaded.head,
+            ids=loaded.ids[order],
+            scopes=[loaded.metas[i].scope for i in order.tolist()],
+            keys=[loaded.metas[i].key for i in order.tolist()],
+            fingerprints=[loaded.metas[i].fingerprint for i in order.tolist()],
+            vhash=[vector_digest(loaded.vectors[i]) for i in order.tolist()],
+        )
+
+    def compact(self) -> int:
+        """Drop change-log records older than the retention horizon; return how many.
+
+        Optional: a store without compaction keeps its whole log.
+        """
+        return 0
+
+    def usable(self) -> bool:
+        """The cache serves only while this is True (local stores: always)."""
+        return True
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def majority_dim(lengths: Sequence[int]) -> int | None:
+    """The most common vector width (ties: the smallest), None for no rows."""
+    if not lengths:
+        return None
+    values, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    return int(values[int(np.argmax(counts))])
+
+
+#: Change-log operation codes (stored as small ints).
+OP_PUT, OP_UPDATE, OP_DELETE, OP_CLEAR = 1, 2, 3, 4
+
+
+def fold_log(records: Sequence[tuple[int, int]]) -> list[tuple[int, bool]]:
+    """Reduce change-log records to what a reader must apply, in order.
+
+    Parameters
+    ----------
+    records : sequence of (entry_id, op)
+        In log order; ``op`` one of ``OP_PUT``, ``OP_UPDATE``, ``OP_DELETE``, ``OP_CLEAR``.
+
+    Returns
+    -------
+    list of (entry_id, present)
+        ``present`` True: load the entry's current state (put or update, the last
+        record per id wins); False: it was deleted. ``(CLEARED, False)`` marks a
+        clear, and nothing before the last clear is kept. Linear time.
+    """
+    start = 0
+    for k in range(len(records) - 1, -1, -1):
+        if records[k][1] == OP_CLEAR:
+            start = k
+            break
+    last: dict[int, int] = {}
+    tail = records[start:]
+    for k, (entry_id, _) in enumerate(tail):
+        last[entry_id] = k
+    out: list[tuple[int, bool]] = []
+    for k, (entry_id, op) in enumerate(tail):
+        if op == OP_CLEAR:
+            out.append((CLEARED, False))
+        elif last[entry_id] == k:
+            out.append((entry_id, op != OP_DELETE))
+    return out
