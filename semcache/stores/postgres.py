@@ -555,7 +555,7 @@ class PostgresStore(Store):
                 while self._buf and self._buf[0][0] <= since:
                     self._buf.popleft()
                 self._buf_start = since
-                return ChangeBatch(self._seen, [(i, e) for _, i, e in self._buf])
+                return ChangeBatch(self._seen, _fold(self._buf))
         # Asked for a position the buffer does not hold (e.g. a snapshot older than the
         # replica's start): read the log from there, if it still reaches back.
         with self._fetch_lock:
@@ -569,7 +569,7 @@ class PostgresStore(Store):
         with self._buf_lock:
             if self._resync:
                 return ChangeBatch(self._seen, None)
-            return ChangeBatch(self._seen, [(i, e) for _, i, e in self._buf])
+            return ChangeBatch(self._seen, _fold(self._buf))
 
     def _fetch_locked(self) -> int:
         """Read the log after ``seen`` (caller holds ``_fetch_lock``); return records read.
@@ -892,6 +892,22 @@ class PostgresStore(Store):
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _fold(records: Sequence[tuple[int, int, StoredEntry | None]]) -> list[tuple[int, StoredEntry | None]]:
+    """One item per entry id, in log order: the last record of each id after the last clear.
+
+    The cache adds what a batch put and removes what it deleted; a put and a delete of the
+    same id in one batch must therefore arrive as the delete alone.
+    """
+    start = 0
+    for k in range(len(records) - 1, -1, -1):
+        if records[k][1] == CLEARED:
+            start = k
+            break
+    tail = list(records)[start:]
+    last = {entry_id: k for k, (_, entry_id, _) in enumerate(tail)}
+    return [(entry_id, entry) for k, (_, entry_id, entry) in enumerate(tail) if last[entry_id] == k]
 
 
 def _settings(text: object, where: str) -> dict[str, Any]:
