@@ -12,9 +12,10 @@ A lookup runs, in order:
    the first one at or above the threshold that passes the guards, is not
    expired and is still in the store is the hit.
 
-Everything stored lives in a :class:`~semcache.store.RecordStore` (diskcache on
-local disk by default); the in-memory index is rebuilt from it on open and kept
-in step with other processes through the store's journal.
+Everything stored lives in a :class:`~semcache.stores.Store` (SQLite on local
+disk by default); the in-memory index is loaded from it in bulk on open
+(:meth:`~semcache.stores.Store.load_all`, or a verified snapshot) and kept in
+step with other processes through the store's change log.
 """
 
 from __future__ import annotations
@@ -56,14 +57,14 @@ from semcache.projection import (
 )
 from semcache.prompts import normalize_prompt, prompt_key
 from semcache.scope import Scope, scope_id
-from semcache.store import (
+from semcache.stores import (
     CLEARED,
-    DiskKV,
     EntryMeta,
-    KeyValue,
-    MemoryKV,
-    RecordStore,
+    Loaded,
+    Store,
     dumps_completion,
+    make_store,
+    vector_digest,
 )
 
 __all__ = [
@@ -84,7 +85,7 @@ log = logging.getLogger("semcache")
 DEFAULT_THRESHOLD: Final = 0.9
 
 #: Store format written by this version; a directory with another one is refused.
-STORE_FORMAT: Final = 1
+STORE_FORMAT: Final = 2
 
 ScopeLike: TypeAlias = Scope | Mapping[str, Any] | str | None
 
@@ -249,8 +250,10 @@ class SemanticCache:
         Seconds an entry lives unless :meth:`put` says otherwise. None: forever.
     max_entries : int, optional
         Size bound; the least recently used entries are evicted beyond it.
-    store : {"disk", "memory"} or KeyValue
-        ``"memory"`` keeps nothing after the process ends (tests, ephemeral use).
+    store : {"disk", "memory"}, store URL or Store
+        ``"disk"``: SQLite in ``directory``; ``"memory"`` keeps nothing after the
+        process ends (tests, ephemeral use); a URL whose scheme a backend registered
+        (see :func:`semcache.stores.make_store`); or any :class:`~semcache.stores.Store`.
     index : {"auto", "exact", "multigrid", "grid", "thermal"}
         ``"auto"`` searches small scopes exactly and switches a scope to the
         approximate index once it holds ``approx_min_entries`` entries: the
@@ -308,7 +311,7 @@ class SemanticCache:
         target_wrong_hit_rate: float | None = None,
         ttl: float | None = None,
         max_entries: int | None = None,
-        store: Literal["disk", "memory"] | KeyValue = "disk",
+        store: str | Store = "disk",
         index: str = "auto",
         projection: str | BaseProjection = "learned",
         projection_dims: int = 32,
@@ -357,21 +360,17 @@ class SemanticCache:
 
             self.threshold = threshold_for(self.fingerprint, target_wrong_hit_rate)
 
-        if isinstance(store, str):
-            if store == "memory":
-                self.directory: Path | None = None
-                kv: KeyValue = MemoryKV()
-            elif store == "disk":
-                # Absolute: the removed-directory check must not depend on the current directory.
-                where = Path(directory) if directory is not None else default_directory(name)
-                self.directory = where.expanduser().absolute()
-                kv = DiskKV(self.directory, timeout=timeout)
-            else:
-                raise ConfigError(f"store must be 'disk', 'memory' or a KeyValue, not {store!r}")
+        self.directory: Path | None
+        if store == "disk":
+            # Absolute: the removed-database check must not depend on the current directory.
+            where = Path(directory) if directory is not None else default_directory(name)
+            self.directory = where.expanduser().absolute()
+        elif store == "memory":
+            self.directory = None
         else:
+            # Another backend: a directory, if given, holds only the local snapshot.
             self.directory = Path(directory).expanduser().absolute() if directory is not None else None
-            kv = store
-        self._store = RecordStore(kv, str(self.directory or "memory"))
+        self._store: Store = make_store(store, self.directory, timeout=timeout)
 
         self._lock = threading.RLock()
         self._closed = False
@@ -382,11 +381,10 @@ class SemanticCache:
         self._latency: dict[str, deque[float]] = {s: deque(maxlen=50_000) for s in _STAGES}
         self._memo: OrderedDict[str, FloatArray] = OrderedDict()
 
+        self._skipped_base = 0
         try:
             self._check_settings()
-            self._load_projection()
-            self._load_snapshot()
-            self._sync()
+            self._reload()
         except Exception:
             self._store.close()
             raise
@@ -420,42 +418,90 @@ class SemanticCache:
         return self.embedder.fingerprint
 
     def _check_settings(self) -> None:
-        settings = self._store.load_settings()
-        if settings is None:
-            settings = {"format": STORE_FORMAT, "created": time.time(), "store_id": uuid.uuid4().hex}
-            self._store.save_settings(settings)
+        settings = self._store.init_settings(
+            {"format": STORE_FORMAT, "created": time.time(), "store_id": uuid.uuid4().hex})
         fmt = settings.get("format")
         if fmt != STORE_FORMAT:
             raise ConfigError(
                 f"{self._store.where} holds a semcache store of format {fmt!r}; this version "
                 f"reads format {STORE_FORMAT}. Use another directory or clear this one."
             )
-        self._store_id = str(settings.get("store_id", ""))
+        store_id = settings.get("store_id")
+        if not isinstance(store_id, str) or len(store_id) != 32 or not store_id.isalnum():
+            raise StoreError(f"the settings in {self._store.where} hold no valid store id")
+        self._store_id = store_id
 
-    def _load_snapshot(self) -> None:
-        if self.directory is None or not self._store_id:
-            return
-        from semcache.snapshot import load_snapshot
+    def _reload(self) -> None:
+        """Forget everything in memory and load every live entry from the store in bulk."""
+        self._reset_state()
+        self._load_projection()
+        loaded = self._load_snapshot() or self._store.load_all()
+        self._seq = loaded.head
+        self._add_bulk(loaded)
+
+    def _load_snapshot(self) -> Loaded | None:
+        """The store's entries with vectors from a verified snapshot, or None (use load_all).
+
+        Metadata come from the store; a snapshot row is used only when the store's
+        digest of that id's vector matches it, so a bad snapshot costs time, never
+        correctness. Rows put since the snapshot come from the change log.
+        """
+        if self.directory is None:
+            return None
+        from semcache.snapshot import delete_snapshot, load_snapshot
 
         snap = load_snapshot(self.directory, self._store_id)
-        if snap is None or snap.seq > self._store.seq():
-            return
-        self._add_local([(int(i), m, snap.vectors[k]) for k, (i, m) in enumerate(
-            zip(snap.ids.tolist(), snap.metas, strict=True))])
-        self._seq = self._snapshot_seq = snap.seq
+        if snap is None:
+            return None
+        digests = self._store.load_digests()
+        later = self._store.changes(snap.head) if snap.head <= digests.head else None
+        if later is None or later.items is None or any(i == CLEARED for i, _ in later.items):
+            log.info("semcache: snapshot of %s is too old for the change log; loading the store",
+                     self._store.where)
+            return None
+        extra = {i: e.vector for i, e in later.items if e is not None}
+        pos = np.searchsorted(snap.ids, digests.ids)
+        pos = np.minimum(pos, max(len(snap.ids) - 1, 0))
+        inside = (snap.ids[pos] == digests.ids) if len(snap.ids) else np.zeros(len(digests.ids), bool)
+        rows: list[FloatArray] = []
+        dim = snap.vectors.shape[1]
+        for k, entry_id in enumerate(digests.ids.tolist()):
+            vec = extra.get(entry_id)
+            if vec is None and inside[k]:
+                vec = snap.vectors[pos[k]]
+            if vec is None or vec.shape[0] != dim or vector_digest(vec) != digests.vhash[k]:
+                log.warning("semcache: snapshot in %s disagrees with the store (entry %d); deleting it "
+                            "and loading the store", self.directory, entry_id)
+                delete_snapshot(self.directory)
+                return None
+            rows.append(vec)
+        vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+        norms = np.linalg.norm(vectors, axis=1)
+        if len(rows) and not (np.isfinite(norms).all() and (np.abs(norms - 1.0) <= 1e-3).all()):
+            delete_snapshot(self.directory)
+            return None
+        self._snapshot_seq = digests.head
+        return Loaded(digests.head, digests.ids, digests.metas, vectors, digests.skipped)
 
     def _save_snapshot(self) -> None:
-        """Write a snapshot on close when the cache is large and changed since the last one."""
-        if (self.directory is None or not self._store_id or self._seq == self._snapshot_seq
-                or len(self._meta) + self._foreign < self.snapshot_min_entries):
+        """On close: write a snapshot when the cache is large and changed, remove a stale one."""
+        if self.directory is None or self._seq == self._snapshot_seq:
             return
-        from semcache.snapshot import save_snapshot
+        from semcache.snapshot import delete_snapshot, save_snapshot
 
-        ids = np.array(list(self._meta), dtype=np.int64)
+        if len(self._meta) + self._foreign < self.snapshot_min_entries:
+            delete_snapshot(self.directory)  # stale after a purge or clear
+            return
+        ids = np.array(sorted(self._meta), dtype=np.int64)
+        foreign = np.array(sorted(self._foreign_ids), dtype=np.int64)
         try:
-            save_snapshot(self.directory, self._store_id, self._seq, ids, self._table.take(ids),
-                          [self._meta[i] for i in ids.tolist()])
-        except OSError as exc:  # derived data: the journal still has everything
+            if len(foreign):
+                # Foreign entries are not in the table (never served), so the snapshot
+                # cannot cover them: their vectors would have to be loaded anyway.
+                delete_snapshot(self.directory)
+                return
+            save_snapshot(self.directory, self._store_id, self._seq, ids, self._table.take(ids))
+        except OSError as exc:  # derived data: the store still has everything
             log.warning("semcache: could not write the index snapshot: %s", exc)
 
     def _check_open(self) -> None:
@@ -464,32 +510,69 @@ class SemanticCache:
 
     # ------------------------------------------------------------- journal sync
     def _sync(self) -> None:
-        """Apply what the store's journal holds beyond what this process has seen."""
-        if self.directory is not None and not (self.directory / "cache.db").is_file():
-            # SQLite keeps a deleted database open and would go on "storing" into a
-            # file nobody can reopen; say so instead of losing writes silently.
-            raise StoreError(f"the cache directory {self.directory} was removed or replaced")
-        head = self._store.seq()
-        if head == self._seq:
+        """Apply what the store's change log holds beyond what this process has seen."""
+        batch = self._store.changes(self._seq)
+        if batch.items is None:
+            # The log no longer reaches back to our position (compacted while we were
+            # idle), or the store went backwards (wiped/restored): start over.
+            self._reload()
             return
-        if head < self._seq:
-            # The store went backwards: replaced or wiped behind our back. Start over.
-            self._reset_state()
-            self._load_projection()
         added: list[tuple[int, EntryMeta, FloatArray]] = []
-        for entry_id, entry in self._store.changes(self._seq, head):
+        for entry_id, entry in batch.items:  # folded by the store: one item per id
             if entry is None:
                 if entry_id == CLEARED:
                     self._reset_state()
                     added.clear()
                 else:
-                    added = [a for a in added if a[0] != entry_id]
                     self._remove_local([entry_id])
             else:
                 added.append((entry_id, entry.meta, entry.vector))
-        self._seq = head
+        self._seq = batch.head
         if added:
             self._add_local(added)
+
+    def _add_bulk(self, loaded: Loaded) -> None:
+        """Index a whole :class:`Loaded` at once (open/reload): linear, grouped by scope in numpy."""
+        fp = self.fingerprint
+        own = np.fromiter((m.fingerprint == fp for m in loaded.metas), dtype=bool, count=len(loaded.metas))
+        foreign = loaded.ids[~own]
+        self._foreign += len(foreign)
+        self._foreign_ids.update(foreign.tolist())
+        keep = np.flatnonzero(own)
+        if not len(keep):
+            return
+        ids = loaded.ids[keep]
+        metas = [loaded.metas[k] for k in keep.tolist()]
+        vecs = np.ascontiguousarray(loaded.vectors[keep], dtype=np.float32)
+        replaced: list[int] = []
+        meta_map, exact, lru = self._meta, self._exact, self._lru
+        for entry_id, meta in zip(ids.tolist(), metas, strict=True):
+            meta_map[entry_id] = meta
+            lru[entry_id] = None
+            old = exact.get((meta.scope, meta.key))
+            if old is None or old < entry_id:
+                exact[(meta.scope, meta.key)] = entry_id
+            if old is not None:
+                replaced.append(min(old, entry_id))
+            if meta.expires is not None:
+                self._expiry.append((meta.expires, entry_id))
+        heapq.heapify(self._expiry)
+        self._table.add(ids, vecs, vecs)
+        _, inverse = np.unique(np.array([m.scope for m in metas]), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+        largest = 0
+        for group in np.split(order, bounds):
+            sid = metas[int(group[0])].scope
+            kind = self._wanted_kind(len(group))
+            part = self._parts[sid] = _Partition(kind, self._make_index(kind), len(group))
+            g_vecs = vecs[group]
+            part.index.add(ids[group], self._project(g_vecs) if kind != "exact" else g_vecs, g_vecs)
+            largest = max(largest, len(group))
+        self._maybe_fit_projection(largest)
+        if replaced:
+            # A newer put of the same prompt in the same scope supersedes the older one.
+            self._delete_ids([i for i in replaced if i in self._meta], counter="deletes")
 
     def _add_local(self, rows: list[tuple[int, EntryMeta, FloatArray]]) -> None:
         """Index entries already in the store (grouped per scope, in bulk)."""
@@ -816,6 +899,11 @@ class SemanticCache:
         try:
             stored = self._store.get_completion(entry_id)
         except SerializationError as exc:
+            # A corrupt record is never served; it counts as an error and, failing open,
+            # the next candidate may still be served.
+            self._counters["errors"] += 1
+            if not self.fail_open:
+                raise
             log.error("semcache: entry %d is unreadable and is skipped: %s", entry_id, exc)
             return MISS
         if stored is None:  # deleted by another process since our last sync
@@ -1042,6 +1130,10 @@ class SemanticCache:
             self._store.clear()
             self._reset_state()
             self._memo.clear()
+            if self.directory is not None:
+                from semcache.snapshot import delete_snapshot
+
+                delete_snapshot(self.directory)
             self._sync()
 
     def expire(self) -> int:
@@ -1069,8 +1161,11 @@ class SemanticCache:
                 for s, v in self._latency.items()
                 if v
             }
+            counters = dict(self._counters)
+            # Records the store skipped as invalid (never served) are errors too.
+            counters["errors"] += self._store.skipped - self._skipped_base
             return CacheStats(
-                **self._counters,
+                **counters,
                 entries=len(self._meta),
                 scopes=len(self._parts),
                 foreign_entries=self._foreign,
@@ -1084,6 +1179,7 @@ class SemanticCache:
         with self._lock:
             for k in self._counters:
                 self._counters[k] = 0
+            self._skipped_base = self._store.skipped
             for v in self._latency.values():
                 v.clear()
 

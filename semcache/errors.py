@@ -17,7 +17,9 @@ derive from the closest built-in exception (``ValueError``, ``TypeError``,
     │   └── NotFittedError
     ├── IndexStateError      an index given inconsistent ids or shapes
     ├── StoreError           the store directory is missing, corrupt or locked
-    │   └── StoreLockedError
+    │   ├── StoreLockedError
+    │   └── StoreFormatError a directory written by another store format
+    │                        (e.g. the old diskcache layout); never read
     └── SerializationError   a completion that is not JSON-serialisable
 """
 
@@ -33,6 +35,7 @@ __all__ = [
     "SemcacheError",
     "SerializationError",
     "StoreError",
+    "StoreFormatError",
     "StoreLockedError",
 ]
 
@@ -71,6 +74,13 @@ class StoreError(SemcacheError, OSError):
 
 class StoreLockedError(StoreError):
     """The store is locked by another process for longer than the configured timeout."""
+
+
+class StoreFormatError(StoreError):
+    """The directory holds a store of another format (e.g. semcache's old diskcache layout).
+
+    Nothing in it is read: delete the directory (or use another one) and let the cache refill.
+    """
 
 
 class SerializationError(SemcacheError, TypeError):

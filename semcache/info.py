@@ -6,7 +6,7 @@ import argparse
 import json
 from collections import Counter
 
-from semcache.store import DiskKV, RecordStore
+from semcache.stores.sqlite import SQLiteStore
 
 __all__ = ["configure", "run"]
 
@@ -17,24 +17,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = RecordStore(DiskKV(args.directory), args.directory)
+    store = SQLiteStore(args.directory)
     try:
-        head = store.seq()
-        live: dict[int, tuple[str, str]] = {}
-        for entry_id, entry in store.changes(0, head):
-            if entry is None:
-                live.pop(entry_id, None)
-            else:  # an update replays an entry again; the dict keeps one
-                live[entry_id] = (entry.meta.scope, entry.meta.fingerprint)
-        scopes = {s for s, _ in live.values()}
-        embedders = Counter(fp for _, fp in live.values())
+        digests = store.load_digests()  # metadata only: no vectors, no completions
+        scopes = {m.scope for m in digests.metas}
+        embedders = Counter(m.fingerprint for m in digests.metas)
         report = {
             "directory": args.directory,
             "settings": store.load_settings(),
-            "journal_position": head,
-            "entries": len(live),
+            "journal_position": digests.head,
+            "entries": len(digests.ids),
+            "invalid_records": digests.skipped,
             "scopes": len(scopes),
             "embedders": dict(embedders),
+            "database_bytes": store.file_size(),
         }
     finally:
         store.close()

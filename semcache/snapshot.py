@@ -1,15 +1,24 @@
-"""Snapshots of the in-memory entry table, so reopening a large cache skips the journal.
+"""Snapshots of the entry vectors, so reopening a large cache reads less from the store.
 
-A snapshot is an ``.npz`` file (no pickle) holding every live entry's id,
-metadata and embedding as of a journal position ``seq``, plus the id of the
-store it was taken from. On open, a snapshot is used only when it belongs to
-the same store and its ``seq`` is not ahead of the store's; the journal after
-``seq`` is then replayed as usual, so a snapshot that is old (a crash since it
-was written) costs time, never correctness.
+A snapshot is an ``.npz`` file (read with ``allow_pickle=False``) holding the
+ids and vectors of every live entry as of change-log position ``head``, the id
+of the store it was taken from, and a BLAKE2b checksum over all of it. It is an
+accelerator, never a source of truth:
+
+* metadata (scope ids, keys, fingerprints, expiry) always come from the store;
+  the snapshot holds none, so a tampered snapshot cannot move an entry to
+  another scope;
+* every vector taken from the snapshot is checked against the digest the store
+  keeps for that id (:attr:`~semcache.stores.base.Digests.vhash`), so shifted
+  ids or swapped rows are caught row by row;
+* a checksum, shape, dtype or store-id mismatch, or any row that disagrees with
+  the store, means the snapshot is deleted and the cache rebuilds from the store.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -18,78 +27,102 @@ from pathlib import Path
 import numpy as np
 
 from semcache._types import FloatArray, IdArray
-from semcache.store import EntryMeta
 
-__all__ = ["Snapshot", "load_snapshot", "save_snapshot"]
+__all__ = ["FILENAME", "Snapshot", "delete_snapshot", "load_snapshot", "save_snapshot"]
 
 log = logging.getLogger("semcache")
 
 FILENAME = "index-snapshot.npz"
+#: Snapshot layout version (checked like the checksum).
+VERSION = 2
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Entries as of journal position ``seq``."""
+    """Entry vectors as of change-log position ``head``.
 
-    seq: int
+    ``ids`` int64 (n,) strictly ascending; ``vectors`` float32 (n, d).
+    """
+
+    head: int
     ids: IdArray
     vectors: FloatArray
-    metas: list[EntryMeta]
 
 
-def save_snapshot(directory: Path, store_id: str, seq: int, ids: IdArray, vectors: FloatArray,
-                  metas: list[EntryMeta]) -> None:
-    """Write a snapshot atomically (temporary file, then rename)."""
-    fps = sorted({m.fingerprint for m in metas})
-    fp_index = {fp: i for i, fp in enumerate(fps)}
-    nan = float("nan")
+def _checksum(store_id: str, head: int, ids: IdArray, vectors: FloatArray) -> str:
+    h = hashlib.blake2b(digest_size=32)
+    h.update(f"semcache-snapshot/{VERSION}/{store_id}/{head}/{vectors.shape}".encode())
+    h.update(np.ascontiguousarray(ids, "<i8").tobytes())
+    h.update(np.ascontiguousarray(vectors, "<f4").tobytes())
+    return h.hexdigest()
+
+
+def save_snapshot(directory: Path, store_id: str, head: int, ids: IdArray, vectors: FloatArray) -> None:
+    """Write a snapshot atomically (temporary file, fsync, rename).
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (the caller logs it: the store has everything).
+    """
+    order = np.argsort(ids, kind="stable")
+    ids = np.ascontiguousarray(np.asarray(ids, np.int64)[order])
+    vectors = np.ascontiguousarray(np.asarray(vectors, np.float32)[order])
     arrays = {
+        "version": np.array(VERSION, dtype=np.int64),
         "store_id": np.array(store_id),
-        "seq": np.array(seq, dtype=np.int64),
-        "ids": np.asarray(ids, dtype=np.int64),
-        "vectors": np.asarray(vectors, dtype=np.float32),
-        "scope": np.array([m.scope for m in metas], dtype="U32"),
-        "key": np.array([m.key for m in metas], dtype="U32"),
-        "fingerprints": np.array(fps, dtype=str) if fps else np.zeros(0, dtype="U1"),
-        "fp": np.array([fp_index[m.fingerprint] for m in metas], dtype=np.int32),
-        "created": np.array([m.created for m in metas], dtype=np.float64),
-        "expires": np.array([nan if m.expires is None else m.expires for m in metas], dtype=np.float64),
-        "threshold": np.array([nan if m.threshold is None else m.threshold for m in metas],
-                              dtype=np.float64),
-        "wrong": np.array([m.wrong for m in metas], dtype=np.int32),
-        "right": np.array([m.right for m in metas], dtype=np.int32),
+        "head": np.array(head, dtype=np.int64),
+        "ids": ids,
+        "vectors": vectors,
+        "checksum": np.array(_checksum(store_id, head, ids, vectors)),
     }
-    tmp = directory / (FILENAME + ".tmp")
-    with tmp.open("wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, directory / FILENAME)
+    tmp = directory / f"{FILENAME}.{os.getpid()}.tmp"
+    try:
+        with tmp.open("wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / FILENAME)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def delete_snapshot(directory: Path) -> None:
+    """Remove the snapshot (stale after a purge/clear, or found bad)."""
+    with contextlib.suppress(FileNotFoundError):
+        (directory / FILENAME).unlink()
 
 
 def load_snapshot(directory: Path, store_id: str) -> Snapshot | None:
-    """The snapshot in ``directory`` if it belongs to store ``store_id``, else None."""
+    """The snapshot in ``directory`` if it is intact and belongs to store ``store_id``, else None.
+
+    A snapshot that is torn, fails its checksum or is malformed is deleted (and
+    logged); one from another store is left alone (it may be the other store's).
+    """
     path = directory / FILENAME
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
+            if int(z["version"]) != VERSION:
+                raise ValueError(f"version {int(z['version'])}")
             if str(z["store_id"]) != store_id:
+                log.info("semcache: snapshot %s belongs to another store; not used", path)
                 return None
-            fps = [str(f) for f in z["fingerprints"]]
-            scope, key, fp = z["scope"], z["key"], z["fp"]
-            created, expires, thr = z["created"], z["expires"], z["threshold"]
-            wrong, right = z["wrong"], z["right"]
-            metas = [
-                EntryMeta(
-                    scope=str(scope[i]), key=str(key[i]), fingerprint=fps[int(fp[i])],
-                    created=float(created[i]),
-                    expires=None if np.isnan(expires[i]) else float(expires[i]),
-                    threshold=None if np.isnan(thr[i]) else float(thr[i]),
-                    wrong=int(wrong[i]), right=int(right[i]),
-                )
-                for i in range(len(scope))
-            ]
-            return Snapshot(int(z["seq"]), z["ids"].astype(np.int64), z["vectors"].astype(np.float32),
-                            metas)
-    except Exception as exc:  # a torn or foreign file: fall back to the journal
-        log.warning("semcache: ignoring unreadable snapshot %s: %s", path, exc)
+            head = int(z["head"])
+            ids = z["ids"]
+            vectors = z["vectors"]
+            checksum = str(z["checksum"])
+        if ids.dtype != np.int64 or ids.ndim != 1 or vectors.dtype != np.float32 or vectors.ndim != 2 \
+                or vectors.shape[0] != ids.shape[0]:
+            raise ValueError("arrays of the wrong type or shape")
+        if checksum != _checksum(store_id, head, ids, vectors):
+            raise ValueError("checksum mismatch")
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            raise ValueError("ids not strictly ascending")
+        return Snapshot(head, ids, vectors)
+    except Exception as exc:  # any malformed file (zip, npy or content): rebuild from the store
+        log.warning("semcache: deleting bad snapshot %s (%s); rebuilding from the store", path, exc)
+        delete_snapshot(directory)
         return None

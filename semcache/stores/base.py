@@ -138,18 +138,18 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Digests:
-    """Per-entry identity without vectors, to verify a snapshot row by row cheaply.
+    """Every live entry's metadata and vector digest, without the vectors.
 
-    ``ids`` int64 (n,), sorted ascending; ``scopes``, ``keys``, ``fingerprints``
-    and ``vhash`` (:func:`vector_digest` of each stored vector) aligned with it.
+    Used to verify a snapshot row by row cheaply: ``ids`` int64 (n,) ascending,
+    ``metas`` and ``vhash`` (:func:`vector_digest` of each stored vector) aligned
+    with it. Records that failed validation are left out (``skipped``).
     """
 
     head: int
     ids: IdArray
-    scopes: list[str]
-    keys: list[str]
-    fingerprints: list[str]
+    metas: list[EntryMeta]
     vhash: list[bytes]
+    skipped: int = 0
 
 
 def vector_digest(vector: FloatArray) -> bytes:
@@ -303,6 +303,7 @@ def loads_completion(text: object, entry_id: int | None = None) -> tuple[str, JS
             raise SerializationError(f"{what} is not UTF-8: {exc}") from exc
     if not isinstance(text, str):
         raise SerializationError(f"{what} is {type(text).__name__}, not text")
+    _check_text(text, what, SerializationError)  # lone surrogates from a bad byte
     # Cheap bound before parsing: json.loads recurses once per bracket.
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and not _bracket_depth_ok(text):
         raise SerializationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
@@ -450,14 +451,13 @@ class Store(abc.ABC):
         :meth:`load_all`; backends override it with a scan that skips the vectors.
         """
         loaded = self.load_all()
-        order = np.argsort(loaded.ids, kind="stable")
+        order = np.argsort(loaded.ids, kind="stable").tolist()
         return Digests(
             head=loaded.head,
             ids=loaded.ids[order],
-            scopes=[loaded.metas[i].scope for i in order.tolist()],
-            keys=[loaded.metas[i].key for i in order.tolist()],
-            fingerprints=[loaded.metas[i].fingerprint for i in order.tolist()],
-            vhash=[vector_digest(loaded.vectors[i]) for i in order.tolist()],
+            metas=[loaded.metas[i] for i in order],
+            vhash=[vector_digest(loaded.vectors[i]) for i in order],
+            skipped=loaded.skipped,
         )
 
     def compact(self) -> int:
