@@ -125,7 +125,7 @@ class PgServer:
     def start(self, timeout: float = 30.0) -> None:
         """Start the postmaster and wait until it accepts connections."""
         assert self.pid is None, "already running"
-        log = open(self.logfile, "ab")  # noqa: SIM115 (the child keeps it open)
+        log = open(self.logfile, "ab")  # noqa: SIM115  (the child keeps it open)
         try:
             self._proc = subprocess.Popen(
                 [str(self.bin / "postgres"), "-D", str(self.data), "-h", "127.0.0.1",
@@ -238,14 +238,166 @@ class PgServer:
             return ""
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
+# Registered under their ``name``; test modules import them with ``# noqa: F401``.
+@pytest.fixture(scope="session", name="pg_server")
+def pg_server_fixture() -> Iterator[PgServer]:
     """One server for the whole session (tests that stop a server start their own)."""
     with PgServer() as srv:
         yield srv
 
 
-@pytest.fixture
-def pg_url(pg_server: PgServer) -> str:
+@pytest.fixture(name="pg_url")
+def pg_url_fixture(pg_server: PgServer) -> str:
     """A fresh, empty database on the session server."""
     return pg_server.new_database()
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 in front of the server, to cut one client off.
+
+    ``blackhole()`` stops forwarding while keeping every socket open (a network that drops
+    packets: the client hears nothing, not even an error); ``heal()`` forwards again.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        import threading
+
+        self.upstream_port = upstream_port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.passing = threading.Event()
+        self.passing.set()
+        self.stopped = threading.Event()
+        self._pairs: list[tuple[socket.socket, socket.socket | None]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="pg-proxy")
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import threading
+
+        self.sock.settimeout(0.1)
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._pump, args=(client,), daemon=True).start()
+
+    def _pump(self, client: socket.socket) -> None:
+        import select as sel
+
+        upstream: socket.socket | None = None
+        try:
+            while not self.stopped.is_set():
+                if not self.passing.is_set():
+                    time.sleep(0.02)  # hold everything: the client hears nothing
+                    continue
+                if upstream is None:
+                    upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+                    with self._lock:
+                        self._pairs.append((client, upstream))
+                ready, _, _ = sel.select([client, upstream], [], [], 0.05)
+                if not self.passing.is_set():
+                    continue
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (upstream if s is client else client).sendall(data)
+        except OSError:
+            return
+        finally:
+            for s in (client, upstream):
+                if s is not None:
+                    with contextlib.suppress(OSError):
+                        s.close()
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def blackhole(self) -> None:
+        self.passing.clear()
+
+    def heal(self) -> None:
+        self.passing.set()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        self._thread.join(2)
+
+
+# ------------------------------------------------------------------ subprocess roles
+def _replicate_role(url: str, index: int, n_procs: int, rounds: int) -> None:
+    """One of several processes: puts every n_procs-th prompt, waits to hit the others'."""
+    import json
+    import sys
+
+    from semcache import SemanticCache
+    from tests.conftest import HashEmbedder
+
+    cache = SemanticCache(store=url, embedder=HashEmbedder())
+    print("READY", flush=True)
+    assert sys.stdin.readline().strip() == "GO"
+    scope = {"tenant": "shared"}
+    for r in range(rounds):
+        prompt = f"round {r} question"
+        if r % n_procs == index:
+            time.sleep(0.01)
+            cache.put(prompt, f"answer {r}", scope=scope)
+            print(json.dumps({"put": r, "t": time.time()}), flush=True)
+            continue
+        deadline = time.monotonic() + 10.0
+        while True:
+            hit = cache.get(prompt, scope=scope)
+            if hit or time.monotonic() > deadline:
+                break
+            time.sleep(0.0005)
+        print(json.dumps({"hit": r, "t": time.time(), "ok": bool(hit) and hit.completion == f"answer {r}"}),
+              flush=True)
+    cache.close()
+    print("DONE", flush=True)
+
+
+def _hold_write_role(url: str, what: str, n: int) -> None:
+    """Start a real write of the store and stop inside its transaction, before COMMIT."""
+    from semcache.stores.base import EntryMeta
+    from semcache.stores.postgres import PostgresStore
+    from tests.helpers import hash_vectors
+
+    store = PostgresStore(url)
+    plain_write = store._write
+
+    def held(fn: Any) -> Any:
+        def run(conn: Any) -> Any:
+            with conn.transaction():
+                out = fn(conn)
+                print("IN_TX", flush=True)
+                time.sleep(600)
+            return out
+
+        return plain_write(run)
+
+    store._write = held  # type: ignore[method-assign]
+    if what == "put":
+        vecs = hash_vectors([f"doomed {i}" for i in range(n)], 16)
+        meta = EntryMeta("c" * 32, "d" * 32, "test:hash/16", time.time(), None)
+        store.put_many([(meta, vecs[i], f"doomed {i}", "never") for i in range(n)])
+    else:
+        store.delete(list(range(1, n + 1)))
+
+
+if __name__ == "__main__":
+    import sys
+
+    role, args = sys.argv[1], sys.argv[2:]
+    if role == "replicate":
+        _replicate_role(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif role == "hold_write":
+        _hold_write_role(args[0], args[1], int(args[2]))
+    else:
+        raise SystemExit(f"unknown role {role}")
