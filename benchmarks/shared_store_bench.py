@@ -1,0 +1,260 @@
+"""Local-disk store vs the PostgreSQL store with in-process replicas, same run, same machine.
+
+Measured per size (entries in the cache):
+
+- lookup p50/p99 of ``SemanticCache.get`` with embedding excluded (the embedder is a
+  table of precomputed vectors), half hits (a perturbed copy of a stored vector, cosine
+  ~0.95) and half misses (fresh random vectors);
+- put latency of single ``put`` calls;
+- catch-up: time for a new process's ``SemanticCache(...)`` to open on the filled store
+  (PostgreSQL: one REPEATABLE READ load of every entry, then the log; local disk: the
+  SQLite load), and ``load_all()`` alone;
+- replication delay across 3 processes on one PostgreSQL: each puts in turn, the two
+  others poll ``get`` until the entry is a hit; delay = first hit time - the time the
+  writer's ``put`` returned (0 when the hit came first).
+
+Vectors are synthetic unit vectors (384-d, like all-MiniLM-L6-v2): both stores run the
+same in-memory index over them, so what differs is the store behind it. PostgreSQL is the
+embedded PostgreSQL 18 of the tests (``tests/pg_server.py``) on 127.0.0.1 unless ``--url``
+names another server.
+
+Run (heavy: take the shared lock)::
+
+    flock /work/coord/heavy.lock .venv/bin/python benchmarks/shared_store_bench.py --sizes 10000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from benchmarks.common import RESULTS_DIR, percentiles, print_table, save_text  # noqa: E402
+from semcache import SemanticCache  # noqa: E402
+from semcache.embedding import FunctionEmbedder  # noqa: E402
+
+DIM = 384
+
+
+class TableVectors:
+    """Entries ``e<i>`` and queries ``q<i>`` map to precomputed vectors (embedding costs ~0)."""
+
+    def __init__(self, n: int, n_queries: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.entries = _unit(rng.standard_normal((n, DIM)).astype(np.float32))
+        half = n_queries // 2
+        src = rng.integers(0, n, half)
+        noisy = self.entries[src] + rng.standard_normal((half, DIM)).astype(np.float32) * (0.33 / DIM**0.5)
+        self.queries = np.concatenate([_unit(noisy), _unit(rng.standard_normal((n_queries - half, DIM))
+                                                          .astype(np.float32))])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), DIM), np.float32)
+        for k, t in enumerate(texts):
+            table = self.entries if t[0] == "e" else self.queries
+            out[k] = table[int(t[1:].split()[0])]
+        return out
+
+    def embedder(self) -> FunctionEmbedder:
+        return FunctionEmbedder(self.encode, "bench-table")
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fill(cache: SemanticCache, n: int) -> float:
+    t0 = time.perf_counter()
+    for s in tqdm(range(0, n, 2000), desc="filling", unit="batch", leave=False):
+        texts = [f"e{i}" for i in range(s, min(n, s + 2000))]
+        cache.put_many(texts, [f"answer {t}" for t in texts])
+    return time.perf_counter() - t0
+
+
+def lookups(cache: SemanticCache, n_queries: int) -> tuple[list[float], int]:
+    for q in range(min(50, n_queries)):  # warm up
+        cache.get(f"q{q}")
+    times, hits = [], 0
+    for q in range(n_queries):
+        t0 = time.perf_counter()
+        hit = cache.get(f"q{q}")
+        times.append(time.perf_counter() - t0)
+        hits += bool(hit)
+    return times, hits
+
+
+def puts(cache: SemanticCache, n: int, n_puts: int) -> list[float]:
+    times = []
+    for k in range(n_puts):
+        t0 = time.perf_counter()
+        cache.put(f"e{k} extra {k}", "x")  # same vector as entry k, another prompt
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def replication_role(url: str, index: int, n_procs: int, rounds: int) -> None:
+    """A worker process: puts every n_procs-th prompt, polls for the others' (JSON lines out)."""
+    vec = TableVectors(rounds, 0, seed=1)
+    cache = SemanticCache(store=url, embedder=vec.embedder(), guards=())
+    print("READY", flush=True)
+    assert sys.stdin.readline().strip() == "GO"
+    for r in range(rounds):
+        prompt = f"e{r}"
+        if r % n_procs == index:
+            time.sleep(0.02)
+            cache.put(prompt, f"answer {r}")
+            print(json.dumps({"put": r, "t": time.time()}), flush=True)
+            continue
+        deadline = time.monotonic() + 10
+        hit = cache.get(prompt)
+        while not hit and time.monotonic() < deadline:
+            time.sleep(0.001)  # 1 ms polling granularity; busier polling starves the 2 cores
+            hit = cache.get(prompt)
+        print(json.dumps({"hit": r, "t": time.time(), "ok": bool(hit)}), flush=True)
+    cache.close()
+    print("DONE", flush=True)
+
+
+def replication(url: str, n_procs: int = 3, rounds: int = 300) -> tuple[np.ndarray, int]:
+    procs = [subprocess.Popen([sys.executable, __file__, "--role", "replicate", "--url", url,
+                               "--index", str(i), "--procs", str(n_procs), "--rounds", str(rounds)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for i in range(n_procs)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "READY"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("GO\n")
+        p.stdin.flush()
+    put_t: dict[int, float] = {}
+    hit_t: list[tuple[int, float, bool]] = []
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        for line in out.strip().splitlines()[:-1]:
+            rec = json.loads(line)
+            if "put" in rec:
+                put_t[rec["put"]] = rec["t"]
+            else:
+                hit_t.append((rec["hit"], rec["t"], rec["ok"]))
+    delays = np.array([max(0.0, t - put_t[r]) for r, t, ok in hit_t if ok])
+    return delays, sum(1 for *_, ok in hit_t if not ok)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000])
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--puts", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=300, help="replication rounds (3 processes)")
+    ap.add_argument("--url", help="an existing PostgreSQL (default: start the embedded one)")
+    ap.add_argument("--role", help=argparse.SUPPRESS)
+    ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--procs", type=int, default=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role == "replicate":
+        replication_role(args.url, args.index, args.procs, args.rounds)
+        return
+
+    server = None
+    if args.url is None:
+        from tests.pg_server import PgServer
+
+        server = PgServer()
+        server.start()
+    try:
+        run(args, server)
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+def run(args: argparse.Namespace, server: object) -> None:
+    from tests.pg_server import PgServer
+
+    def new_url() -> str:
+        if isinstance(server, PgServer):
+            return server.new_database()
+        return str(args.url)
+
+    rows = []
+    plot: dict[str, dict[int, tuple[float, float]]] = {"local disk": {}, "PostgreSQL replica": {}}
+    for n in args.sizes:
+        vec = TableVectors(n + args.puts, args.queries)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("local disk", "PostgreSQL replica"):
+                spec = {"directory": Path(tmp) / "disk"} if name == "local disk" else {"store": new_url()}
+                # No guards: the prompts are table keys ("e12", "q7"), not language.
+                cache = SemanticCache(embedder=vec.embedder(), guards=(), **spec)  # type: ignore[arg-type]
+                fill_s = fill(cache, n)
+                lk, hits = lookups(cache, args.queries)
+                pt = puts(cache, n, args.puts)
+                cache.close()
+                t0 = time.perf_counter()
+                again = SemanticCache(embedder=vec.embedder(), guards=(), **spec)  # type: ignore[arg-type]
+                open_s = time.perf_counter() - t0
+                size = len(again)
+                t0 = time.perf_counter()
+                again._store.load_all()
+                load_s = time.perf_counter() - t0
+                again.close()
+                l50, l99 = percentiles(lk)
+                p50, p99 = percentiles(pt)
+                plot[name][n] = (l50, l99)
+                rows.append([name, n, f"{l50:.3f}", f"{l99:.3f}", f"{hits}/{len(lk)}", f"{p50:.2f}",
+                             f"{p99:.2f}", f"{open_s:.2f}", f"{load_s:.2f}", size, f"{fill_s:.1f}"])
+                print(rows[-1], flush=True)
+    headers = ["store", "entries", "get p50 ms", "get p99 ms", "hits", "put p50 ms", "put p99 ms",
+               "open s", "load_all s", "size", "fill s"]
+    table = print_table(headers, rows)
+    ratios = []
+    for n in args.sizes:
+        loc, pg = plot["local disk"][n], plot["PostgreSQL replica"][n]
+        ratios.append(f"{n}: replica/local lookup p50 {pg[0] / loc[0]:.2f}x, p99 {pg[1] / loc[1]:.2f}x")
+    delays, missed = replication(new_url(), 3, args.rounds)
+    d50, d99 = percentiles(delays)
+    rep = (f"replication delay across 3 processes ({len(delays)} hits, {missed} never seen within 10 s): "
+           f"p50 {d50:.2f} ms, p99 {d99:.2f} ms, max {1e3 * float(delays.max()):.2f} ms")
+    print("\n".join(ratios))
+    print(rep)
+    text = "\n".join([table, "", *ratios, rep])
+    command = "flock /work/coord/heavy.lock .venv/bin/python benchmarks/shared_store_bench.py --sizes " + \
+        " ".join(map(str, args.sizes))
+    save_text("shared_store_bench.txt", command, text)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.35
+    xs = np.arange(len(args.sizes))
+    for k, (name, vals) in enumerate(plot.items()):
+        ax1.bar(xs + k * width, [vals[n][0] for n in args.sizes], width, label=f"{name} p50")
+        ax1.scatter(xs + k * width, [vals[n][1] for n in args.sizes], marker="_", s=300, color="k")
+    ax1.set_xticks(xs + width / 2, [f"{n:,}" for n in args.sizes])
+    ax1.set_ylabel("get() ms, embedding excluded (bar p50, dash p99)")
+    ax1.set_xlabel("entries")
+    ax1.legend()
+    ax2.hist(delays * 1e3, bins=50)
+    ax2.axvline(d99, color="r", linestyle="--", label=f"p99 {d99:.1f} ms")
+    ax2.set_xlabel("replication delay, ms (put returned -> hit in another process)")
+    ax2.set_ylabel("hits")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS_DIR / "shared_store_bench.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
