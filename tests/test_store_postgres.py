@@ -556,3 +556,16 @@ def test_two_caches_share_a_database_under_two_schemas(pg_url: str) -> None:
     finally:
         one.close()
         two.close()
+
+
+def test_compacted_log_makes_a_reader_behind_it_reload(pg_url: str, stores: list[PostgresStore]) -> None:
+    a = open_store(pg_url, stores, log_retention=0.001)
+    ids = a.put_many(rows(["p", "q", "r"]))
+    a.delete(ids[:1])
+    time.sleep(0.05)
+    assert a.compact() == 3  # every record but the newest
+    late = open_store(pg_url, stores)
+    assert late.changes(0).items is None  # position 0 is behind the floor: reload
+    loaded = late.load_all()
+    assert loaded.ids.tolist() == ids[1:]
+    assert late.changes(loaded.head).items == []

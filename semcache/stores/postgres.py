@@ -712,7 +712,7 @@ class PostgresStore(Store):
 
     def compact(self) -> int:
         def run(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(self._q(sql.COMPACT), {"secs": self.log_retention}).fetchone()
+            row = conn.execute(self._q(sql.COMPACT), {"secs": self.log_retention, "limit": 50_000}).fetchone()
             return int(row[0]) if row else 0
 
         n = self._write(run)
@@ -733,16 +733,23 @@ class PostgresStore(Store):
                 got = conn.execute(sql.JANITOR_LOCK, {"key": self._janitor_key}).fetchone()
                 if not got or not got[0]:
                     return None
-                base, epoch = conn.execute(self._q(sql.LOCK_HEAD)).fetchone() or (0, "")
                 expired = [r[0] for r in conn.execute(self._q(sql.EXPIRED), {"now": now, "limit": 100_000})]
-                gone = [r[0] for r in conn.execute(self._q(sql.DELETE_ENTRIES), {"ids": expired})]
+                victims: list[int] = []
                 if self.max_entries is not None:
                     row = conn.execute(self._q(sql.COUNT)).fetchone()
-                    excess = (int(row[0]) if row else 0) - self.max_entries
+                    excess = (int(row[0]) if row else 0) - len(expired) - self.max_entries
                     if excess > 0:
-                        victims = [r[0] for r in conn.execute(self._q(sql.LRU_VICTIMS), {"n": excess})]
-                        gone += [r[0] for r in conn.execute(self._q(sql.DELETE_ENTRIES), {"ids": victims})]
-                gone.sort()
+                        doomed = set(expired)
+                        # Expired ones may sort first by recency; ask for enough to skip them.
+                        for r in conn.execute(self._q(sql.LRU_VICTIMS), {"n": excess + len(expired)}):
+                            if r[0] not in doomed and len(victims) < excess:
+                                victims.append(r[0])
+                if not expired and not victims:
+                    return 0, "", []  # nothing to do: writers are not held up
+                # Writers lock the head row first; so does the janitor before deleting.
+                base, epoch = conn.execute(self._q(sql.LOCK_HEAD)).fetchone() or (0, "")
+                gone = sorted(r[0] for r in conn.execute(self._q(sql.DELETE_ENTRIES),
+                                                         {"ids": expired + victims}))
                 if gone:
                     conn.execute(self._q(sql.APPEND_LOG), {"base": base, "ids": gone, "op": sql.OP_DELETE,
                                                            "channel": self.channel})

@@ -189,12 +189,15 @@ EXPIRED: Final = """SELECT id FROM {s}.entries WHERE expires IS NOT NULL AND exp
 LRU_VICTIMS: Final = """SELECT id FROM {s}.entries ORDER BY coalesce(last_hit, created), id
     LIMIT %(n)s"""
 
-#: Drop log records older than the horizon, but never the newest one (the head must
-#: stay readable), and move the floor up to the last record dropped.
+#: Drop log records older than the horizon (oldest first, at most ``limit`` per pass),
+#: never the newest one, and move the floor up to the last record dropped: a reader
+#: behind the floor may have missed a dropped record and reloads.
 COMPACT: Final = """
 WITH d AS (
-    DELETE FROM {s}.log WHERE at < now() - make_interval(secs => %(secs)s)
-        AND seq < (SELECT seq FROM {s}.head WHERE one)
+    DELETE FROM {s}.log WHERE seq IN (
+        SELECT seq FROM {s}.log WHERE at < now() - make_interval(secs => %(secs)s)
+            AND seq < (SELECT seq FROM {s}.head WHERE one)
+        ORDER BY seq LIMIT %(limit)s)
     RETURNING seq
 )
 UPDATE {s}.head SET floor = greatest(floor, (SELECT coalesce(max(seq), 0) FROM d)) WHERE one
