@@ -865,6 +865,8 @@ class PostgresStore(Store):
                     next_compact = now + 60.0
                     self.compact()
             except (StoreError, psycopg.Error, OSError) as exc:
+                if self._stop.is_set():
+                    break
                 if not self._failing:
                     log.warning("semcache: replica of %s cannot sync: %s", self.where, exc)
                     self._failing = True
