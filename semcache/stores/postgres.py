@@ -128,6 +128,8 @@ class _Watchdog:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        #: When the thread wakes next (monotonic); a push with an earlier deadline wakes it.
+        self._wake_at = -math.inf
 
     @contextlib.contextmanager
     def guard(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
@@ -137,9 +139,10 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="semcache-pg-watchdog", daemon=True)
                 self._thread.start()
-            heapq.heappush(self._heap, (time.monotonic() + seconds, token, fd))
+            deadline = time.monotonic() + seconds
+            heapq.heappush(self._heap, (deadline, token, fd))
             self._live.add(token)
-            if self._heap[0][1] == token:
+            if deadline < self._wake_at:  # only when the thread would sleep past it (rare)
                 self._cv.notify()
         try:
             yield
@@ -158,12 +161,16 @@ class _Watchdog:
                 while self._heap and self._heap[0][1] not in self._live:
                     heapq.heappop(self._heap)
                 if not self._heap:
+                    self._wake_at = math.inf
                     self._cv.wait()
+                    self._wake_at = -math.inf
                     continue
                 deadline, token, fd = self._heap[0]
                 now = time.monotonic()
                 if deadline > now:
+                    self._wake_at = deadline
                     self._cv.wait(deadline - now)
+                    self._wake_at = -math.inf
                     continue
                 heapq.heappop(self._heap)
                 self._live.discard(token)
