@@ -381,7 +381,7 @@ def test_engine_stopped_and_restarted_under_load() -> None:
             for t in threads:
                 t.start()
             time.sleep(0.3)
-            srv.stop("immediate")
+            srv.stop("kill")  # kill -9 of the postmaster; its backends die with it
             state["down"] = True
             down_at = time.monotonic()
             time.sleep(2.5)
@@ -569,3 +569,21 @@ def test_compacted_log_makes_a_reader_behind_it_reload(pg_url: str, stores: list
     loaded = late.load_all()
     assert loaded.ids.tolist() == ids[1:]
     assert late.changes(loaded.head).items == []
+
+
+def test_feedback_in_one_process_applies_in_the_others(pg_url: str) -> None:
+    a = SemanticCache(store=pg_url, embedder=HashEmbedder(), threshold=-1.0, guards=())
+    b = SemanticCache(store=pg_url, embedder=HashEmbedder(), threshold=-1.0, guards=())
+    try:
+        a.put("the stored question", "its answer")
+        wait_for(lambda: bool(b.get("the stored question")))
+        hit = b.get("an unrelated question")  # threshold -1: served, at a low score
+        assert hit and hit.score < 0.9
+        b.feedback(hit, correct=False)  # raises that entry's own bar above this score
+        assert b.get("an unrelated question") is MISS
+        # The raised threshold lives in the engine; a's replica applies it too.
+        wait_for(lambda: a.get("an unrelated question") is MISS, timeout=3.0)
+        assert a.get("the stored question")
+    finally:
+        a.close()
+        b.close()
