@@ -13,8 +13,10 @@ Measured per size (entries in the cache):
   the two others record when their replica first holds each one (delay = that time - the
   time the writer's ``put`` returned, 0 when it came first), then check every entry is a hit.
 
-Vectors are synthetic unit vectors (384-d, like all-MiniLM-L6-v2): both stores run the
-same in-memory index over them, so what differs is the store behind it. PostgreSQL is the
+Vectors (``--vectors real``, the default) are all-MiniLM-L6-v2 embeddings of QQP questions,
+queries half labelled paraphrases of stored questions; ``--vectors random`` uses random
+unit vectors, the approximate index's worst case. Both stores run the same in-memory index,
+so what differs is the store behind it. PostgreSQL is the
 embedded PostgreSQL 18 of the tests (``tests/pg_server.py``) on 127.0.0.1 unless ``--url``
 names another server.
 
@@ -68,6 +70,39 @@ class TableVectors:
 
     def embedder(self) -> FunctionEmbedder:
         return FunctionEmbedder(self.encode, "bench-table")
+
+
+class RealVectors(TableVectors):
+    """all-MiniLM-L6-v2 embeddings of QQP questions (``/work/shared/data`` layout: ``../shared/data``).
+
+    Entries are distinct questions; the first half of the queries are the labelled duplicates
+    of stored questions (real paraphrases), the second half questions that are not stored.
+    """
+
+    def __init__(self, n: int, n_queries: int) -> None:
+        import gzip
+
+        from benchmarks.common import embed_cached
+
+        path = ROOT.parent.parent / "shared" / "data" / "qqp" / "pairs_dev.jsonl.gz"
+        with gzip.open(path, "rt") as fh:
+            pairs = [json.loads(line) for line in fh]
+        half = n_queries // 2
+        dup = [p for p in pairs if p["label"] == 1]
+        stored: dict[str, None] = {p["text_a"]: None for p in dup[:half]}
+        hit_queries = [p["text_b"] for p in dup[:half]]
+        rest = (q for p in pairs for q in (p["text_a"], p["text_b"]))
+        misses: list[str] = []
+        for q in rest:
+            if len(stored) < n:
+                stored.setdefault(q, None)
+            elif q not in stored and len(misses) < n_queries - half:
+                misses.append(q)
+            if len(stored) >= n and len(misses) >= n_queries - half:
+                break
+        texts = list(stored)
+        self.entries = embed_cached(texts, f"shared-store-entries-{n}")
+        self.queries = embed_cached(hit_queries + misses, f"shared-store-queries-{n_queries}")
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -217,6 +252,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--puts", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=300, help="replication rounds (3 processes)")
+    ap.add_argument("--vectors", choices=("real", "random"), default="real",
+                    help="QQP questions embedded by all-MiniLM-L6-v2, or random unit vectors")
     ap.add_argument("--catchup", type=int, default=100_000,
                     help="entries for the catch-up measurement (0: skip)")
     ap.add_argument("--url", help="an existing PostgreSQL (default: start the embedded one)")
@@ -252,7 +289,8 @@ def run(args: argparse.Namespace, server: object) -> None:
     rows = []
     plot: dict[str, dict[int, tuple[float, float]]] = {"local disk": {}, "PostgreSQL replica": {}}
     for n in args.sizes:
-        vec = TableVectors(n + args.puts, args.queries)
+        vec = (RealVectors(n + args.puts, args.queries) if args.vectors == "real"
+               else TableVectors(n + args.puts, args.queries))
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("local disk", "PostgreSQL replica"):
                 spec = {"directory": Path(tmp) / "disk"} if name == "local disk" else {"store": new_url()}
@@ -299,7 +337,7 @@ def run(args: argparse.Namespace, server: object) -> None:
                                                           "loaded", "fill s"], cu)]
     text = "\n".join(parts)
     command = "flock /work/coord/heavy.lock .venv/bin/python benchmarks/shared_store_bench.py --sizes " + \
-        " ".join(map(str, args.sizes)) + f" --catchup {args.catchup}"
+        " ".join(map(str, args.sizes)) + f" --catchup {args.catchup} --vectors {args.vectors}"
     save_text("shared_store_bench.txt", command, text)
     try:
         import matplotlib

@@ -587,3 +587,21 @@ def test_feedback_in_one_process_applies_in_the_others(pg_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_invalid_records_are_skipped_and_counted(pg_url: str, stores: list[PostgresStore]) -> None:
+    a = open_store(pg_url, stores)
+    ids = a.put_many(rows(["good", "nan vector", "bad scope", "short vector"]))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        nan = np.full(16, np.nan, np.float32).tobytes()
+        conn.execute("UPDATE semcache.entries SET vector = %s WHERE id = %s", (nan, ids[1]))
+        conn.execute("UPDATE semcache.entries SET scope = 'not-hex' WHERE id = %s", (ids[2],))
+        conn.execute("UPDATE semcache.entries SET vector = substring(vector for 8) WHERE id = %s", (ids[3],))
+    fresh = open_store(pg_url, stores)
+    loaded = fresh.load_all()
+    assert loaded.ids.tolist() == ids[:1] and loaded.skipped == 3 and fresh.skipped == 3
+    assert np.isfinite(loaded.vectors).all()
+    # The same records arriving through the log are skipped too.
+    batch = fresh.changes(0)
+    assert batch.items is not None and [i for i, _ in batch.items] == ids[:1]
+    assert fresh.skipped == 6
