@@ -511,6 +511,8 @@ class SemanticCache:
     # ------------------------------------------------------------- journal sync
     def _sync(self) -> None:
         """Apply what the store's change log holds beyond what this process has seen."""
+        if not self._store.usable():  # e.g. a remote store not synced within its staleness bound
+            raise StoreError(f"the store at {self._store.where} is not usable right now")
         batch = self._store.changes(self._seq)
         if batch.items is None:
             # The log no longer reaches back to our position (compacted while we were
@@ -908,10 +910,11 @@ class SemanticCache:
         except SerializationError as exc:
             # A corrupt record is never served; it counts as an error and, failing open,
             # the next candidate may still be served.
-            self._counters["errors"] += 1
             if not self.fail_open:
-                raise
+                raise  # get() counts it
+            self._counters["errors"] += 1
             log.error("semcache: entry %d is unreadable and is skipped: %s", entry_id, exc)
+            self._remove_local([entry_id])  # not retried by later lookups of this process
             return MISS
         if stored is None:  # deleted by another process since our last sync
             self._remove_local([entry_id])
@@ -1010,6 +1013,8 @@ class SemanticCache:
                     for i in range(s, min(s + batch_size, len(prompts)))
                 ]
                 with self._lock:
+                    if not self._store.usable():
+                        raise StoreError(f"the store at {self._store.where} is not usable right now")
                     ids.extend(self._store.put_many(rows))
                     self._sync()
                     self._counters["puts"] += len(rows)

@@ -104,7 +104,8 @@ def load_snapshot(directory: Path, store_id: str) -> Snapshot | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # Our own file handle: np.load leaks its own when the zip is corrupt.
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
             if int(z["version"]) != VERSION:
                 raise ValueError(f"version {int(z['version'])}")
             if str(z["store_id"]) != store_id:

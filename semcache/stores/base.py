@@ -314,6 +314,12 @@ def loads_completion(text: object, entry_id: int | None = None) -> tuple[str, JS
     if not isinstance(obj, dict) or set(obj) != {"prompt", "completion"} \
             or not isinstance(obj["prompt"], str):
         raise SerializationError(f"{what} is not a {{prompt, completion}} record")
+    if "\\ud" in text or "\\uD" in text:
+        # A JSON escape may decode to a lone surrogate, which no caller can encode.
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SerializationError(f"{what} holds a lone surrogate: {exc}") from exc
     return obj["prompt"], obj["completion"]
 
 

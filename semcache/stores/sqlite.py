@@ -225,6 +225,8 @@ class SQLiteStore(Store):
         """Turn backend failures into StoreError / StoreLockedError."""
         try:
             yield
+        except StoreError:
+            raise
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StoreLockedError(f"the cache store at {self.where} is locked: {exc}") from exc
@@ -637,7 +639,9 @@ class SQLiteStore(Store):
             free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
             pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
             if free and (force or free * 4 >= pages):
-                self._conn.execute("PRAGMA incremental_vacuum")
+                # executescript runs the pragma to completion; execute() would step it
+                # once, freeing a single page.
+                self._conn.executescript("PRAGMA incremental_vacuum;")
 
     def file_size(self) -> int:
         """Bytes of the database and its WAL (for tests and ``semcache info``)."""
