@@ -847,15 +847,8 @@ class SemanticCache:
         log.warning("semcache: %s failed, treated as a miss: %s", op, exc)
         return MISS
 
-    def _check_usable(self) -> None:
-        # A shared store's replica that lost its engine for too long must not serve
-        # (an entry purged meanwhile could still be in it): fail open at once instead.
-        if not self._store.usable():
-            raise StoreError(f"the store at {self._store.where} is out of sync (engine unreachable)")
-
     def _get(self, norm: str, key: str, sid: str, thr: float, t0: float) -> Hit | Miss:
         now = time.time()
-        self._check_usable()
         with self._lock:
             self._sync()
             self._reclaim(now)
@@ -1002,7 +995,6 @@ class SemanticCache:
 
             starts = bar(starts, desc="storing", unit="batch")
         try:
-            self._check_usable()
             for s in starts:
                 vecs = self._embed(norms[s : s + batch_size], keys[s : s + batch_size])
                 now = time.time()
