@@ -330,9 +330,11 @@ def run(args: argparse.Namespace, server: object) -> None:
     rep = (f"replication delay, 1 writer -> 2 other processes ({len(delays)} deliveries; {missed} entries "
            f"not a hit afterwards): p50 {d50:.2f} ms, p99 {d99:.2f} ms, "
            f"max {1e3 * float(delays.max()):.2f} ms")
+    if not args.rounds:
+        rep = ""
     print("\n".join(ratios))
     print(rep)
-    parts = [table, "", *ratios, rep]
+    parts = [table, "", *ratios, rep] if rows or rep else []
     if args.catchup:
         with tempfile.TemporaryDirectory() as tmp:
             cu = catchup(args.catchup, new_url(), Path(tmp))
