@@ -37,6 +37,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import numpy as np
 
+from semcache._deadline import Deadline, DeadlineExceeded
 from semcache._types import FloatArray, JSONValue
 from semcache.embedding import Embedder, as_embedder, check_embeddings
 from semcache.errors import (
@@ -288,6 +289,12 @@ class SemanticCache:
     snapshot_min_entries : int
         :meth:`close` writes an index snapshot (so the next open skips replaying the
         journal) when the cache holds at least this many entries.
+    embed_timeout : float, optional
+        Seconds one call to the embedder may take. A call that takes longer is an
+        :class:`~semcache.errors.EmbeddingError` (a MISS under ``fail_open``); it
+        runs on in a daemon thread, and once 4 such calls are still stuck further
+        lookups fail at once instead of starting more threads. None (default): the
+        embedder runs in the caller's thread with no limit.
 
     Examples
     --------
@@ -321,6 +328,7 @@ class SemanticCache:
         max_wrong: int = 2,
         feedback_margin: float = 1e-3,
         snapshot_min_entries: int = 10_000,
+        embed_timeout: float | None = None,
     ) -> None:
         if threshold is not None and target_wrong_hit_rate is not None:
             raise ConfigError("pass threshold or target_wrong_hit_rate, not both")
@@ -352,6 +360,13 @@ class SemanticCache:
         self.feedback_margin = float(feedback_margin)
         self.snapshot_min_entries = _positive_int(snapshot_min_entries, "snapshot_min_entries")
         self.embedder = as_embedder(embedder)
+        self._deadline: Deadline | None = None
+        if embed_timeout is not None:
+            if isinstance(embed_timeout, bool) or not isinstance(embed_timeout, int | float) or not (
+                    0 < embed_timeout < math.inf):
+                raise ConfigError(f"embed_timeout must be a positive number of seconds or None, "
+                                  f"got {embed_timeout!r}")
+            self._deadline = Deadline(float(embed_timeout))
         if target_wrong_hit_rate is not None:
             from semcache.calibration import threshold_for
 
@@ -693,10 +708,7 @@ class SemanticCache:
         out: list[FloatArray | None] = [self._memo.get(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         if todo:
-            # Any Embedder may be plugged in: validate its output (and the width the
-            # table already holds) at this boundary.
-            vecs = check_embeddings(self.embedder.encode([texts[i] for i in todo]), len(todo),
-                                    self._table.dim)
+            vecs = self._encode([texts[i] for i in todo])
             for j, i in enumerate(todo):
                 out[i] = vecs[j]
                 self._memo[keys[i]] = vecs[j]
@@ -706,6 +718,26 @@ class SemanticCache:
         while len(self._memo) > 1024:
             self._memo.popitem(last=False)
         return np.stack([v for v in out if v is not None]).astype(np.float32, copy=False)
+
+    def _encode(self, texts: list[str]) -> FloatArray:
+        """The embedder's vectors for ``texts``, validated; any failure is an EmbeddingError.
+
+        Any Embedder may be plugged in, so this is a trust boundary: whatever it
+        raises (a RuntimeError from torch, a MemoryError, a bug), returns (NaN, the
+        wrong shape or width, not an array) or how long it hangs (``embed_timeout``)
+        becomes one typed error, which ``fail_open`` turns into a miss.
+        """
+        def run() -> FloatArray:
+            return check_embeddings(self.embedder.encode(texts), len(texts), self._table.dim)
+
+        try:
+            return run() if self._deadline is None else self._deadline.call(run)
+        except EmbeddingError:
+            raise
+        except DeadlineExceeded as exc:
+            raise EmbeddingError(f"the embedder timed out: {exc}") from exc
+        except Exception as exc:
+            raise EmbeddingError(f"the embedder failed: {type(exc).__name__}: {exc}") from exc
 
     def scope_id(self, scope: ScopeLike = None) -> str:
         """The id of ``scope`` under this cache's embedder (what partitions entries)."""
