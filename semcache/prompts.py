@@ -76,6 +76,11 @@ class Window:
         tokens = getattr(embedder, "max_tokens", None)
         if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 2:
             self.chars = tokens - 2
+        from semcache.embedding import SentenceTransformerEmbedder
+
+        if isinstance(embedder, SentenceTransformerEmbedder):
+            # Nothing is known to fit until the model's tokenizer says so (first use).
+            self.chars = 0
 
     def _resolve(self) -> None:
         """Ask a sentence-transformers embedder for its tokenizer (loads the model once)."""
@@ -89,8 +94,9 @@ class Window:
             tok = getattr(model, "tokenizer", None)
             if tokens > 2 and tok is not None and getattr(tok, "is_fast", False):
                 self._tokenizer, self._max_tokens = tok, tokens - 2  # [CLS] and [SEP]
-                # Anything up to this many characters fits without counting tokens.
-                self.chars = min(tokens - 2, self._embedder.max_chars)
+            # Anything up to this many characters fits without counting tokens.
+            self.chars = min(tokens - 2 if tokens > 2 else DEFAULT_WINDOW_CHARS,
+                             self._embedder.max_chars)
         self._resolved = True
 
     def _offsets(self, text: str) -> list[tuple[int, int]]:

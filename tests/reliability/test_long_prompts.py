@@ -111,6 +111,8 @@ def test_long_query_against_short_entry_misses(cache: SemanticCache) -> None:
 
 
 def test_window_of_the_bundled_model(embedder: SentenceTransformerEmbedder) -> None:
+    # 600 characters, a token each: a fresh window asks the tokenizer, not a character guess.
+    assert not Window(embedder).fits("中文" * 300)
     w = Window(embedder)
     long = normalize_prompt(rag(contexts()[0], PARAPHRASES[0][0]))
     assert not w.fits(long)
