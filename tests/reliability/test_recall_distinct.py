@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +66,16 @@ def distinct_store(n_pairs: int = N_PAIRS, keep_below: float = 0.9) -> dict[str,
     vectors = check_embeddings(vectors, len(texts), 384)
     row = {t: i for i, t in enumerate(texts)}
     # Greedy thinning in file order: keep a question unless a kept one is within keep_below.
+    order = dict.fromkeys(row[normalize_prompt(p.text_a)] for p in pairs)
+    cand = np.array(list(order), dtype=np.int64)
+    sims = vectors[cand] @ vectors[cand].T
+    blocked = np.zeros(len(cand), dtype=bool)
     kept: list[int] = []
-    kept_vecs = np.zeros((0, vectors.shape[1]), np.float32)
-    seen: set[int] = set()
-    for p in pairs:
-        i = row[normalize_prompt(p.text_a)]
-        if i in seen:
+    for j in range(len(cand)):
+        if blocked[j]:
             continue
-        seen.add(i)
-        if len(kept) and float((kept_vecs @ vectors[i]).max()) >= keep_below:
-            continue
-        kept.append(i)
-        kept_vecs = np.vstack([kept_vecs, vectors[i][None, :]])
+        kept.append(int(cand[j]))
+        blocked |= sims[j] >= keep_below
     stored = set(kept)
     queries = sorted({row[normalize_prompt(p.text_b)] for p in pairs if p.label == 1} - stored)
     return {
@@ -119,12 +117,18 @@ def data() -> dict[str, Any]:
     return d
 
 
+@pytest.fixture(scope="module")
+def built(data: dict[str, Any]) -> Iterator[SemanticCache]:
+    with _build(data) as cache:
+        yield cache
+
+
 @pytest.mark.parametrize("threshold", [0.85, 0.9])
-def test_recall_on_a_distinct_prompt_store(data: dict[str, Any], threshold: float) -> None:
+def test_recall_on_a_distinct_prompt_store(data: dict[str, Any], built: SemanticCache,
+                                           threshold: float) -> None:
     ref = _reference(data, threshold)
     assert ref.sum() >= 300  # enough exact hits to measure recall
-    with _build(data) as cache:
-        got = _cache_hits(cache, data, threshold)
+    got = _cache_hits(built, data, threshold)
     recall = float((got & ref).sum() / ref.sum())
     assert not (got & ~ref).any(), "a hit exact search would not give"
     assert recall >= 0.995, f"recall {recall:.4f} ({(got & ref).sum()} of {ref.sum()})"
