@@ -39,6 +39,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import numpy as np
 
+from semcache._deadline import Deadline, DeadlineExceeded
 from semcache._types import FloatArray, JSONValue
 from semcache.embedding import Embedder, as_embedder, check_embeddings
 from semcache.errors import (
@@ -56,7 +57,7 @@ from semcache.projection import (
     dump_projection,
     load_projection,
 )
-from semcache.prompts import normalize_prompt, prompt_key
+from semcache.prompts import Window, differing_spans, normalize_prompt, prompt_key
 from semcache.scope import Scope, scope_id
 from semcache.stores import (
     CLEARED,
@@ -219,11 +220,21 @@ def _positive_int(value: object, what: str) -> int:
 
 @dataclass
 class _Partition:
-    """One scope's index."""
+    """One scope's index, and the evidence of how well its approximate index finds hits.
+
+    ``found`` counts lookups the approximate index served; ``missed`` those it missed
+    while an exact search of the scope found a hit. While the evidence is too thin to
+    bound its recall (see :meth:`SemanticCache._audit_due`) every approximate miss is
+    checked by exact search; once it is, a sample of them still is.
+    """
 
     kind: str
     index: Index
     size: int = 0
+    found: int = 0
+    missed: int = 0
+    trusted: bool = False
+    audits: int = 0
 
 
 class SemanticCache:
@@ -292,6 +303,12 @@ class SemanticCache:
     snapshot_min_entries : int
         :meth:`close` writes an index snapshot (so the next open skips replaying the
         journal) when the cache holds at least this many entries.
+    embed_timeout : float, optional
+        Seconds one call to the embedder may take. A call that takes longer is an
+        :class:`~semcache.errors.EmbeddingError` (a MISS under ``fail_open``); it
+        runs on in a daemon thread, and once 4 such calls are still stuck further
+        lookups fail at once instead of starting more threads. None (default): the
+        embedder runs in the caller's thread with no limit.
 
     Examples
     --------
@@ -325,6 +342,7 @@ class SemanticCache:
         max_wrong: int = 2,
         feedback_margin: float = 1e-3,
         snapshot_min_entries: int = 10_000,
+        embed_timeout: float | None = None,
     ) -> None:
         if threshold is not None and target_wrong_hit_rate is not None:
             raise ConfigError("pass threshold or target_wrong_hit_rate, not both")
@@ -356,6 +374,15 @@ class SemanticCache:
         self.feedback_margin = float(feedback_margin)
         self.snapshot_min_entries = _positive_int(snapshot_min_entries, "snapshot_min_entries")
         self.embedder = as_embedder(embedder)
+        #: What the embedder reads of a text; decides how long prompts are embedded and matched.
+        self._window = Window(self.embedder)
+        self._deadline: Deadline | None = None
+        if embed_timeout is not None:
+            if isinstance(embed_timeout, bool) or not isinstance(embed_timeout, int | float) or not (
+                    0 < embed_timeout < math.inf):
+                raise ConfigError(f"embed_timeout must be a positive number of seconds or None, "
+                                  f"got {embed_timeout!r}")
+            self._deadline = Deadline(float(embed_timeout))
         if target_wrong_hit_rate is not None:
             from semcache.calibration import threshold_for
 
@@ -793,10 +820,9 @@ class SemanticCache:
         out: list[FloatArray | None] = [self._memo.get(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         if todo:
-            # Any Embedder may be plugged in: validate its output (and the width the
-            # table already holds) at this boundary.
-            vecs = check_embeddings(self.embedder.encode([texts[i] for i in todo]), len(todo),
-                                    self._table.dim)
+            # A long prompt is embedded by its end, where RAG and chat prompts put the
+            # question; _long_prompt_score decides what the embedder did not read.
+            vecs = self._encode([self._window.view(texts[i]) for i in todo])
             for j, i in enumerate(todo):
                 out[i] = vecs[j]
                 self._memo[keys[i]] = vecs[j]
@@ -806,6 +832,50 @@ class SemanticCache:
         while len(self._memo) > 1024:
             self._memo.popitem(last=False)
         return np.stack([v for v in out if v is not None]).astype(np.float32, copy=False)
+
+    def _encode(self, texts: list[str]) -> FloatArray:
+        """The embedder's vectors for ``texts``, validated; any failure is an EmbeddingError.
+
+        Any Embedder may be plugged in, so this is a trust boundary: whatever it
+        raises (a RuntimeError from torch, a MemoryError, a bug), returns (NaN, the
+        wrong shape or width, not an array) or how long it hangs (``embed_timeout``)
+        becomes one typed error, which ``fail_open`` turns into a miss.
+        """
+        def run() -> FloatArray:
+            return check_embeddings(self.embedder.encode(texts), len(texts), self._table.dim)
+
+        try:
+            return run() if self._deadline is None else self._deadline.call(run)
+        except EmbeddingError:
+            raise
+        except DeadlineExceeded as exc:
+            raise EmbeddingError(f"the embedder timed out: {exc}") from exc
+        except Exception as exc:
+            raise EmbeddingError(f"the embedder failed: {type(exc).__name__}: {exc}") from exc
+
+    def _long_prompt_score(self, query: str, stored_prompt: str) -> float | None:
+        """For prompts longer than the embedder reads: the cosine of what differs.
+
+        None when both prompts fit the embedder's window (their own cosine decides).
+        Otherwise the two prompts must be identical outside one span each (widened
+        to whole sentences, :func:`~semcache.prompts.differing_spans`), those spans
+        must fit the window, and their cosine is the score: two RAG prompts with
+        the same context and paraphrased questions hit, with different contexts or
+        different questions they do not, whatever their windows' cosine was.
+        -1.0 when the spans do not fit (the embedder cannot judge them).
+        """
+        stored = normalize_prompt(stored_prompt)
+        if self._window.fits(query) and self._window.fits(stored):
+            return None
+        a, b = differing_spans(query, stored)
+        if not a.strip() and not b.strip():
+            return 1.0  # equal after normalisation
+        if not a.strip() or not b.strip():
+            return -1.0  # one prompt is the other plus text: not the same request
+        if not (self._window.fits(a) and self._window.fits(b)):
+            return -1.0
+        va, vb = self._encode([a, b])
+        return float(np.clip(va @ vb, -1.0, 1.0))
 
     def scope_id(self, scope: ScopeLike = None) -> str:
         """The id of ``scope`` under this cache's embedder (what partitions entries)."""
@@ -886,27 +956,81 @@ class SemanticCache:
             cand = part.index.candidates(low, vec, thr)
             t_verify = time.perf_counter()
             self._latency["index"].append(t_verify - t_index)
-            hit: Hit | Miss = MISS
-            if len(cand):
-                scores = self._table.take(cand) @ vec
-                order = np.argsort(-scores, kind="stable")
-                for j in order:
-                    score = float(scores[j])
-                    if score < thr:
-                        break
-                    entry_id = int(cand[j])
-                    own = self._meta[entry_id].threshold if entry_id in self._meta else None
-                    if own is not None and score < own:
-                        continue  # feedback raised this entry's bar
-                    hit = self._serve(entry_id, score, exact=False, now=now, query=norm)
-                    if hit:
-                        break
+            hit = self._verify(cand, vec, thr, norm, now)
+            if part.kind != "exact":
+                hit = self._audit(sid, part, hit, vec, thr, norm, now)
             self._latency["verify"].append(time.perf_counter() - t_verify)
             return hit
 
-    def _serve(self, entry_id: int, score: float, *, exact: bool, now: float, query: str | None
-               ) -> Hit | Miss:
-        """Load an entry for a hit, unless expired, vetoed by a guard, or gone."""
+    def _verify(self, cand: Any, vec: FloatArray, thr: float, norm: str, now: float) -> Hit | Miss:
+        """The best candidate at or above ``thr`` that passes every check, or MISS."""
+        if not len(cand):
+            return MISS
+        scores = self._table.take(cand) @ vec
+        order = np.argsort(-scores, kind="stable")
+        for j in order:
+            score = float(scores[j])
+            if score < thr:
+                break
+            entry_id = int(cand[j])
+            own = self._meta[entry_id].threshold if entry_id in self._meta else None
+            if own is not None and score < own:
+                continue  # feedback raised this entry's bar
+            hit = self._serve(entry_id, score, exact=False, now=now, query=norm, threshold=thr)
+            if hit:
+                return hit
+        return MISS
+
+    #: Audit evidence needed to trust an approximate index: with ``missed`` misses
+    #: seen, ``_AUDIT_PER_MISS * (missed + 3)`` audited hits, the one-sided 95% Poisson
+    #: bound ("rule of three") putting the miss rate under 1 / _AUDIT_PER_MISS = 0.5%.
+    _AUDIT_PER_MISS: Final = 200
+    #: Once trusted, one approximate miss in this many is still checked exactly.
+    _AUDIT_SAMPLE: Final = 32
+
+    def _audit(self, sid: str, part: _Partition, hit: Hit | Miss, vec: FloatArray, thr: float,
+               norm: str, now: float) -> Hit | Miss:
+        """Check an approximate partition's answer against exact search, as evidence allows.
+
+        An approximate index is calibrated from the entries it holds, and a cache
+        holds mostly *distinct* prompts (paraphrases hit rather than being stored),
+        which are not the pairs its lookups must find. So its recall is measured on
+        the lookups themselves: until ``found`` and ``missed`` bound the miss rate
+        under 0.5%, every approximate miss is searched exactly (the lookup is then
+        answered as exact search would); after that one in ``_AUDIT_SAMPLE``, and a
+        sampled miss that exact search finds withdraws the trust.
+        """
+        if hit:
+            part.found += 1
+            self._audit_due(part)
+            return hit
+        if part.trusted:
+            part.audits += 1
+            if part.audits % self._AUDIT_SAMPLE:
+                return MISS
+        ids, scores = self._table.scores(vec)
+        above = ids[scores >= thr]
+        cand = np.array([i for i in above.tolist() if self._meta.get(i) is not None
+                         and self._meta[i].scope == sid], dtype=np.int64)
+        found = self._verify(cand, vec, thr, norm, now)
+        if not found:
+            return MISS
+        if part.trusted:
+            part.trusted = False
+            part.found = part.missed = 0
+            log.info("semcache: the approximate index of scope %s missed a hit; checking its "
+                     "misses exactly again", sid[:8])
+        part.missed += 1
+        return found
+
+    def _audit_due(self, part: _Partition) -> None:
+        """Trust ``part`` once its audited hits bound the miss rate (see ``_AUDIT_PER_MISS``)."""
+        if not part.trusted and part.found + part.missed >= self._AUDIT_PER_MISS * (part.missed + 3):
+            part.trusted = True
+
+    def _serve(self, entry_id: int, score: float, *, exact: bool, now: float, query: str | None,
+               threshold: float = -1.0) -> Hit | Miss:
+        """Load an entry for a hit, unless expired, vetoed by a guard or the long-prompt check, or gone."""
         meta = self._meta.get(entry_id)
         if meta is None:
             return MISS
@@ -928,6 +1052,12 @@ class SemanticCache:
             self._remove_local([entry_id])
             return MISS
         stored_prompt, completion = stored
+        if query is not None:
+            span = self._long_prompt_score(query, stored_prompt)
+            if span is not None:
+                if span < threshold:
+                    return MISS
+                score = min(score, span)
         if query is not None and self.guards:
             for guard in self.guards:
                 if not guard(query, stored_prompt, score):

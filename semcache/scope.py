@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,29 @@ def _canonical(value: Any, path: str = "scope") -> JSONValue:
     )
 
 
+def _freeze(value: Any) -> Any:
+    """A deep, read-only copy of a (validated) JSON-like value.
+
+    Mappings become :class:`types.MappingProxyType` over a private dict and lists
+    become tuples, so nothing the caller still holds can change a scope after
+    its id was computed (a ``temperature=0`` scope must stay one).
+    """
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value  # str, int, float, bool, None: immutable already
+
+
+def _thaw(value: Any) -> Any:
+    """A plain, mutable deep copy of a frozen value (dicts and lists again)."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
 def canonical_json(value: Any) -> str:
     """Deterministic JSON text of a JSON-like value (sorted keys, no spaces)."""
     return json.dumps(
@@ -73,6 +97,9 @@ class Scope:
     params : mapping, optional
         Generation parameters that change the answer: temperature, top_p,
         max_tokens, tools, tool_choice, response_format, seed... JSON-like values.
+        The scope keeps a deep read-only copy (nested mappings read-only, lists
+        as tuples): changing the dict passed in afterwards does not change the
+        scope, and ``scope.params`` cannot be changed in place.
     system : str, optional
         The system (or developer) prompt.
     tenant : str, optional
@@ -105,16 +132,22 @@ class Scope:
                 raise ConfigError(f"Scope.{name} must be a str or None, not {type(v).__name__}")
         if not isinstance(self.params, Mapping):
             raise ConfigError(f"Scope.params must be a mapping, not {type(self.params).__name__}")
-        # Validate now, so a bad value fails where it was written, not at lookup.
+        # Validate first (a bad value fails where it was written, not at lookup), then
+        # keep a frozen deep copy: the id below must describe the params for good.
+        _canonical(self.params, "scope.params")
+        object.__setattr__(self, "params", _freeze(self.params))
         object.__setattr__(self, "_json", canonical_json(self.as_dict()))
 
     def as_dict(self) -> dict[str, Any]:
-        """The non-empty fields as a plain dict."""
+        """The non-empty fields as a plain dict (``params`` as a mutable deep copy)."""
         out: dict[str, Any] = {}
         for name in _FIELDS:
             v = getattr(self, name)
-            if v is not None and v != {}:
-                out[name] = dict(v) if name == "params" else v
+            if name == "params":
+                if v:
+                    out[name] = _thaw(v)
+            elif v is not None:
+                out[name] = v
         return out
 
     @property
@@ -128,10 +161,15 @@ class Scope:
     def __hash__(self) -> int:
         return hash(self.json)
 
+    def __reduce__(self) -> tuple[type[Scope], tuple[Any, ...]]:
+        # A read-only mapping does not pickle; rebuild from plain values instead.
+        return (type(self), (self.model, _thaw(self.params), self.system, self.tenant,
+                             self.context, self.namespace))
+
     def replace(self, **changes: Any) -> Scope:
         """A copy with some fields changed; ``params`` given here are merged in."""
         if "params" in changes:
-            changes["params"] = {**self.params, **changes["params"]}
+            changes["params"] = {**_thaw(self.params), **changes["params"]}
         return dataclasses.replace(self, **changes)
 
     @classmethod

@@ -16,6 +16,9 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+# Before anything imports numba (nothing above does): this import points numba at a private
+# temp folder when neither the install nor $HOME is writable (read-only images).
+import semcache._numba_cache  # noqa: F401  (for its side effect, before any index module)
 from semcache.errors import ConfigError
 from semcache.index.base import Index, check_batch
 from semcache.index.exact import ExactIndex
