@@ -242,7 +242,7 @@ class SemanticCache:
     target_wrong_hit_rate : float, optional
         Instead of a threshold: the share of hits allowed to be wrong. The
         threshold comes from the calibration shipped for the embedder
-        (:func:`semcache.calibration.threshold_for`; the bundled model is
+        (:func:`semcache.thresholds.threshold_for`; the bundled model is
         calibrated for 0.05 to 0.2). :class:`ConfigError` for an uncalibrated
         embedder or target.
     ttl : float, optional
@@ -353,7 +353,7 @@ class SemanticCache:
         self.snapshot_min_entries = _positive_int(snapshot_min_entries, "snapshot_min_entries")
         self.embedder = as_embedder(embedder)
         if target_wrong_hit_rate is not None:
-            from semcache.calibration import threshold_for
+            from semcache.thresholds import threshold_for
 
             self.threshold = threshold_for(self.fingerprint, target_wrong_hit_rate)
 
