@@ -400,7 +400,7 @@ class GridIndex:
         Number of projected coordinates hashed into the grid (<= k). The
         default ``m=6, grid=3, max_scan=0.15`` is the fastest single-grid
         setting measured with recall >= 0.995 of threshold hits at 0.85, 0.9
-        and 0.95 on the QQP corpus (``benchmarks/grid_budget_bench.py``,
+        and 0.95 on the QQP corpus (``benchmarks/lab/grid_budget_bench.py``,
         N = 92k: .9975 / 1 / 1; 0.1 gives .994 at 0.85), with a learned
         projection of width 32. Two grids over different coordinates do
         better (:class:`~semcache.index.multigrid.MultiGridIndex`).
@@ -442,7 +442,7 @@ class GridIndex:
         kept 290, at the same recall (1 / 1 / 1; 0.98 is the first to lose a
         hit); on 10k rows (265 pairs) it keeps the recall of 0.999, which the
         uncorrected 0.995 did not (one miss of 99 hits at 0.9)
-        (``benchmarks/filter_quantile_bench.py``).
+        (``benchmarks/lab/filter_quantile_bench.py``).
     calibration_threshold : float
         Cosine from which rows count as near-duplicates when calibrating.
     min_pairs : int
