@@ -32,7 +32,7 @@ from index_bench import load_real_corpus, split_corpus
 from tqdm import tqdm
 
 from semcache.index import GridIndex, MultiGridIndex
-from semcache.index import kernels as K
+from semcache.index import grid_kernels as K
 from semcache.projection import LearnedProjection
 
 BUFFERS = (0, 16, 64, 256)

@@ -33,9 +33,9 @@ the insert kernel, with the grid's 16 arguments, takes 1.4 us, while one call
 on 2,000 rows takes 0.17 us a row (``benchmarks/lab/insert_buffer_bench.py``).
 So single rows wait in a small buffer (``buffer`` rows, float32, the caller's
 column order), checked and copied by one kernel call
-(:func:`~semcache.index.kernels.buffer_put`), and go into every table in one
+(:func:`~semcache.index.multigrid_kernels.buffer_put`), and go into every table in one
 batch when it fills. The first table's lookup kernel filters the buffered rows
-as it filters its own (:func:`~semcache.index.kernels.filter_rows`), so a
+as it filters its own (:func:`~semcache.index.grid_kernels.filter_rows`), so a
 buffered row is found as soon as it is added. Batch adds empty the buffer
 first; tables recalibrate only inside inserts, so never while rows wait.
 """
@@ -49,7 +49,7 @@ import numpy.typing as npt
 
 from semcache._types import FloatArray, IdArray
 from semcache.errors import ConfigError, IndexStateError
-from semcache.index import kernels as K
+from semcache.index import multigrid_kernels as K
 from semcache.index.base import as_ids
 from semcache.index.grid import GridIndex, LookupPlan, scan_budget
 
@@ -79,7 +79,7 @@ class MultiGridIndex:
         width the blocks wrap around, so tables then share coordinates.
     grid : int
         Cells per dimension; 2 uses the cheap bit-vector probe of
-        :func:`semcache.index.kernels.grid_query_binary`.
+        :func:`semcache.index.grid_kernels.grid_query_binary`.
     cell_rows : int or None
         Each table hashes as many coordinates as give cells of about this many
         rows (see :class:`~semcache.index.grid.GridIndex`); None: always ``m``.

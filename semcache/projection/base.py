@@ -21,12 +21,12 @@ import numpy.typing as npt
 
 from semcache._types import FloatArray
 from semcache.errors import NotFittedError, ProjectionError
-from semcache.index.kernels import project_rows
+from semcache.projection.kernels import project_rows
 
 __all__ = ["BaseProjection", "Projection", "dump_projection"]
 
 #: Inputs of at most this many rows are projected by one compiled pass
-#: (:func:`~semcache.index.kernels.project_rows`), larger ones by BLAS after a
+#: (:func:`~semcache.projection.kernels.project_rows`), larger ones by BLAS after a
 #: finiteness scan. Measured 384-d to 32: 2.2 against 5.0 us for one row, 6.9
 #: against 7.2 us for 8, 12.2 against 10.0 us for 16.
 _FEW_ROWS = 8
