@@ -45,6 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="cosine threshold (default: the cache's, 0.9)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for embedding (default 1: on a busy 2-core machine one "
+                             "thread embedded a prompt in 34 ms p50, two threads in 252 ms)")
 
 
 @dataclass
@@ -121,26 +124,30 @@ def replay(cache: SemanticCache, args: argparse.Namespace) -> Replay:
     return out
 
 
-#: Scene 2: a pair from the QQP data whose questions differ only in a number.
-GUARD_PAIR = ("What are the top 10 Bollywood movies of 2016?",
-              "What are the top 10 Bollywood movies of 2017?")
+#: Scene 2: QQP dev pairs labelled "different question" that embed close together.
+GUARD_PAIRS = (
+    ("What happens when diesel is used in petrol engine?",
+     "What happens if petrol is used in a diesel engine?"),
+    ("How can I get 100000 followers on instagram?", "How can I get 50000 followers on Instagram?"),
+)
 
 
-def guard_scene(threshold: float | None) -> tuple[float, list[list[Any]]]:
-    """Scene 2: the pair's cosine, and the same lookup without guards and with the default ones."""
+def guard_scene(threshold: float | None) -> list[list[Any]]:
+    """Scene 2: each pair's cosine, and its lookup without guards and with the default ones."""
     from semcache.cache import SemanticCache
     from semcache.embedding import default_embedder
 
-    vecs = default_embedder().encode(list(GUARD_PAIR))
-    cosine = float(vecs[0] @ vecs[1])
-    rows: list[list[Any]] = []
     kwargs: dict[str, Any] = {} if threshold is None else {"threshold": threshold}
-    for label, guards in (("guards=()", ()), ("default guards", None)):
-        with SemanticCache(store="memory", guards=guards, **kwargs) as cache:
-            cache.put(GUARD_PAIR[0], "the 2016 list")
-            hit = cache.get(GUARD_PAIR[1])
-            rows.append([label, f"served '{hit.completion}': wrong" if hit else "miss: the LLM answers"])
-    return cosine, rows
+    rows: list[list[Any]] = []
+    for stored, asked in GUARD_PAIRS:
+        vecs = default_embedder().encode([stored, asked])
+        row: list[Any] = [asked, f"{float(vecs[0] @ vecs[1]):.3f}"]
+        for guards in ((), None):
+            with SemanticCache(store="memory", guards=guards, **kwargs) as cache:
+                cache.put(stored, f"answer to: {stored}")
+                row.append("served: wrong" if cache.get(asked) else "miss")
+        rows.append(row)
+    return rows
 
 
 def scope_scene(threshold: float | None) -> list[list[Any]]:
@@ -165,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
     from semcache.report import format_table
 
     t_start = time.perf_counter()
+    import torch  # sentence-transformers' backend
+
+    torch.set_num_threads(max(1, args.threads))
     kwargs: dict[str, Any] = {} if args.threshold is None else {"threshold": args.threshold}
     with SemanticCache(store="memory", **kwargs) as cache:
         print(f"semcache demo: threshold {cache.threshold} (cosine), embedder {cache.fingerprint}\n")
@@ -180,10 +190,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"   A lookup embeds the prompt first ({r.embed_ms:.1f} ms p50 here) and a miss then pays the "
           f"LLM as well, so the cache saves time when hits x LLM time exceeds lookups x embedding time.\n")
 
-    cosine, rows = guard_scene(args.threshold)
-    print(f"2. A wrong hit caught by a guard: stored '{GUARD_PAIR[0]}', asked '{GUARD_PAIR[1]}' "
-          f"(cosine {cosine:.3f})")
-    print(format_table(["cache", "outcome"], rows))
+    print("2. Wrong hits caught by a guard: each stored question, then its pair asked (QQP dev pairs "
+          "labelled different)")
+    for stored, _ in GUARD_PAIRS:
+        print(f"   stored: {stored}")
+    print(format_table(["asked", "cosine", "guards=()", "default guards"], guard_scene(args.threshold)))
     print()
     print("3. Scopes isolate: tenant acme stored 'What is your refund policy?' for gpt-4o-mini; "
           "'what's the refund policy?' asked by")

@@ -26,9 +26,10 @@ def test_demo_runs_end_to_end_and_reports(capsys: pytest.CaptureFixture[str]) ->
     assert queries == 24  # 20 held-out + a fifth as many out-of-scope
     assert hits == right + wrong and hits + calls == queries
     assert "300 CLINC150 train queries stored" in out  # 2 per intent, 150 intents
-    # Scene 2: served without guards, refused by the default ones.
-    assert any(line.strip().startswith("guards=()") and "wrong" in line for line in lines)
-    assert any(line.strip().startswith("default guards") and "miss" in line for line in lines)
+    # Scene 2: both pairs served without guards (above the threshold), refused by the default ones.
+    guarded = [line for line in lines if "served: wrong" in line]
+    assert len(guarded) == 2 and all(line.split()[-1] == "miss" for line in guarded)
+    assert all(float(line.split()[-4]) >= 0.9 for line in guarded)
     # Scene 3: the same tenant and model hits; another tenant or model does not.
     outcomes = {tuple(line.split()[:2]): line.split()[2] for line in lines
                 if line.split()[:1] in (["acme"], ["globex"])}
