@@ -16,7 +16,7 @@ from tests.conftest import HashEmbedder
 
 
 def test_demo_runs_end_to_end_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["demo", "--warm", "2", "--queries", "20", "--llm-latency", "0"])
+    code = main(["demo", "--intents", "10", "--warm", "20", "--queries", "20", "--llm-latency", "0"])
     assert code == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -25,7 +25,7 @@ def test_demo_runs_end_to_end_and_reports(capsys: pytest.CaptureFixture[str]) ->
     queries, hits, right, wrong, calls = (int(x) for x in lines[head + 2].split()[:5])
     assert queries == 24  # 20 held-out + a fifth as many out-of-scope
     assert hits == right + wrong and hits + calls == queries
-    assert "300 CLINC150 train queries stored" in out  # 2 per intent, 150 intents
+    assert "200 CLINC150 train queries of 10 intents stored" in out
     # Scene 2: both pairs served without guards (above the threshold), refused by the default ones.
     guarded = [line for line in lines if "served: wrong" in line]
     assert len(guarded) == 2 and all(line.split()[-1] == "miss" for line in guarded)
@@ -62,7 +62,7 @@ def test_help_lists_commands() -> None:
 PAIRS = [
     ("What is the capital of France?", "Paris", "what's France's capital city?"),
     ("How do I reverse a list in Python?", "lst[::-1]", "how can I reverse a python list"),
-    ("Who wrote Pride and Prejudice?", "Jane Austen", "who is the author of pride and prejudice"),
+    ("Who wrote Pride and Prejudice?", "Jane Austen", "who wrote the novel Pride and Prejudice?"),
 ]
 
 
@@ -101,9 +101,9 @@ def test_export_import_round_trip_serves_the_same_hits(
         # Scopes survive the trip: the other tenant still gets its own answer, never acme's.
         beta = b.get("what's France's capital city?", scope=Scope(model="m", tenant="beta"))
         assert beta and beta.completion == "Paris (beta)"
-        by_prompt = {e.prompt: e for e in a.entries()}
+        by_text = {(e.prompt, json.dumps(e.completion)): e for e in a.entries()}
         for e in b.entries():
-            src = by_prompt[e.prompt]
+            src = by_text[(e.prompt, json.dumps(e.completion))]
             assert (e.scope_id, e.created, e.expires, e.completion) == (
                 src.scope_id, src.created, src.expires, src.completion)
 
