@@ -5,15 +5,14 @@ Three short scenes, each printed as a small table:
 1. **Replay.** A cache is warmed with the CLINC150 train queries of ``--intents``
    intents drawn at random (each stored with its intent's answer, as if an LLM had
    answered it), then held-out test queries of those intents and out-of-scope
-   queries go through ``@semantic_cache
-   around a stand-in LLM that sleeps ``--llm-latency`` seconds a call. A hit is
-   right when the served entry has the query's intent; a hit on an out-of-scope
-   query is wrong. Time saved is measured, not assumed: the replay's wall time
-   through the cache (embedding, lookups, misses calling the LLM) against every
-   query calling the stand-in.
-2. **A wrong hit a guard catches.** Two questions that differ only in a number
-   embed close together; the cache without guards serves the stored answer,
-   the default guards refuse it.
+   queries go through ``@semantic_cache`` around a stand-in LLM that sleeps
+   ``--llm-latency`` seconds a call. A hit is right when the served entry has the
+   query's intent; a hit on an out-of-scope query is wrong. Time saved is
+   measured, not assumed: the replay's wall time through the cache (embedding,
+   lookups, misses calling the LLM) against every query calling the stand-in.
+2. **Wrong hits a guard catches.** Two QQP dev pairs labelled "different
+   question" (swapped roles; another number) embed above the threshold; the
+   cache without guards serves the stored answer, the default guards refuse it.
 3. **A scope that isolates.** One tenant's answer is served to a paraphrase in the
    same tenant and model, and never to another tenant or another model.
 
