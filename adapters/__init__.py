@@ -3,13 +3,13 @@
 Each adapter lives in its own module and needs an optional extra:
 
 - ``semcache.adapters.openai``: httpx transports for ``OpenAI(http_client=...)``;
-  ``pip install 'semcache[openai]'``.
+  ``pip install 'semcache-llm[openai]'``.
 - ``semcache.adapters.middleware``: ASGI middleware for OpenAI-compatible chat
   servers; no extra.
 - ``semcache.adapters.server``: ``semcache serve``, a caching proxy;
-  ``pip install 'semcache[server]'``.
+  ``pip install 'semcache-llm[server]'``.
 - ``semcache.adapters.langchain``: a LangChain ``BaseCache``;
-  ``pip install 'semcache[langchain]'``.
+  ``pip install 'semcache-llm[langchain]'``.
 
 :mod:`semcache.adapters.requests` (how an OpenAI request becomes a cache key)
 and :mod:`semcache.adapters.sse` (assembling and replaying streams) need no
@@ -52,5 +52,5 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"this semcache adapter needs {module!r}: pip install 'semcache[{extra}]'"
+            f"this semcache adapter needs {module!r}: pip install 'semcache-llm[{extra}]'"
         ) from exc

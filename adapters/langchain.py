@@ -46,7 +46,7 @@ try:
     from langchain_core.outputs import ChatGeneration, Generation
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        "semcache.adapters.langchain needs langchain-core: pip install 'semcache[langchain]'"
+        "semcache.adapters.langchain needs langchain-core: pip install 'semcache-llm[langchain]'"
     ) from exc
 
 __all__ = ["SemanticLangChainCache"]

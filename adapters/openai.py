@@ -42,7 +42,7 @@ try:
     import httpx
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        "semcache.adapters.openai needs httpx: pip install 'semcache[openai]'"
+        "semcache.adapters.openai needs httpx: pip install 'semcache-llm[openai]'"
     ) from exc
 
 __all__ = [

@@ -43,7 +43,7 @@ __all__ = ["ForwardingApp", "ProxyApp", "configure", "run"]
 
 log = logging.getLogger("semcache.adapters")
 
-_INSTALL: Final = "pip install 'semcache[server]'"
+_INSTALL: Final = "pip install 'semcache-llm[server]'"
 
 #: Per-connection headers a proxy must not forward (RFC 9110 §7.6.1), plus those
 #: recomputed for the new hop.

@@ -33,7 +33,7 @@ import numpy as np
 from llvmlite import ir
 from numba.extending import intrinsic
 
-from semcache.index.kernels import _address  # int -> pointer in compiled code
+from semcache.index._kernels_common import _address  # int -> pointer in compiled code
 
 PAGE = mmap.PAGESIZE
 

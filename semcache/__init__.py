@@ -13,6 +13,7 @@ from __future__ import annotations
 from semcache.cache import (
     DEFAULT_THRESHOLD,
     MISS,
+    CacheEntry,
     CacheStats,
     Guard,
     Hit,
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_THRESHOLD",
     "MISS",
+    "CacheEntry",
     "CacheStats",
     "ConfigError",
     "Embedder",

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
@@ -72,6 +72,7 @@ from semcache.stores import (
 __all__ = [
     "DEFAULT_THRESHOLD",
     "MISS",
+    "CacheEntry",
     "CacheStats",
     "Guard",
     "Hit",
@@ -255,7 +256,7 @@ class SemanticCache:
     target_wrong_hit_rate : float, optional
         Instead of a threshold: the share of hits allowed to be wrong. The
         threshold comes from the calibration shipped for the embedder
-        (:func:`semcache.calibration.threshold_for`; the bundled model is
+        (:func:`semcache.thresholds.threshold_for`; the bundled model is
         calibrated for 0.05 to 0.2). :class:`ConfigError` for an uncalibrated
         embedder or target.
     ttl : float, optional
@@ -384,7 +385,7 @@ class SemanticCache:
                                   f"got {embed_timeout!r}")
             self._deadline = Deadline(float(embed_timeout))
         if target_wrong_hit_rate is not None:
-            from semcache.calibration import threshold_for
+            from semcache.thresholds import threshold_for
 
             self.threshold = threshold_for(self.fingerprint, target_wrong_hit_rate)
 
@@ -1371,3 +1372,127 @@ class SemanticCache:
         """:meth:`put` in a worker thread."""
         return await asyncio.to_thread(self.put, prompt, completion, scope=scope, ttl=ttl)
 
+
+    # ------------------------------------------------------- export / import
+    # Self-contained on purpose (the store's internals may change): they read
+    # ``self._meta`` under ``self._lock``, completions through
+    # ``self._store.get_completion`` and write through ``self._store.put_many``.
+    def entries(self, scope: ScopeLike = None) -> Iterator[CacheEntry]:
+        """Iterate over the live entries (what ``semcache export`` writes).
+
+        Parameters
+        ----------
+        scope : Scope, mapping or str, optional
+            Only this scope's entries. Unlike :meth:`get`, None means *every* scope,
+            not the default one.
+
+        Yields
+        ------
+        CacheEntry
+            In the order they were stored; expired entries and entries of another
+            embedder are left out. Entries deleted while iterating are skipped.
+        """
+        self._check_open()
+        with self._lock:
+            self._sync()
+            sid = None if scope is None else self.scope_id(scope)
+            now = time.time()
+            live = [(i, m) for i, m in sorted(self._meta.items())
+                    if (sid is None or m.scope == sid) and (m.expires is None or m.expires > now)]
+        for entry_id, meta in live:
+            with self._lock:
+                got = self._store.get_completion(entry_id)
+            if got is not None:
+                yield CacheEntry(entry_id, got[0], got[1], meta.scope, meta.created, meta.expires)
+
+    def add_entries(self, entries: Iterable[CacheEntry], *, fingerprint: str,
+                    batch_size: int = 256) -> list[int]:
+        """Store exported entries (``semcache import``): re-embedded here, scope ids kept.
+
+        Parameters
+        ----------
+        entries : iterable of CacheEntry
+            E.g. read back from ``semcache export``; ``entry_id`` is ignored (new ids
+            are given), ``scope_id``, ``created`` and ``expires`` are kept. Entries
+            already expired are skipped.
+        fingerprint : str
+            The fingerprint of the embedder the entries were stored with. A scope id
+            hashes it, so entries of another embedder could never be served here:
+            they are refused rather than stored as dead weight.
+        batch_size : int
+            Prompts embedded per batch.
+
+        Returns
+        -------
+        list of int
+            The new entry ids.
+
+        Raises
+        ------
+        ConfigError
+            ``fingerprint`` is not this cache's.
+        InvalidPromptError, SerializationError
+            A bad prompt or a completion that is not JSON (nothing of its batch is written).
+        """
+        self._check_open()
+        if fingerprint != self.fingerprint:
+            raise ConfigError(
+                f"these entries were stored with embedder {fingerprint!r} and this cache uses "
+                f"{self.fingerprint!r}: their scope ids would never match here. Import them into a "
+                "cache with the same embedder (or store the prompts again with put_many)"
+            )
+        size = _positive_int(batch_size, "batch_size")
+        ids: list[int] = []
+
+        def flush(batch: list[CacheEntry]) -> None:
+            norms = [normalize_prompt(e.prompt) for e in batch]
+            keys = [prompt_key(n) for n in norms]
+            vecs = self._embed(norms, keys)
+            rows = [(EntryMeta(e.scope_id, k, self.fingerprint, e.created, e.expires), v, e.prompt,
+                     e.completion) for e, k, v in zip(batch, keys, vecs, strict=True)]
+            with self._lock:
+                ids.extend(self._store.put_many(rows))
+                self._sync()
+                self._counters["puts"] += len(rows)
+                self._reclaim(time.time())
+                self._evict()
+
+        batch: list[CacheEntry] = []
+        for entry in entries:
+            if entry.expires is not None and entry.expires <= time.time():
+                continue
+            batch.append(entry)
+            if len(batch) == size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+        return ids
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """One stored entry, as :meth:`SemanticCache.entries` yields it.
+
+    Attributes
+    ----------
+    entry_id : int
+        Id in the cache it was read from.
+    prompt : str
+        The prompt as stored.
+    completion : JSON value
+    scope_id : str
+        32 hex chars: the hash of the scope and the embedder's fingerprint
+        (:func:`semcache.scope.scope_id`); the scope itself is not stored.
+    created : float
+        Unix time it was stored.
+    expires : float or None
+        Unix time it expires, or None.
+    """
+
+    entry_id: int
+    prompt: str
+    completion: JSONValue
+    scope_id: str
+    created: float
+    expires: float | None

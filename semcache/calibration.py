@@ -1,4 +1,8 @@
-"""Thresholds calibrated to a target wrong-hit rate (``semcache calibrate``, :func:`threshold_for`).
+"""Computing calibrated thresholds (``semcache calibrate``): a tool, not part of the cache.
+
+The cache only *reads* the result, through :mod:`semcache.thresholds`
+(:func:`~semcache.thresholds.threshold_for`, re-exported here); this module runs the
+replays of :mod:`semcache.evaluation` that produce it, so the core never imports it.
 
 A raw cosine threshold means different things for different models and data. A
 *target wrong-hit rate* (the share of hits that serve a wrong answer) is what a
@@ -36,8 +40,6 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,6 +47,15 @@ import numpy as np
 
 from semcache.errors import ConfigError
 from semcache.report import format_table
+from semcache.thresholds import (
+    CALIBRATION_FILE,
+    FORMAT,
+    _load,
+    _package_file,
+    calibrated_targets,
+    load_calibration,
+    threshold_for,
+)
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -63,99 +74,6 @@ DEFAULT_TARGETS: Final = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
 
 #: Thresholds tried: cosine 0.5 to 1.0 in steps of 0.001.
 GRID: Final = tuple(round(0.5 + 0.001 * i, 3) for i in range(501))
-
-#: The calibration data shipped with the package.
-CALIBRATION_FILE: Final = "calibration.json"
-
-FORMAT: Final = 1
-
-
-def _package_file() -> Path:
-    return Path(str(resources.files("semcache") / "data" / CALIBRATION_FILE))
-
-
-@lru_cache(maxsize=8)
-def _load(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data: dict[str, Any] = json.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"no calibration file at {path}; run `semcache calibrate`") from exc
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"calibration file {path} is unreadable: {exc}") from exc
-    if data.get("format") != FORMAT or not isinstance(data.get("models"), dict):
-        raise ConfigError(f"calibration file {path} has an unknown format")
-    return data
-
-
-def load_calibration(path: str | Path | None = None) -> dict[str, Any]:
-    """The calibration JSON (the packaged one by default)."""
-    return _load(str(path or _package_file()))
-
-
-def calibrated_targets(fingerprint: str, path: str | Path | None = None, *,
-                       profile: str = "all") -> list[tuple[float, float]]:
-    """``(target, threshold)`` pairs calibrated for ``fingerprint``, by increasing target.
-
-    Raises
-    ------
-    ConfigError
-        No calibration for this fingerprint, or no such profile.
-    """
-    models = load_calibration(path)["models"]
-    model = models.get(fingerprint)
-    if model is None:
-        known = ", ".join(sorted(models)) or "none"
-        raise ConfigError(
-            f"no calibration for embedder {fingerprint!r} (calibrated: {known}); pass a "
-            "threshold instead, or run `semcache calibrate` for this model"
-        )
-    profiles = model.get("profiles", {"all": model["points"]})
-    if profile not in profiles:
-        raise ConfigError(f"no calibration profile {profile!r}; choose one of {sorted(profiles)}")
-    pts = sorted((float(p["target"]), float(p["threshold"])) for p in profiles[profile])
-    if not pts:
-        raise ConfigError(f"the calibration of {fingerprint!r} has no points")
-    return pts
-
-
-def threshold_for(fingerprint: str, target_wrong_hit_rate: float,
-                  *, profile: str = "all", path: str | Path | None = None) -> float:
-    """The cosine threshold expected to serve at most ``target_wrong_hit_rate`` wrong hits.
-
-    Linear interpolation between the calibrated targets of the embedder.
-
-    Parameters
-    ----------
-    fingerprint : str
-        The embedder's fingerprint (``cache.fingerprint``).
-    target_wrong_hit_rate : float
-        Share of hits allowed to be wrong, within the calibrated range.
-    profile : str
-        ``"all"`` (default: the target holds on every dev set), or one data set's
-        own calibration: ``"qqp_dev"``, ``"clinc150_val"``.
-    path : str or Path, optional
-        Another calibration file (default: the packaged one).
-
-    Raises
-    ------
-    ConfigError
-        Unknown fingerprint or profile, or a target outside the calibrated range.
-    """
-    r = target_wrong_hit_rate
-    if isinstance(r, bool) or not isinstance(r, int | float) or not (0.0 < r < 1.0):
-        raise ConfigError(f"target_wrong_hit_rate must be a number in (0, 1), got {r!r}")
-    pts = calibrated_targets(fingerprint, path, profile=profile)
-    lo, hi = pts[0][0], pts[-1][0]
-    if not (lo - 1e-12 <= r <= hi + 1e-12):
-        raise ConfigError(
-            f"target_wrong_hit_rate {r:g} is outside the calibrated range [{lo:g}, {hi:g}] "
-            f"for {fingerprint!r} (profile {profile!r})"
-        )
-    xs = np.array([p[0] for p in pts])
-    ys = np.array([p[1] for p in pts])
-    return float(np.interp(r, xs, ys))
-
 
 def calibrate_curve(
     hits: Sequence[int], wrong: Sequence[int], grid: Sequence[float], target: float,

@@ -1,8 +1,9 @@
 """The ``semcache`` command.
 
-Each subcommand lives in its own module, which provides
+Each subcommand lives in a module, which provides
 ``configure(parser: argparse.ArgumentParser) -> None`` and
-``run(args: argparse.Namespace) -> int``; modules import their heavy or
+``run(args: argparse.Namespace) -> int`` (``"module:name"``: ``configure_name`` and
+``run_name``, several commands in one module); modules import their heavy or
 optional dependencies inside ``run``, so ``semcache --help`` stays fast and
 works without the extras.
 """
@@ -21,10 +22,20 @@ __all__ = ["main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("semcache.demo", "replay real prompts through a cache and report hits, errors, latency"),
     "info": ("semcache.info", "show what a cache directory holds"),
+    "stats": ("semcache.maintain:stats", "size, per-scope counts and ages of a cache directory"),
+    "export": ("semcache.maintain:export", "write a cache's entries as JSON Lines"),
+    "import": ("semcache.maintain:import", "store exported entries into a cache (re-embedded)"),
+    "purge": ("semcache.maintain:purge", "delete entries by scope, age, expiry or embedder"),
     "eval": ("semcache.evaluation", "measure hit rate and wrong-hit rate on labelled data"),
     "calibrate": ("semcache.calibration", "derive thresholds for target wrong-hit rates"),
     "serve": ("semcache.adapters.server", "run an OpenAI-compatible caching proxy"),
 }
+
+
+def _hook(kind: str, module: str) -> str:
+    """``configure``/``run`` of ``"module"``, ``configure_name``/``run_name`` of ``"module:name"``."""
+    name = module.partition(":")[2]
+    return f"{kind}_{name}" if name else kind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,12 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         try:
-            mod = importlib.import_module(module)
+            mod = importlib.import_module(module.partition(":")[0])
         except ImportError as exc:
             # The subcommand needs an extra that is not installed: say which.
             p.set_defaults(_missing=str(exc))
             continue
-        mod.configure(p)
+        getattr(mod, _hook("configure", module))(p)
         p.set_defaults(_module=module)
     return parser
 
@@ -56,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"semcache {args.command}: {missing}", file=sys.stderr)
         return 2
-    mod = importlib.import_module(args._module)
-    code: int = mod.run(args)
+    mod = importlib.import_module(args._module.partition(":")[0])
+    code: int = getattr(mod, _hook("run", args._module))(args)
     return code
 
 

@@ -443,7 +443,7 @@ def test_stats_report_latency_stages(cache: SemanticCache) -> None:
 
 def test_target_wrong_hit_rate_sets_a_calibrated_threshold(embedder: object,
                                                            hash_embedder: HashEmbedder) -> None:
-    from semcache.calibration import threshold_for
+    from semcache.thresholds import threshold_for
 
     with SemanticCache(store="memory", embedder=embedder, target_wrong_hit_rate=0.1) as cache:  # type: ignore[arg-type]
         assert cache.threshold == threshold_for(cache.fingerprint, 0.1)

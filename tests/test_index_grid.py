@@ -16,7 +16,8 @@ import pytest
 
 from semcache.errors import ConfigError, IndexStateError
 from semcache.index import GridIndex, MultiGridIndex, make_index
-from semcache.index import kernels as K
+from semcache.index import _kernels_common as KC
+from semcache.index import grid_kernels as K
 from semcache.index.grid import END_ROOM, fit_linear_map, stored_vectors
 from tests._index_data import THRESHOLDS, Corpus, corpus, exact_of, recall
 
@@ -372,7 +373,7 @@ def test_batches_into_a_large_table_land_in_the_cells_their_rows_hash_to() -> No
     n0 = 30_000
     g = GridIndex(m=10, grid=2)
     g.add(ids[:n0], low[:n0], full[:n0])
-    assert 8 * len(g._itab) >= K._PREFETCH_BYTES
+    assert 8 * len(g._itab) >= KC._PREFETCH_BYTES
     for b in range(n0, len(full), 64):
         g.add(ids[b : b + 64], low[b : b + 64], full[b : b + 64])
     assert len(g) == len(ids) and g._calibrated_at == n0
@@ -443,25 +444,25 @@ def test_hash_table_kernels_match_a_dict() -> None:
     ref: dict[int, int] = {}
     for step in range(4000):
         key = int(rng.integers(0, 40))
-        slot = K.table_find(table, key)
+        slot = KC.table_find(table, key)
         assert (slot >= 0) == (key in ref)
         if slot >= 0 and rng.random() < 0.5:
-            K._table_delete_slot(table, slot)
+            KC._table_delete_slot(table, slot)
             del ref[key]
         elif slot >= 0 or len(ref) < 6:
             val = int(rng.integers(0, 1 << 40))
-            K._table_put(table, key, val)
+            KC._table_put(table, key, val)
             ref[key] = val
         assert int((table[0::2] >= 0).sum()) == len(ref)
         for k, v in ref.items():
-            s = K.table_find(table, k)
+            s = KC.table_find(table, k)
             assert s >= 0 and table[2 * s] == k and table[2 * s + 1] == v, step
-    assert K.table_slots(table) == 8
+    assert KC.table_slots(table) == 8
     # -1 marks an empty slot: a negative key must not find one.
-    assert K.table_find(table, -1) == K.table_find(table, -7) == -1
+    assert KC.table_find(table, -1) == KC.table_find(table, -7) == -1
     grown = np.full(2 * 32, -1, dtype=np.int64)
-    K.table_rehash(table, grown)
-    assert K.table_slots(grown) == 32
+    KC.table_rehash(table, grown)
+    assert KC.table_slots(grown) == 32
     assert {int(k): int(v) for k, v in zip(grown[0::2], grown[1::2], strict=True) if k >= 0} == ref
 
 
@@ -534,7 +535,7 @@ def test_id_table_follows_rows_through_relocations_and_removes(params: dict[str,
     for cell, (start, count, _, code) in enumerate(g._cells[:n_cells].tolist()):
         for p in range(start, start + count):
             pid = int(g._pids[p])
-            s = K.table_find(g._itab, pid)
+            s = KC.table_find(g._itab, pid)
             assert s >= 0
             assert int(g._itab[2 * s + 1]) == (cell << 32) | (p - start)
             assert K.codes_of_ids(np.array([pid], dtype=np.int64), g._itab, g._cells)[0] == code

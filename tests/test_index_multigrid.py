@@ -10,7 +10,7 @@ import pytest
 
 from semcache.errors import ConfigError, IndexStateError
 from semcache.index import ExactIndex, GridIndex, Index, MultiGridIndex, make_index
-from semcache.index import kernels as K
+from semcache.index import grid_kernels as K
 from tests._index_data import corpus, exact_of, recall
 
 

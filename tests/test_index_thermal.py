@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter
 
 from semcache.errors import ConfigError
 from semcache.index import ThermalIndex, make_index
-from semcache.index import kernels as K
+from semcache.index import thermal_kernels as K
 from semcache.index.thermal import gaussian_weights
 from tests._index_data import THRESHOLDS, corpus, exact_of, recall
 

@@ -1,4 +1,6 @@
-"""The wheel ships the adapters as ``semcache.adapters`` and the calibration data, nothing top-level else."""
+"""The wheel: distribution ``semcache-llm`` (``semcache`` on PyPI is another project), import package
+``semcache`` with the adapters as ``semcache.adapters`` and the calibration data, nothing top-level else,
+and no setuptools warning about packages missing from the configuration."""
 
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_layout(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, text=True,
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
+         "-w", str(tmp_path / "dist"), str(ROOT)],
+        check=True, capture_output=True, text=True, cwd=tmp_path,
     )
-    (wheel,) = tmp_path.glob("semcache-*.whl")
+    # A data-only folder left out of ``packages`` makes setuptools warn on every install.
+    assert "absent from the `packages` configuration" not in built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("semcache_llm-*.whl")
+    meta = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    assert "Name: semcache-llm" in zipfile.ZipFile(wheel).read(meta).decode()
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"semcache", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}

@@ -47,7 +47,7 @@ it falls back to the lossless radius.
 
 Streaming
 ---------
-Inserts and deletes are amortised O(1) (see :mod:`semcache.index.kernels`).
+Inserts and deletes are amortised O(1) (see :mod:`semcache.index.grid_kernels`).
 Until ``min_calibration`` rows have been seen everything sits in one cell with
 the filter off (a scan, which is what an index that small should do anyway),
 and the index keeps their embeddings to calibrate from. Boundaries are refitted
@@ -65,7 +65,8 @@ import numpy.typing as npt
 
 from semcache._types import FloatArray, IdArray
 from semcache.errors import ConfigError, IndexStateError
-from semcache.index import kernels as K
+from semcache.index import _kernels_common as KC
+from semcache.index import grid_kernels as K
 from semcache.index.base import as_ids, check_batch
 
 __all__ = ["GridIndex", "LinearMap", "fit_linear_map", "mine_near_pairs", "quantise", "scan_budget"]
@@ -291,7 +292,7 @@ def _table(slots: int) -> npt.NDArray[np.int64]:
     """An empty hash table of ``slots`` slots (a power of two).
 
     One int64 array of ``2 * slots``, key of slot ``s`` at ``2 * s`` (``-1``:
-    empty) and its value at ``2 * s + 1`` (see :mod:`semcache.index.kernels`).
+    empty) and its value at ``2 * s + 1`` (see :mod:`semcache.index.grid_kernels`).
     """
     return np.full(2 * slots, -1, dtype=np.int64)
 
@@ -330,11 +331,11 @@ def _ids_overfull(n: int, slots: int) -> bool:
 
 
 #: The lookup kernel, entered without numba's dispatcher (see LookupPlan.run).
-_GRID_LOOKUP = K.entry_point(K.grid_lookup)
+_GRID_LOOKUP = KC.entry_point(K.grid_lookup)
 
 
 class LookupPlan:
-    """The lookup of one or more grids as one kernel call (:func:`~semcache.index.kernels.grid_lookup`).
+    """The lookup of one or more grids as one kernel call (:func:`~semcache.index.grid_kernels.grid_lookup`).
 
     It stacks the grids' plan rows and keeps the parts they came from, which
     keeps every array they point into alive. A grid drops its part when an
@@ -362,7 +363,7 @@ class LookupPlan:
 
         ``q`` must be a float32 C-contiguous row of the grids' width and
         ``out`` an int64 array: the kernel is entered without type checks
-        (:func:`~semcache.index.kernels.entry_point`). ``extra`` is (rows,
+        (:func:`~semcache.index._kernels_common.entry_point`). ``extra`` is (rows,
         ids, n) of rows outside the grids that the first grid filters too.
 
         Returns the number of ids in ``out``, or ``-(needed)`` when it is too short.
@@ -400,7 +401,7 @@ class GridIndex:
         Number of projected coordinates hashed into the grid (<= k). The
         default ``m=6, grid=3, max_scan=0.15`` is the fastest single-grid
         setting measured with recall >= 0.995 of threshold hits at 0.85, 0.9
-        and 0.95 on the QQP corpus (``benchmarks/grid_budget_bench.py``,
+        and 0.95 on the QQP corpus (``benchmarks/lab/grid_budget_bench.py``,
         N = 92k: .9975 / 1 / 1; 0.1 gives .994 at 0.85), with a learned
         projection of width 32. Two grids over different coordinates do
         better (:class:`~semcache.index.multigrid.MultiGridIndex`).
@@ -442,7 +443,7 @@ class GridIndex:
         kept 290, at the same recall (1 / 1 / 1; 0.98 is the first to lose a
         hit); on 10k rows (265 pairs) it keeps the recall of 0.999, which the
         uncorrected 0.995 did not (one miss of 99 hits at 0.9)
-        (``benchmarks/filter_quantile_bench.py``).
+        (``benchmarks/lab/filter_quantile_bench.py``).
     calibration_threshold : float
         Cosine from which rows count as near-duplicates when calibrating.
     min_pairs : int
@@ -652,7 +653,7 @@ class GridIndex:
     def __contains__(self, entry_id: object) -> bool:
         if not isinstance(entry_id, int | np.integer):
             return False
-        return bool(K.table_find(self._itab, int(entry_id)) >= 0)  # a negative id is never found
+        return bool(KC.table_find(self._itab, int(entry_id)) >= 0)  # a negative id is never found
 
     @property
     def calibrated(self) -> bool:
@@ -694,7 +695,7 @@ class GridIndex:
 
     def _rehash_ids(self, slots: int) -> None:
         table = _table(slots)
-        K.table_rehash(self._itab, table)
+        KC.table_rehash(self._itab, table)
         self._itab = table
 
     def _grow_cells(self) -> None:
@@ -705,7 +706,7 @@ class GridIndex:
             self._cells = grown
         if 2 * (n_cells + 1) > _slots(self._ctab):
             table = _table(2 * _slots(self._ctab))
-            K.table_rehash(self._ctab, table)
+            KC.table_rehash(self._ctab, table)
             self._ctab = table
 
     def _repack(self) -> None:
@@ -728,7 +729,7 @@ class GridIndex:
         """Pool rows for ``n`` entries in ``n_cells`` cells: every block's room, then the end's.
 
         What a build allocates, and at least what a repack does
-        (:func:`~semcache.index.kernels.grid_packed_rows` rounds each block down).
+        (:func:`~semcache.index.grid_kernels.grid_packed_rows` rounds each block down).
         """
         return int(n * (1 + self.slack)) + 2 * n_cells + _end_room(n)
 
@@ -1116,7 +1117,7 @@ class GridIndex:
                     self._make_room()
 
     def _make_room(self) -> None:
-        """Grow what stopped :func:`~semcache.index.kernels.grid_insert` (a retry grows the rest)."""
+        """Grow what stopped :func:`~semcache.index.grid_kernels.grid_insert` (a retry grows the rest)."""
         if _ids_overfull(int(self._meta[0]) + 1, _slots(self._itab)):
             self._rehash_ids(2 * _slots(self._itab))
             return
@@ -1235,7 +1236,7 @@ class GridIndex:
         Returns
         -------
         tuple
-            (row of :func:`~semcache.index.kernels.plan_row`, the arrays).
+            (row of :func:`~semcache.index.grid_kernels.plan_row`, the arrays).
             Whoever runs the row holds the tuple, so every address in it
             stays valid even after the grid replaces an array.
         """

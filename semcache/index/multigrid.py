@@ -10,7 +10,7 @@ pair, so two grids scanned to half the budget each find more than one grid
 scanned to the whole of it (the multi-table idea of locality-sensitive
 hashing; each table keeps the grid's probe order and exact filter).
 
-Measured by ``benchmarks/grid_budget_bench.py`` (learned projection of width
+Measured by ``benchmarks/lab/grid_budget_bench.py`` (learned projection of width
 32, 2,000 held-out QQP queries, recall of the exact best match at cosine
 >= 0.85 / 0.9 / 0.95):
 
@@ -30,12 +30,12 @@ Insert buffer
 A single-row insert, the cache's insert after a miss, spends almost all its
 time entering the compiled kernels, not in them: at N = 92k a one-row call of
 the insert kernel, with the grid's 16 arguments, takes 1.4 us, while one call
-on 2,000 rows takes 0.17 us a row (``benchmarks/insert_buffer_bench.py``).
+on 2,000 rows takes 0.17 us a row (``benchmarks/lab/insert_buffer_bench.py``).
 So single rows wait in a small buffer (``buffer`` rows, float32, the caller's
 column order), checked and copied by one kernel call
-(:func:`~semcache.index.kernels.buffer_put`), and go into every table in one
+(:func:`~semcache.index.multigrid_kernels.buffer_put`), and go into every table in one
 batch when it fills. The first table's lookup kernel filters the buffered rows
-as it filters its own (:func:`~semcache.index.kernels.filter_rows`), so a
+as it filters its own (:func:`~semcache.index.grid_kernels.filter_rows`), so a
 buffered row is found as soon as it is added. Batch adds empty the buffer
 first; tables recalibrate only inside inserts, so never while rows wait.
 """
@@ -49,7 +49,7 @@ import numpy.typing as npt
 
 from semcache._types import FloatArray, IdArray
 from semcache.errors import ConfigError, IndexStateError
-from semcache.index import kernels as K
+from semcache.index import multigrid_kernels as K
 from semcache.index.base import as_ids
 from semcache.index.grid import GridIndex, LookupPlan, scan_budget
 
@@ -79,7 +79,7 @@ class MultiGridIndex:
         width the blocks wrap around, so tables then share coordinates.
     grid : int
         Cells per dimension; 2 uses the cheap bit-vector probe of
-        :func:`semcache.index.kernels.grid_query_binary`.
+        :func:`semcache.index.grid_kernels.grid_query_binary`.
     cell_rows : int or None
         Each table hashes as many coordinates as give cells of about this many
         rows (see :class:`~semcache.index.grid.GridIndex`); None: always ``m``.
@@ -87,7 +87,7 @@ class MultiGridIndex:
         A lookup scans at most ``scan_scale * sqrt(n)`` rows over all tables
         together (each table its part): measured with cells of ~96 rows, the
         rows needed for recall >= 0.995 grow like the square root of ``n``,
-        not in proportion to it (``benchmarks/grid_budget_bench.py``: the
+        not in proportion to it (``benchmarks/lab/grid_budget_bench.py``: the
         default reaches 1 / 1 / 1 at 0.85 / 0.9 / 0.95 with 7.3k rows, 8%, at
         n = 92k real rows, and .995 / .998 / 1 with 24k rows, 2.4%, at 1M rows
         with synthetic paraphrase structure).
@@ -105,7 +105,7 @@ class MultiGridIndex:
         into the tables in one batch (see the module docstring); 0 inserts
         each row into every table at once. Every lookup also filters the
         buffered rows, inside the first table's lookup kernel. Measured at
-        N = 92k (``benchmarks/insert_buffer_bench.py``): a single insert takes
+        N = 92k (``benchmarks/lab/insert_buffer_bench.py``): a single insert takes
         1.8 us on average with 64 (flushes included) against 6.1 us with 0,
         and a lookup 0.047 ms with 63 rows waiting against 0.044 ms with
         none. 256 saves little more on inserts (1.6 us) and costs lookups

@@ -24,7 +24,7 @@ radius-``r`` cell neighbourhood of the query's cell; if it is empty, climb
 the field to a local maximum and gather around that. The reference code's climb
 never checked that the field increased and oscillated until its step cap; here
 each step goes to the highest of the 3^m - 1 neighbours only if it is strictly
-higher, so it stops at a local maximum (:func:`~semcache.index.kernels.thermal_climb`).
+higher, so it stops at a local maximum (:func:`~semcache.index.thermal_kernels.thermal_climb`).
 Climbing finds the *nearest* stored rows, but for a cache lookup those are
 beyond the threshold whenever the ball was empty, so it rarely adds a hit
 (the benchmark measures how rarely).
@@ -45,7 +45,8 @@ from scipy.ndimage import gaussian_filter
 
 from semcache._types import FloatArray, IdArray
 from semcache.errors import ConfigError
-from semcache.index import kernels as K
+from semcache.index import grid_kernels as GK
+from semcache.index import thermal_kernels as K
 from semcache.index.grid import GridIndex
 
 __all__ = ["ThermalIndex", "gaussian_weights"]
@@ -194,7 +195,7 @@ class ThermalIndex(GridIndex):
     def _insert(self, ids: IdArray, low: FloatArray) -> None:
         super()._insert(ids, low)
         if self._m_eff:
-            codes = K.grid_codes(low, self._edges, self.grid)
+            codes = GK.grid_codes(low, self._edges, self.grid)
             K.thermal_occupy(codes, 1, self._occ, self._field, self.grid, self._m_eff, self._w1d)
 
     def remove(self, ids: IdArray) -> None:
@@ -206,7 +207,7 @@ class ThermalIndex(GridIndex):
             # An id listed twice is removed once: its cell must be counted out once.
             ids_a = np.unique(ids_a)
         # Absent and negative ids get code -1, which thermal_occupy skips.
-        codes = K.codes_of_ids(ids_a, self._itab, self._cells)
+        codes = GK.codes_of_ids(ids_a, self._itab, self._cells)
         self._remove_checked(ids_a)
         if self._m_eff:
             K.thermal_occupy(codes, -1, self._occ, self._field, self.grid, self._m_eff, self._w1d)
@@ -267,7 +268,7 @@ class ThermalIndex(GridIndex):
             return super().candidates(q, q_full, threshold)
         self.lookups += 1
         probe_r2, filt_r2 = self.radii(threshold)
-        home = int(K.cell_code(q, self._edges, self.grid))
+        home = int(GK.cell_code(q, self._edges, self.grid))
         if self.search == "ball":
             kappa = self.fast_negative_reach(threshold)
             if kappa > 0 and self._field[home] < kappa:

@@ -21,12 +21,12 @@ import numpy.typing as npt
 
 from semcache._types import FloatArray
 from semcache.errors import NotFittedError, ProjectionError
-from semcache.index.kernels import project_rows
+from semcache.projection.kernels import project_rows
 
-__all__ = ["BaseProjection", "Projection", "dump_projection", "load_projection"]
+__all__ = ["BaseProjection", "Projection", "dump_projection"]
 
 #: Inputs of at most this many rows are projected by one compiled pass
-#: (:func:`~semcache.index.kernels.project_rows`), larger ones by BLAS after a
+#: (:func:`~semcache.projection.kernels.project_rows`), larger ones by BLAS after a
 #: finiteness scan. Measured 384-d to 32: 2.2 against 5.0 us for one row, 6.9
 #: against 7.2 us for 8, 12.2 against 10.0 us for 16.
 _FEW_ROWS = 8
@@ -149,25 +149,3 @@ def dump_projection(proj: BaseProjection) -> bytes:
     arrays["__kind__"] = np.array(proj.kind)
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
-
-
-def load_projection(data: bytes) -> BaseProjection:
-    """Inverse of :func:`dump_projection`.
-
-    Raises
-    ------
-    ProjectionError
-        The bytes are not a projection this version knows.
-    """
-    from semcache.projection import PROJECTIONS
-
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:  # numpy raises several types for corrupt files
-        raise ProjectionError(f"stored projection is unreadable: {exc}") from exc
-    kind = str(arrays.pop("__kind__", ""))
-    cls = PROJECTIONS.get(kind)
-    if cls is None:
-        raise ProjectionError(f"unknown stored projection kind {kind!r}")
-    return cls.from_arrays(arrays)

@@ -17,12 +17,12 @@ re-rank, as the cache pays it. Data and queries are those of ``index_bench.py``
 questions and real prompts), or the corpus grown to 1M rows with synthetic
 paraphrase structure (``1M``).
 
-Run: ``python benchmarks/filter_quantile_bench.py [--sizes 10k,full,1M] [--queries 2000]``
+Run: ``python benchmarks/lab/filter_quantile_bench.py [--sizes 10k,full,1M] [--queries 2000]``
 """
 
 from __future__ import annotations
 
-import single_thread  # noqa: F401  (before numpy: see its docstring)
+import _here  # noqa: F401  (benchmarks/ on the path, one thread: see its docstring)
 
 # isort: split
 
@@ -94,7 +94,7 @@ def main() -> None:
                "mean ms @.9", "p50 ms @.9"]
     print()
     text = print_table(headers, rows)
-    out = save_text("filter_quantile_bench.txt", f"python benchmarks/filter_quantile_bench.py "
+    out = save_text("filter_quantile_bench.txt", f"python benchmarks/lab/filter_quantile_bench.py "
                     f"--sizes {args.sizes} --queries {args.queries}", text)
     plot(rows)
     print(f"\nsaved {out} and filter_quantile_bench.png")

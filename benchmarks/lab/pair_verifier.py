@@ -17,9 +17,9 @@ fitting only); it is persisted as plain numpy arrays (``np.savez``, loaded with
 :meth:`PairVerifier.as_guard` adapts it to the guard protocol of
 :class:`~semcache.cache.SemanticCache` (``guard(new, stored, score) -> bool``).
 A guard only receives texts, so the adapter embeds both prompts again: one extra
-embedder call per candidate checked. Measured by ``benchmarks/verifier_bench.py``.
+embedder call per candidate checked. Measured by ``benchmarks/lab/verifier_bench.py``.
 
-Measured result (``python benchmarks/verifier_bench.py``; QQP dev split by question
+Measured result (``python benchmarks/lab/verifier_bench.py``; QQP dev split by question
 clusters, half trained and half held out; CLINC150 test fully held out): pair AUC
 0.889 vs 0.870 for cosine on held-out QQP, but at equal hit rate it removes at most
 6-9% of wrong hits on QQP (t = 0.85-0.9) and adds wrong hits on CLINC150 test. The

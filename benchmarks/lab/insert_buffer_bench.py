@@ -13,12 +13,12 @@ projection of width 32) it reports, per buffer size:
 A first table splits the cost of one insert kernel call into entering it and
 inserting one row, from single-row calls and from one call on ``--ops`` rows.
 
-Run: ``python benchmarks/insert_buffer_bench.py [--ops 2000] [--queries 1000]``
+Run: ``python benchmarks/lab/insert_buffer_bench.py [--ops 2000] [--queries 1000]``
 """
 
 from __future__ import annotations
 
-import single_thread  # noqa: F401  (before numpy: see its docstring)
+import _here  # noqa: F401  (benchmarks/ on the path, one thread: see its docstring)
 
 # isort: split
 
@@ -32,7 +32,7 @@ from index_bench import load_real_corpus, split_corpus
 from tqdm import tqdm
 
 from semcache.index import GridIndex, MultiGridIndex
-from semcache.index import kernels as K
+from semcache.index import grid_kernels as K
 from semcache.projection import LearnedProjection
 
 BUFFERS = (0, 16, 64, 256)
@@ -117,7 +117,7 @@ def main() -> None:
     headers = ["buffer", "insert mean us", "insert p50 us", "insert p99 us",
                "lookup p50 ms (empty)", "lookup p50 ms (buffer - 1 rows)"]
     t2 = print_table(headers, rows)
-    out = save_text("insert_buffer_bench.txt", f"python benchmarks/insert_buffer_bench.py --ops "
+    out = save_text("insert_buffer_bench.txt", f"python benchmarks/lab/insert_buffer_bench.py --ops "
                     f"{args.ops} --queries {args.queries}", f"# N = {len(real)}\n{t1}\n\n{t2}")
     plot(rows)
     print(f"\nsaved {out} and insert_buffer_bench.png")

@@ -1,69 +1,51 @@
-"""Numba kernels of the grid and thermal indexes (and of projecting a single row).
+"""Numba kernels of the grid index (:mod:`semcache.index.grid`): its pool of cells, inserts, removes,
+the multi-probe lookup with its int8 filter, and lookup plans (every table of a grid in one call).
 
-Everything here is a pure function of contiguous NumPy arrays with an explicit
-signature, compiled ahead of first use and cached on disk (``cache=True``), the
-way pynndescent organises its kernels: the Python classes in
-:mod:`semcache.index.grid` and :mod:`semcache.index.thermal` own the arrays,
-grow them when a kernel reports that it ran out of room, and call in here for
-every loop over entries, cells or coordinates. The one exception is
-:func:`grid_lookup`, which takes a table's arrays as a row of their addresses
-(a lookup plan, see its section) because passing them one by one cost more
-than the probing.
-
-Two open-addressing hash tables (linear probing, ``-1`` marks an empty key,
-backward-shift deletion so there are no tombstones) map
-
-* entry id -> the entry's pool row, as ``(cell << 32) | pos``: the number of
-  the cell it belongs to and its position in the pool (see :func:`_pack`), and
-* grid cell code -> cell number,
-
-so neither structure costs Python objects per entry: a Python ``dict`` of ints
-costs ~100 bytes per entry, more than the whole memory budget of the index.
-
-Each table is a single int64 array of ``2 * slots`` (``slots`` a power of two)
-with the key of slot ``s`` at ``2 * s`` and its value at ``2 * s + 1``. At 1M
-entries the id table is far larger than the CPU caches, so every lookup misses:
-with keys and values interleaved a lookup touches one cache line (and one
-page) instead of one in a key array and another in a value array. The id
-table's value holds the row's cell as well as its position, so the pool needs
-no per-row cell array: an insert writes the row's vector, its id and its id
-table slot (three random places per row, where a separate value array and cell
-array made five), and a remove finds the row's cell block without reading one.
-
-Kernels that may run out of room return a negative status *before* mutating
-anything, so the caller can grow the arrays and call again.
+Shared helpers (the compile decorator, hash tables, prefetching) are in
+:mod:`semcache.index._kernels_common`, whose docstring describes the layout.
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import numba as nb
 import numpy as np
 import numpy.typing as npt
 from llvmlite import ir
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import carray
 
+from semcache.index._kernels_common import (
+    _PREFETCH_BYTES,
+    F32,
+    F64,
+    I8,
+    I64,
+    Int,
+    _address,
+    _cell_of,
+    _kernel,
+    _mix,
+    _offset_of,
+    _pack,
+    _prefetch,
+    _prefetch_rows,
+    _table_delete_slot,
+    _table_put,
+    table_find,
+    table_slots,
+)
+
 __all__ = [
-    "NEED_CELLS",
-    "NEED_CTAB",
-    "NEED_ITAB",
-    "NEED_POOL",
     "PLAN_ARRAYS",
     "PLAN_WIDTH",
     "STOP_CLASH",
     "STOP_RANGE",
     "STOP_ROOM",
-    "buffer_drop",
-    "buffer_put",
-    "buffer_put_key",
     "cell_code",
     "codes_of_ids",
-    "entry_point",
     "filter_rows",
     "filter_vec",
     "grid_build",
@@ -77,277 +59,8 @@ __all__ = [
     "grid_query_binary",
     "grid_remove",
     "plan_row",
-    "project_rows",
     "quantize_into",
-    "table_find",
-    "table_rehash",
-    "table_slots",
-    "thermal_add_patch",
-    "thermal_climb",
-    "thermal_gather",
-    "thermal_occupy",
 ]
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-I32 = npt.NDArray[np.int32]
-I8 = npt.NDArray[np.int8]
-#: Scalar ints as kernels see them: Python ints or NumPy int64.
-Int = int | np.integer[Any]
-
-
-def _kernel(signature: str, *, reassoc: bool = False) -> Callable[[_F], _F]:
-    """``numba.njit`` with an explicit signature, typed for mypy.
-
-    ``cache=True`` keeps the machine code on disk so a new process does not pay
-    the compile time again; ``nogil=True`` lets a multi-threaded server run
-    lookups of different partitions in parallel. ``reassoc=True`` lets LLVM
-    reorder float sums, which is what turns the per-row distance loops into
-    SIMD code (a strict left-to-right sum cannot be vectorised). Only the
-    reassociation flags are set, not ``nnan``/``ninf``: radii may be ``inf``.
-
-    A kernel's call of another stays a call (numba 0.68 with LLVM 20 does not
-    inline compiled callees; numba issue #10757), ~10-25 ns each with array
-    arguments. Inlining the twelve per-row helpers (hash table, row copy,
-    quantisation, cell code) in numba's IR (``inline="always"``) measured
-    inserts 1.5-3.4% faster at 10k, lookups unchanged, and the module's cold
-    compile 2-3 s longer (~18 instead of ~15 s), so they are left as calls.
-    """
-    if reassoc:
-        flags = {"reassoc", "contract", "nsz", "arcp"}
-        return cast(
-            Callable[[_F], _F], nb.njit(signature, cache=True, nogil=True, fastmath=flags)
-        )
-    return cast(Callable[[_F], _F], nb.njit(signature, cache=True, nogil=True))
-
-
-def entry_point(kernel: _F) -> _F:
-    """The compiled code of a one-signature kernel, called without the dispatcher.
-
-    A call through the dispatcher first types every argument to pick an
-    overload: with the 28 arguments of a table's lookup kernel that was
-    0.35 us of the 2.6 us a one-cell lookup took. The entry point only
-    unboxes them, so it trusts their types: use it only with arrays the index
-    allocated itself (a float32 array where int64 is expected would be read
-    as int64).
-    Without a compiled overload (``NUMBA_DISABLE_JIT``) the kernel itself is
-    returned.
-    """
-    overloads = getattr(kernel, "overloads", None)
-    if not overloads or len(overloads) != 1:
-        return kernel
-    return cast(_F, next(iter(overloads.values())).entry_point)
-
-
-# Status codes returned by kernels that need the caller to grow an array.
-NEED_POOL = -1
-NEED_CELLS = -2
-NEED_CTAB = -3
-NEED_ITAB = -4
-
-_EMPTY = -1
-
-
-# ---------------------------------------------------------------------------
-# Hash tables (int64 key -> int64 value): one int64 array, slot s = (key at
-# 2s, value at 2s + 1), the number of slots a power of two.
-# ---------------------------------------------------------------------------
-
-
-@_kernel("uint64(int64)")
-def _mix(key: Int) -> np.uint64:
-    # splitmix64 finaliser: ids and cell codes are often sequential, and linear
-    # probing degrades badly on clustered hashes.
-    x = np.uint64(key)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
-
-
-@_kernel("int64(int64[::1])")
-def table_slots(table: I64) -> int:
-    """Number of slots of a table (half its length).
-
-    Parameters
-    ----------
-    table : ndarray of int64, shape (2 * slots,)
-        Interleaved keys and values (see the module docstring).
-    """
-    return int(table.shape[0] >> 1)
-
-
-@_kernel("int64(int64[::1], int64)")
-def table_find(table: I64, key: Int) -> int:
-    """Slot holding ``key`` in a table, or -1; its value is ``table[2 * slot + 1]``.
-
-    Parameters
-    ----------
-    table : ndarray of int64, shape (2 * slots,)
-        Key of slot ``s`` at ``2 * s`` (``-1`` where empty), value at
-        ``2 * s + 1``; ``slots`` is a power of two.
-    key : int
-        Any int; a negative one is never found.
-    """
-    if key < 0:
-        # Never stored, and -1 is the key of an empty slot, which it would match.
-        return -1
-    mask = np.uint64(table_slots(table) - 1)
-    s = np.int64(_mix(key) & mask)
-    while True:
-        k = table[2 * s]
-        if k == key:
-            return int(s)
-        if k == _EMPTY:
-            return -1
-        s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
-
-
-@_kernel("int64(int64[::1], int64, int64)")
-def _table_put(table: I64, key: Int, val: Int) -> int:
-    # The caller guarantees a free slot exists (load factor kept <= 3/4).
-    mask = np.uint64(table_slots(table) - 1)
-    s = np.int64(_mix(key) & mask)
-    while True:
-        k = table[2 * s]
-        if k == key or k == _EMPTY:  # noqa: SIM109 - numba compiles plain comparisons best
-            table[2 * s] = key
-            table[2 * s + 1] = val
-            return int(s)
-        s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
-
-
-@_kernel("void(int64[::1], int64)")
-def _table_delete_slot(table: I64, slot: int) -> None:
-    # Backward-shift deletion: pull later members of the probe run into the
-    # hole so lookups never need tombstones.
-    mask = np.uint64(table_slots(table) - 1)
-    hole = np.uint64(slot)
-    s = hole
-    while True:
-        s = (s + np.uint64(1)) & mask
-        k = table[2 * np.int64(s)]
-        if k == _EMPTY:
-            break
-        home = _mix(k) & mask
-        # Move k into the hole unless its home lies cyclically in (hole, s].
-        stays = (hole < home <= s) if hole <= s else (home > hole or home <= s)
-        if not stays:
-            table[2 * np.int64(hole)] = k
-            table[2 * np.int64(hole) + 1] = table[2 * np.int64(s) + 1]
-            hole = s
-    table[2 * np.int64(hole)] = _EMPTY
-    table[2 * np.int64(hole) + 1] = _EMPTY
-
-
-@_kernel("void(int64[::1], int64[::1])")
-def table_rehash(old: I64, new: I64) -> None:
-    """Move every key of a table into a new (empty) one with room for them all.
-
-    Parameters
-    ----------
-    old : ndarray of int64, shape (2 * slots,)
-    new : ndarray of int64, shape (2 * new_slots,)
-        Filled with -1 by the caller; ``new_slots`` a power of two.
-    """
-    for s in range(table_slots(old)):
-        k = old[2 * s]
-        if k != _EMPTY:
-            _table_put(new, k, old[2 * s + 1])
-
-
-@_kernel("int64(int64, int64)")
-def _pack(cell: Int, offset: Int) -> int:
-    """Id table value of row ``offset`` of cell ``cell``'s block: ``(cell << 32) | offset``.
-
-    The offset counts from the block's start, not the pool's, so moving a
-    block (a full cell's relocation, a compaction) leaves every value valid
-    and touches no id table slot. Offsets are below ``2**32`` and cell numbers
-    below ``2**31``, so the value is non-negative.
-    """
-    return int((np.int64(cell) << np.int64(32)) | np.int64(offset))
-
-
-@_kernel("int64(int64)")
-def _cell_of(val: Int) -> int:
-    """Cell number of a packed id table value (see :func:`_pack`)."""
-    return int(np.int64(val) >> np.int64(32))
-
-
-@_kernel("int64(int64)")
-def _offset_of(val: Int) -> int:
-    """Row offset within its cell's block of a packed id table value (see :func:`_pack`)."""
-    return int(np.int64(val) & np.int64(0xFFFFFFFF))
-
-
-# ---------------------------------------------------------------------------
-# Prefetching: loads started early, where the next addresses are known before
-# the data is needed and the arrays are far larger than the caches.
-# ---------------------------------------------------------------------------
-
-
-def _prefetch(addr: Int) -> None:
-    """Ask the CPU to start loading the cache line at ``addr``: a hint, never a fault.
-
-    This Python version, which does nothing, runs under ``NUMBA_DISABLE_JIT``;
-    compiled code gets a ``prefetcht0`` (LLVM's ``llvm.prefetch``).
-    """
-
-
-@intrinsic
-def _prefetch_compiled(typingctx: Any, addr: Any) -> Any:
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
-        # llvmlite names it for the pointer mode of its LLVM (llvm.prefetch.p0 or .p0i8).
-        fn = builder.module.declare_intrinsic("llvm.prefetch", [cgutils.voidptr_t], fnty)
-        # A read (0), to be kept in every cache level (3), of data (1).
-        builder.call(fn, [builder.inttoptr(args[0], cgutils.voidptr_t), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return nb.types.void(nb.types.int64), codegen
-
-
-_prefetch_line: Any = _prefetch_compiled
-
-
-@overload(_prefetch)
-def _prefetch_overload(addr: Any) -> Callable[[Any], Any]:
-    def impl(addr: Any) -> None:
-        _prefetch_line(addr)
-
-    return impl
-
-
-#: Pools (for a lookup's walk) and id tables (for a batch insert) of fewer
-#: bytes are not prefetched: they stay in the caches (1 MiB is a core's L2
-#: here), and the prefetches only add instructions. Measured on two-table
-#: lookups of real rows: 10k rows (320 KB a table) were 4% slower with
-#: prefetching, 92k rows (3 MB) 9% faster.
-_PREFETCH_BYTES = 1 << 20
-
-
-@_kernel("void(int8[:, ::1], int64, int64)")
-def _prefetch_rows(pvec: I8, start: int, count: int) -> None:
-    """Start loading pool rows ``start .. start + count`` (their stored vectors) into the caches.
-
-    A walk prefetches the next cell's block while it scans the current one.
-    At 1M entries a lookup reads ~24k rows in ~165 blocks scattered over the
-    pool, and memory is half its time: the same lookup repeated, its blocks
-    in cache, took 105 instead of 225 us. Prefetching one block ahead took
-    5% off the lookups at 1M and 9% at 92k (same candidates, in one process
-    against the walk without it); three blocks ahead did no better.
-    """
-    w = pvec.shape[1]
-    first = pvec.ctypes.data + start * w
-    for off in range(0, count * w, 64):
-        _prefetch(first + off)
-
 
 # ---------------------------------------------------------------------------
 # Multiprobe grid.
@@ -1109,94 +822,6 @@ def _scan_rows(
 
 
 @_kernel(
-    "int64(float32[:, ::1], int64, float32[:, ::1], int64, int64[::1], float32[:, ::1],"
-    " int64[::1], int64)"
-)
-def buffer_put_key(
-    low: F32, key: int, full: F32, d: int, itab: I64, buf_low: F32, buf_ids: I64, n_buf: int,
-) -> int:
-    """Append one row to an insert buffer after checking it as an insert would.
-
-    One call does all the checks and the copy: entering a kernel costs more
-    than all of them, so a single insert enters just this one (arguments of
-    another dtype or layout fail the kernel's signature instead).
-
-    Parameters
-    ----------
-    low : ndarray of float32, shape (1, k)
-    key : int
-        The row's id.
-    full : ndarray of float32, shape (1, d)
-        Only its shape is checked.
-    d : int
-        Width of the full vectors of the index.
-    itab : ndarray of int64, shape (2 * slots,)
-        Id table of a grid holding every other row.
-    buf_low : ndarray of float32, shape (cap, k)
-    buf_ids : ndarray of int64, shape (cap,)
-    n_buf : int
-        Rows in the buffer (less than ``cap``).
-
-    Returns
-    -------
-    int
-        1 when the row was appended. Otherwise nothing was written, and: -1
-        the id is negative, -2 it is in the grid or the buffer, -3 the
-        arguments are not one row of the index's widths, -4 the row is not
-        finite.
-    """
-    k = buf_low.shape[1]
-    if low.shape[0] != 1 or low.shape[1] != k or full.shape[0] != 1 or full.shape[1] != d:
-        return -3
-    if key < 0:
-        return -1
-    for j in range(k):
-        if not np.isfinite(low[0, j]):
-            return -4
-    if table_find(itab, key) >= 0:
-        return -2
-    for r in range(n_buf):
-        if buf_ids[r] == key:
-            return -2
-    for j in range(k):
-        buf_low[n_buf, j] = low[0, j]
-    buf_ids[n_buf] = key
-    return 1
-
-
-@_kernel(
-    "int64(float32[:, ::1], int64[::1], float32[:, ::1], int64, int64[::1], float32[:, ::1],"
-    " int64[::1], int64)"
-)
-def buffer_put(
-    low: F32, ids: I64, full: F32, d: int, itab: I64, buf_low: F32, buf_ids: I64, n_buf: int,
-) -> int:
-    """:func:`buffer_put_key` with the id as an array of one, shape (1,) (else -3)."""
-    if ids.shape[0] != 1:
-        return -3
-    return buffer_put_key(low, ids[0], full, d, itab, buf_low, buf_ids, n_buf)
-
-
-@_kernel("int64(int64[::1], float32[:, ::1], int64[::1], int64)")
-def buffer_drop(ids: I64, buf_low: F32, buf_ids: I64, n_buf: int) -> int:
-    """Remove the rows with these ids from an insert buffer; returns the rows left.
-
-    The last row moves into each hole, so the live rows stay the first ones.
-    Absent ids are ignored.
-    """
-    for i in range(ids.shape[0]):
-        key = ids[i]
-        for r in range(n_buf):
-            if buf_ids[r] == key:
-                n_buf -= 1
-                buf_ids[r] = buf_ids[n_buf]
-                for j in range(buf_low.shape[1]):
-                    buf_low[r, j] = buf_low[n_buf, j]
-                break
-    return n_buf
-
-
-@_kernel(
     "int64(float32[::1], float32[:, ::1], int64[::1], int64, int64[::1], float32[::1],"
     " float32[:, ::1], int64, float32, float32, int64[::1], int64)",
     reassoc=True,
@@ -1789,31 +1414,6 @@ def plan_row(settings: tuple[int, ...], arrays: tuple[npt.NDArray[Any], ...]) ->
     return row
 
 
-def _address(addr: int) -> ctypes.c_void_p:
-    """A raw address as a pointer: this Python version runs under ``NUMBA_DISABLE_JIT``."""
-    return ctypes.c_void_p(int(addr))
-
-
-@intrinsic
-def _address_compiled(typingctx: Any, addr: Any) -> Any:
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-    return nb.types.voidptr(nb.types.int64), codegen
-
-
-# The intrinsic as compiled code calls it (mypy sees its typing signature).
-_to_pointer: Any = _address_compiled
-
-
-@overload(_address)
-def _address_overload(addr: Any) -> Callable[[Any], Any]:
-    # numba wants the implementation's parameters annotated as the typing one's.
-    def impl(addr: Any) -> Any:
-        return _to_pointer(addr)
-
-    return impl
-
 
 @_kernel("float32[::1](int64[::1], int64)")
 def _plan_f32(row: I64, i: int) -> F32:
@@ -1926,135 +1526,6 @@ def grid_lookup(
     return n_out
 
 
-# ---------------------------------------------------------------------------
-# Projection of a few rows (a lookup's query, an insert after a miss).
-# ---------------------------------------------------------------------------
-
-
-@_kernel("void(float32[:, ::1], float32[::1], float32[:, ::1], float32[:, ::1])", reassoc=True)
-def _project_into(X: F32, mean: F32, components: F32, out: F32) -> None:
-    n, d = X.shape
-    centred = np.empty(d, dtype=np.float32)
-    for r in range(n):
-        for i in range(d):
-            centred[i] = X[r, i] - mean[i]
-        for j in range(components.shape[0]):
-            s = np.float32(0.0)
-            for i in range(d):
-                s += centred[i] * components[j, i]
-            out[r, j] = s
-
-
-@_kernel("boolean(float32[:, ::1], float32[::1], float32[:, ::1], float32[:, ::1])")
-def project_rows(X: F32, mean: F32, components: F32, out: F32) -> bool:
-    """``out = (X - mean) @ components.T``, and whether every output is finite.
-
-    For one or a few rows, where NumPy's two operations and BLAS call cost
-    more than the arithmetic (2.4 us for one 384-d row to 32 dimensions,
-    against 0.7 us here). The finiteness of the output stands for that of the
-    input: a NaN or infinite coordinate makes every output it reaches NaN or
-    infinite, since ``inf * 0`` is NaN too. The check runs here, outside the
-    reassociating sums: compiled inside them it let NaN outputs through.
-
-    Parameters
-    ----------
-    X : ndarray of float32, shape (n, d)
-    mean : ndarray of float32, shape (d,)
-    components : ndarray of float32, shape (m, d)
-    out : ndarray of float32, shape (n, m)
-
-    Returns
-    -------
-    bool
-        False if an output is NaN or infinite.
-    """
-    _project_into(X, mean, components, out)
-    for r in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            if not np.isfinite(out[r, j]):
-                return False
-    return True
-
-
-# ---------------------------------------------------------------------------
-# Thermal bloom field (dense, m <= 3 dimensions, flat index sum_j c_j G^j).
-# ---------------------------------------------------------------------------
-
-
-@_kernel("void(float64[::1], int64, int64, int64, float64[::1], float64)")
-def thermal_add_patch(field: F64, code: int, grid: int, m: int, w1d: F64, sign: float) -> None:
-    """Add ``sign`` times the separable Gaussian kernel centred on one cell.
-
-    This is the local re-diffusion of a streaming insert (``sign=+1``) or
-    delete (``-1``): with zero padding outside the grid, the full field is
-    exactly the sum of these patches over occupied cells, which is what
-    ``scipy.ndimage.gaussian_filter(mode="constant")`` computes on the
-    occupancy array.
-
-    Parameters
-    ----------
-    field : ndarray of float64, shape (G**m,)
-    code : int
-        Flat cell index.
-    grid, m : int
-    w1d : ndarray of float64, shape (2 * radius + 1,)
-        Normalised 1-D kernel.
-    sign : float
-    """
-    rad = (w1d.shape[0] - 1) // 2
-    c0 = code % grid
-    c1 = (code // grid) % grid if m > 1 else 0
-    c2 = (code // (grid * grid)) % grid if m > 2 else 0
-    lo0, hi0 = max(0, c0 - rad), min(grid - 1, c0 + rad)
-    lo1, hi1 = (max(0, c1 - rad), min(grid - 1, c1 + rad)) if m > 1 else (0, 0)
-    lo2, hi2 = (max(0, c2 - rad), min(grid - 1, c2 + rad)) if m > 2 else (0, 0)
-    for i2 in range(lo2, hi2 + 1):
-        f2 = w1d[i2 - c2 + rad] if m > 2 else 1.0
-        for i1 in range(lo1, hi1 + 1):
-            f1 = f2 * (w1d[i1 - c1 + rad] if m > 1 else 1.0)
-            base = i2 * grid * grid + i1 * grid
-            for i0 in range(lo0, hi0 + 1):
-                field[base + i0] += sign * f1 * w1d[i0 - c0 + rad]
-
-
-@_kernel("int64(int64[::1], int64, int32[::1], float64[::1], int64, int64, float64[::1])")
-def thermal_occupy(
-    codes: I64, delta: int, occ: I32, field: F64, grid: int, m: int, w1d: F64
-) -> int:
-    """Count rows into / out of cells; re-diffuse locally where occupancy flips.
-
-    Parameters
-    ----------
-    codes : ndarray of int64, shape (n,)
-        Flat cell index per row (-1 rows are skipped).
-    delta : int
-        +1 for inserted rows, -1 for removed ones.
-    occ : ndarray of int32, shape (G**m,)
-        Rows per cell.
-    field, grid, m, w1d
-        See :func:`thermal_add_patch`.
-
-    Returns
-    -------
-    int
-        Number of cells whose occupancy flipped (patches applied).
-    """
-    flips = 0
-    for i in range(codes.shape[0]):
-        c = codes[i]
-        if c < 0:
-            continue
-        before = occ[c]
-        occ[c] = before + delta
-        if before == 0 and delta > 0:
-            thermal_add_patch(field, c, grid, m, w1d, 1.0)
-            flips += 1
-        elif before + delta == 0 and delta < 0:
-            thermal_add_patch(field, c, grid, m, w1d, -1.0)
-            flips += 1
-    return flips
-
-
 @_kernel("int64[::1](int64[::1], int64[::1], int64[:, ::1])")
 def codes_of_ids(ids: I64, itab: I64, cells: I64) -> I64:
     """Cell code of each id, -1 for ids not in the index.
@@ -2074,188 +1545,3 @@ def codes_of_ids(ids: I64, itab: I64, cells: I64) -> I64:
     return out
 
 
-@_kernel("int64(float64[::1], int64, int64, int64, int64)")
-def thermal_climb(field: F64, code: int, grid: int, m: int, max_steps: int) -> int:
-    """Steepest strictly-uphill walk on the field from a cell to a local maximum.
-
-    The reference algorithm steps by the sign of a central-difference gradient
-    and never checks that the field went up, so on plateaus and ridges it
-    oscillates until its step cap. Here every step moves to the neighbour
-    (of the 3^m - 1) with the highest field value, only if that value is
-    strictly higher than the current one; otherwise the walk stops, so it
-    terminates at a local maximum (or after ``max_steps``) and never revisits a
-    cell.
-
-    Returns
-    -------
-    int
-        Flat index of the final cell.
-    """
-    cur = code
-    for _ in range(max_steps):
-        c0 = cur % grid
-        c1 = (cur // grid) % grid if m > 1 else 0
-        c2 = (cur // (grid * grid)) % grid if m > 2 else 0
-        best = cur
-        best_v = field[cur]
-        r1 = 1 if m > 1 else 0
-        r2 = 1 if m > 2 else 0
-        for d2 in range(-r2, r2 + 1):
-            i2 = c2 + d2
-            if i2 < 0 or i2 >= grid:
-                continue
-            for d1 in range(-r1, r1 + 1):
-                i1 = c1 + d1
-                if i1 < 0 or i1 >= grid:
-                    continue
-                for d0 in range(-1, 2):
-                    i0 = c0 + d0
-                    if i0 < 0 or i0 >= grid:
-                        continue
-                    nb_ = i2 * grid * grid + i1 * grid + i0
-                    if field[nb_] > best_v:
-                        best_v = field[nb_]
-                        best = nb_
-        if best == cur:
-            break
-        cur = best
-    return int(cur)
-
-
-@_kernel("float64(float32[::1], float64[::1], float64[::1], int64, int64, int64, int64, float64)")
-def _gap(
-    q_low: F32, lo: F64, width: F64, grid: int, j: int, i: int, d: int, cell_scale: float
-) -> float:
-    # Squared gap along dimension j from the query (metric mode) or from the
-    # centre cell (cell mode) to cell i.
-    if cell_scale > 0:
-        return float(d * d)
-    x = float(q_low[j])
-    left = lo[j] + i * width[j]
-    right = left + width[j]
-    # Outer cells extend to infinity: points beyond the bounds are clamped in.
-    if i == 0:
-        left = -np.inf
-    if i == grid - 1:
-        right = np.inf
-    if x < left:
-        return (left - x) ** 2  # type: ignore[no-any-return]
-    if x > right:
-        return (x - right) ** 2  # type: ignore[no-any-return]
-    return 0.0
-
-
-@_kernel(
-    "int64(float32[::1], float32[::1], float32[:, ::1], int64, float32, float64[::1], float64[::1],"
-    " int64, int64, float64, float32, float64, int32[::1], int64[:, ::1], int8[:, ::1],"
-    " int64[::1], int64[::1], int64[::1])",
-    reassoc=True,
-)
-def thermal_gather(
-    q_low: F32,
-    b: F32,
-    T: F32,
-    mapped: int,
-    qinv: float,
-    lo: F64,
-    width: F64,
-    grid: int,
-    centre: int,
-    r2: float,
-    filter_r2: float,
-    cell_scale: float,
-    occ: I32,
-    cells: I64,
-    pvec: I8,
-    pids: I64,
-    ctab: I64,
-    out: I64,
-) -> int:
-    """Candidates from the cells near a centre cell.
-
-    With ``cell_scale == 0`` the neighbourhood is metric: cells whose box lies
-    within ``sqrt(r2)`` of the query point (lower bound over the box, in
-    projected units). With ``cell_scale > 0`` it is the paper's radius-r
-    neighbourhood of ``centre`` in cell units: cells whose index offset has
-    squared length <= ``r2``. Rows are kept when their stored vector lies
-    within ``sqrt(filter_r2)`` of the query's.
-
-    Parameters
-    ----------
-    q_low : ndarray of float32, shape (k,)
-    b, T, mapped
-        Map to the stored vectors (see :func:`filter_vec`).
-    qinv : float
-        Quantisation scale of the stored vectors (``filter_r2`` is in stored units).
-    lo, width : ndarray of float64, shape (m,)
-        Lower corner and cell width of the uniform grid per dimension.
-    grid : int
-    centre : int
-        Flat index of the centre cell.
-    r2, filter_r2 : float
-    cell_scale : float
-    occ : ndarray of int32, shape (G**m,)
-    cells, pvec, pids, ctab
-        Cell blocks (same layout as the grid index).
-    out : ndarray of int64
-        Receives ids.
-
-    Returns
-    -------
-    int
-        Ids written, or ``-(needed)`` when ``out`` is too short.
-    """
-    m = lo.shape[0]
-    q_vec = np.empty(pvec.shape[1], dtype=np.float32)
-    _query_vec(q_low, b, T, mapped, qinv, q_vec)
-    q_int = np.empty(pvec.shape[1], dtype=np.int16)
-    int_r2 = _query_int(q_vec, filter_r2, q_int)
-    cc = np.zeros(3, dtype=np.int64)
-    cc[0] = centre % grid
-    if m > 1:
-        cc[1] = (centre // grid) % grid
-    if m > 2:
-        cc[2] = (centre // (grid * grid)) % grid
-    # Per-dimension reach in cells, and the gap to each reachable cell.
-    reach = np.zeros(3, dtype=np.int64)
-    for j in range(m):
-        if cell_scale > 0:
-            reach[j] = np.int64(np.floor(np.sqrt(r2)))
-        else:
-            reach[j] = np.int64(np.ceil(np.sqrt(r2) / width[j])) + 1
-    n_out = 0
-    for d2 in range(-reach[2], reach[2] + 1):
-        i2 = cc[2] + d2
-        if i2 < 0 or i2 >= grid:
-            continue
-        g2 = _gap(q_low, lo, width, grid, 2, i2, d2, cell_scale) if m > 2 else 0.0
-        if g2 > r2:
-            continue
-        for d1 in range(-reach[1], reach[1] + 1):
-            i1 = cc[1] + d1
-            if i1 < 0 or i1 >= grid:
-                continue
-            g1 = g2 + (_gap(q_low, lo, width, grid, 1, i1, d1, cell_scale) if m > 1 else 0.0)
-            if g1 > r2:
-                continue
-            for d0 in range(-reach[0], reach[0] + 1):
-                i0 = cc[0] + d0
-                if i0 < 0 or i0 >= grid:
-                    continue
-                g0 = g1 + _gap(q_low, lo, width, grid, 0, i0, d0, cell_scale)
-                if g0 > r2:
-                    continue
-                code = i2 * grid * grid + i1 * grid + i0
-                if occ[code] == 0:
-                    continue
-                slot = table_find(ctab, code)
-                if slot < 0:
-                    continue
-                c = ctab[2 * slot + 1]
-                n_out = _scan_rows(
-                    pvec, pids, cells[c, _START], cells[c, _COUNT], q_vec, filter_r2, out, n_out, 0,
-                    q_int, int_r2,
-                )
-    if n_out > out.shape[0]:
-        return int(-n_out)
-    return int(n_out)

@@ -44,7 +44,7 @@ are re-measured for comparison.
 Caches (``benchmarks/.cache``): token vectors (``tok-*.npz``, ~1.3 GB, 30 min
 on 2 busy cores), mpnet vectors (``mpnet-*.npy``, ~40 min), the ESIM weights.
 
-Run: ``.venv/bin/python benchmarks/verifier_signals_bench.py`` (mpnet section
+Run: ``.venv/bin/python benchmarks/lab/verifier_signals_bench.py`` (mpnet section
 runs when the model folder exists: ``$SEMCACHE_MPNET_PATH`` or
 ``/tmp/pkgs/all-mpnet-base-v2``; see ``mpnet_path`` for how to unpack it).
 """
@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # benchmarks/
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 

@@ -20,12 +20,12 @@ waits, and then times
   writes to the same 1,000 random pages of it ("after the stretches");
 * the 1,000 writes to the first array again ("warm pages", the baseline).
 
-Run: ``python benchmarks/idle_memory_bench.py [--idle 0,10,30,60]``
+Run: ``python benchmarks/lab/idle_memory_bench.py [--idle 0,10,30,60]``
 """
 
 from __future__ import annotations
 
-import single_thread  # noqa: F401  (before numpy: see its docstring)
+import _here  # noqa: F401  (benchmarks/ on the path, one thread: see its docstring)
 
 # isort: split
 
@@ -92,7 +92,7 @@ def main() -> None:
     headers = ["idle s", "cold pages us/page", "first touch of a 2 MB stretch us",
                "after the stretches us/page", "warm pages us/page", "cold / warm"]
     text = print_table(headers, rows)
-    out = save_text("idle_memory_bench.txt", f"python benchmarks/idle_memory_bench.py --idle {args.idle}",
+    out = save_text("idle_memory_bench.txt", f"python benchmarks/lab/idle_memory_bench.py --idle {args.idle}",
                     text)
     print(f"\nsaved {out}")
 

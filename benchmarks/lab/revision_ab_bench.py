@@ -20,13 +20,13 @@ Then, in ``--chunks`` turns, the side going first alternating, each side:
 The table gives each side's median over the chunks and the median of the
 per-chunk ratios (this checkout / REV: below 1 is faster).
 
-Run: ``python benchmarks/revision_ab_bench.py --against bb08c0c [--sizes 10k,100k]
+Run: ``python benchmarks/lab/revision_ab_bench.py --against bb08c0c [--sizes 10k,100k]
 [--chunks 30] [--ops 200]``
 """
 
 from __future__ import annotations
 
-import single_thread  # noqa: F401  (before numpy: see its docstring)
+import _here  # noqa: F401  (benchmarks/ on the path, one thread: see its docstring)
 
 # isort: split
 
@@ -148,7 +148,7 @@ def main() -> None:
                          scale * float(np.median(ref[op])), ratio])
     text = print_table(["N", "operation", f"{this} (checkout)", args.against,
                         "ratio (median)"], rows)
-    save_text("revision_ab_bench.txt", "python benchmarks/revision_ab_bench.py "
+    save_text("revision_ab_bench.txt", "python benchmarks/lab/revision_ab_bench.py "
               + " ".join(sys.argv[1:]), text)
 
 

@@ -6,7 +6,7 @@ Protocol (one run, all numbers from the same embeddings as ``quality_bench.py``)
    graph of all labelled pairs, label 0 or 1): a question and every question it is
    paired with land on the same side, so the held-out part shares no question
    with the training part. Half the clusters train, half are held out.
-2. :class:`semcache.verifier.PairVerifier` (logistic regression and a small MLP) is
+2. :class:`pair_verifier.PairVerifier` (logistic regression and a small MLP; in this folder) is
    fitted on the train-part pairs; variant ``+clinc`` also sees CLINC150 pairs
    mined from train -> val (+ oos_val, oos_train) top-5 candidates (same intent =
    1, other intent or out of scope = 0). CLINC150 test is never seen.
@@ -22,7 +22,7 @@ Protocol (one run, all numbers from the same embeddings as ``quality_bench.py``)
 5. Cost: the guard adapter (embeds both prompts per candidate) vs the vector path
    (features from vectors the cache already holds), per candidate.
 
-Run: ``.venv/bin/python benchmarks/verifier_bench.py``
+Run: ``.venv/bin/python benchmarks/lab/verifier_bench.py``
 """
 
 from __future__ import annotations
@@ -35,18 +35,18 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # benchmarks/
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
 from common import CACHE_DIR, RESULTS_DIR, print_table  # noqa: E402
+from pair_verifier import PairVerifier, pair_features  # noqa: E402
 
 from semcache import evaluation as ev  # noqa: E402
 from semcache.datasets import load_qqp_pairs  # noqa: E402
 from semcache.embedding import default_embedder  # noqa: E402
 from semcache.guards import default_guards  # noqa: E402
 from semcache.prompts import normalize_prompt  # noqa: E402
-from semcache.verifier import PairVerifier, pair_features  # noqa: E402
 
 K = 5
 PREFILTERS = (0.75, 0.8, 0.85)

@@ -15,12 +15,12 @@ structure (``--sizes full,1M``).
 Small indexes (``--sizes 5k,10k,20k``, random real rows) also try lower floors
 of the budget, which is what sets it below ~29k entries.
 
-Run: ``python benchmarks/grid_budget_bench.py [--sizes full,1M] [--queries 2000] [--out NAME]``
+Run: ``python benchmarks/lab/grid_budget_bench.py [--sizes full,1M] [--queries 2000] [--out NAME]``
 """
 
 from __future__ import annotations
 
-import single_thread  # noqa: F401  (before numpy: see its docstring)
+import _here  # noqa: F401  (benchmarks/ on the path, one thread: see its docstring)
 
 # isort: split
 
@@ -93,7 +93,7 @@ def main() -> None:
                "p50 ms", "B/entry"]
     print()
     text = print_table(headers, rows)
-    out = save_text(f"{args.out}.txt", f"python benchmarks/grid_budget_bench.py --sizes "
+    out = save_text(f"{args.out}.txt", f"python benchmarks/lab/grid_budget_bench.py --sizes "
                     f"{args.sizes} --queries {args.queries} --out {args.out}", text)
     plot(rows, args.out)
     print(f"\nsaved {out} and {args.out}.png")
