@@ -116,7 +116,7 @@ class Decision:
 
 
 def prior_cuts(prior: Sequence[float] = (), floor: float = DEFAULT_FLOOR,
-               step: float = 0.02) -> list[float]:
+               step: float = 0.05) -> list[float]:
     """The fixed grid of cuts tested: ``floor, floor + step, ..., < 1`` plus prior thresholds.
 
     The grid must not depend on the evidence (it sets the Bonferroni factor), so
@@ -159,7 +159,7 @@ class WrongRateLearner:
         floor: float = DEFAULT_FLOOR,
         bin_width: float = 0.005,
         first: float = 10.0,
-        growth: float = 1.25,
+        growth: float = 1.5,
         audit: float = 10.0,
         min_audit: float = 0.005,
         seed: int | None = None,

@@ -49,7 +49,8 @@ def _true_rate_above(cut: float, level: float, slope: float) -> float:
 def _simulate(seed: int, r: float, level: float, slope: float, n: int
               ) -> tuple[list[float], int, int, list[int]]:
     """Stream n would-be hits through a learner; returns the cuts served at,
-    served, served wrong, and probes per 500-request window."""
+    served, served wrong, and per 500-request window the probes of would-be hits
+    the learner could have served (uncertified, or at or above the cut: audits)."""
     rng = np.random.default_rng(seed)
     learner = WrongRateLearner(r, confidence=0.95, seed=seed)
     cuts: set[float] = set()
@@ -65,7 +66,8 @@ def _simulate(seed: int, r: float, level: float, slope: float, n: int
             served += 1
             wrong += int(bad[i])
         else:
-            probes[i // 500] += 1
+            if d.cut is None or scores[i] >= d.cut:
+                probes[i // 500] += 1
             learner.add(float(scores[i]), not bad[i])
     return sorted(cuts), served, wrong, probes
 
@@ -99,9 +101,11 @@ def test_a_domain_where_nothing_is_safe_serves_nothing() -> None:
 
 def test_probes_grow_rarer_as_evidence_grows() -> None:
     _, _, _, probes = _simulate(1, 0.1, 0.3, 0.7, 6000)
-    # Early on every would-be hit is probed; later only those below the cut and audits.
+    # Early on every would-be hit is probed; once a cut is certified, only audits above
+    # it (those below it would be misses anyway), fewer and fewer.
     assert probes[0] == 500
-    assert probes[-1] < probes[2] < probes[0]
+    assert probes[1] < probes[0] / 2
+    assert max(probes[4:]) < 0.1 * 500 and sum(probes[6:]) < probes[1]
     learner = WrongRateLearner(0.1, seed=0)
     for _ in range(200):
         learner.add(0.95, True)
