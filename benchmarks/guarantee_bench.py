@@ -158,6 +158,9 @@ def main() -> int:
             runs.append(g)
             t_old, how = old_threshold(fp, r)
             old = replay(stream, fp, f"static {t_old:.3f} ({how})", order, threshold=t_old)
+            old.label = f"static {t_old:.3f} = old code's for r={r}" + (
+                "" if how.startswith("old code (") else " (qqp_dev profile)")
+            runs.append(old)
             meeting = [s for s in static.values() if s.hits and s.wrong_share <= r]
             best = max(meeting, key=lambda s: s.hits) if meeting else None
             ratio = g.hits / best.hits if best and best.hits else float("nan")
@@ -171,7 +174,6 @@ def main() -> int:
                 f"{old.hits} @ {old.wrong_share:.4f}",
                 f"{best.hits} @ {best.wrong_share:.4f} (t={best.label.split()[1]})" if best else "none",
                 f"{ratio:.2f}"])
-        runs.append(static[min(SWEEP, key=lambda t: abs(t - 0.9))])
         plots[stream.name] = runs
         lines.append(format_table(
             ("r", "run", "hits", "hit rate", "wrong share", f"worst after {BURN_IN} hits",
@@ -210,10 +212,12 @@ def plot(plots: dict[str, list[Run]]) -> None:
                         label=f"{run.label} ({run.hits} hits)")
                 ax.axhline(r, color=colors[r], ls=":", lw=1)
             else:
-                ax.plot(np.arange(1, run.hits + 1), run.running, color="grey", ls="--",
-                        label=f"{run.label} ({run.hits} hits)")
+                r = float(run.label.rsplit("r=", 1)[1].split()[0])
+                ax.plot(np.arange(1, run.hits + 1), run.running, color=colors[r], ls="--",
+                        lw=0.8, label=f"{run.label} ({run.hits} hits)")
         ax.axvline(BURN_IN, color="black", lw=0.5)
         ax.set_ylim(0, 0.3)
+        ax.set_xscale("symlog", linthresh=100)
         ax.set_xlabel("hits served so far")
         ax.set_ylabel("wrong share of hits so far")
         ax.set_title(name)
