@@ -322,3 +322,23 @@ def test_a_failing_comparator_never_breaks_a_put() -> None:
     with pytest.raises(ConfigError):
         SemanticCache(store="memory", embedder=emb, target_wrong_hit_rate=0.1,
                       answers_match="exact")  # type: ignore[arg-type]
+
+
+def test_async_decorator_probes_and_labels() -> None:
+    import asyncio
+
+    emb, rows = _world(200, seed=9)
+    cache = SemanticCache(store="memory", embedder=emb, target_wrong_hit_rate=0.1)
+    cache.put_many([s for s, _, _, _ in rows], [a for _, _, a, _ in rows])
+
+    @semantic_cache(cache)
+    async def llm(prompt: str) -> str:
+        return dict((q, a if ok else "wrong") for _, q, a, ok in rows)[prompt]
+
+    async def main() -> None:
+        for _, q, _, _ in rows:
+            await llm(q)
+
+    asyncio.run(main())
+    assert cache.stats().probes > 0
+    assert _learner(cache).n == cache.stats().probes
