@@ -31,6 +31,7 @@ import os
 import threading
 import time
 import uuid
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,10 @@ class Hit:
         Unix time the entry expires, or None.
     exact : bool
         True when served by the exact fast path (no embedding computed).
+    bound : float or None
+        With ``target_wrong_hit_rate``: the certified upper bound on the wrong
+        rate of semantic hits served at this score (see :mod:`semcache.guarantee`);
+        None for exact hits and caches without a target.
     """
 
     completion: JSONValue
@@ -151,6 +156,7 @@ class Hit:
     created_at: float
     expires_at: float | None
     exact: bool
+    bound: float | None = None
 
     def __bool__(self) -> Literal[True]:
         return True
@@ -181,6 +187,9 @@ class CacheStats:
     index_kinds: dict[str, int]
     projection: str | None
     latency_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Would-be hits not served (counted as misses too) so the caller's fresh answer
+    #: could label them (:mod:`semcache.guarantee`).
+    probes: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -254,11 +263,23 @@ class SemanticCache:
         Cosine similarity in [-1, 1] a stored prompt needs to be served; default
         :data:`DEFAULT_THRESHOLD`.
     target_wrong_hit_rate : float, optional
-        Instead of a threshold: the share of hits allowed to be wrong. The
-        threshold comes from the calibration shipped for the embedder
-        (:func:`semcache.thresholds.threshold_for`; the bundled model is
-        calibrated for 0.05 to 0.2). :class:`ConfigError` for an uncalibrated
-        embedder or target.
+        Instead of a threshold: the share of semantic hits allowed to be wrong,
+        kept *online* (:mod:`semcache.guarantee`, ``docs/guarantee.md``). A
+        would-be hit is served only when the evidence gathered in this cache (per
+        scope) bounds the wrong rate at its score by this value with probability
+        ``confidence``; otherwise it is *probed*: :meth:`get` returns MISS, and the
+        caller's :meth:`put` of the same prompt and scope (the decorator and
+        adapters do it after every miss) compares the fresh answer with the
+        stored one to label the pair. ``threshold`` is then the static calibrated
+        threshold for the target (:func:`semcache.thresholds.threshold_for`, the
+        prior; nearest calibrated target, or :data:`DEFAULT_THRESHOLD` for an
+        uncalibrated embedder), informational only.
+    confidence : float
+        Probability that every cut the guarantee serves at meets the target.
+    answers_match : callable, optional
+        ``answers_match(cached, fresh) -> bool`` labels a probe. Default:
+        :class:`semcache.guarantee.AnswerMatcher` (exact after normalisation for
+        short answers, embedding cosine >= 0.9 for long free text).
     ttl : float, optional
         Seconds an entry lives unless :meth:`put` says otherwise. None: forever.
     max_entries : int, optional
@@ -344,6 +365,8 @@ class SemanticCache:
         feedback_margin: float = 1e-3,
         snapshot_min_entries: int = 10_000,
         embed_timeout: float | None = None,
+        confidence: float = 0.95,
+        answers_match: Callable[[JSONValue, JSONValue], bool] | None = None,
     ) -> None:
         if threshold is not None and target_wrong_hit_rate is not None:
             raise ConfigError("pass threshold or target_wrong_hit_rate, not both")
@@ -384,10 +407,9 @@ class SemanticCache:
                 raise ConfigError(f"embed_timeout must be a positive number of seconds or None, "
                                   f"got {embed_timeout!r}")
             self._deadline = Deadline(float(embed_timeout))
+        self.target_wrong_hit_rate: float | None = None
         if target_wrong_hit_rate is not None:
-            from semcache.thresholds import threshold_for
-
-            self.threshold = threshold_for(self.fingerprint, target_wrong_hit_rate)
+            self._guarantee_setup(target_wrong_hit_rate, confidence, answers_match)
 
         self.directory: Path | None
         if store == "disk":
@@ -405,7 +427,8 @@ class SemanticCache:
         self._closed = False
         self._reset_state()
         self._counters = dict.fromkeys(
-            ("hits", "exact_hits", "misses", "puts", "deletes", "evictions", "expirations", "errors"), 0
+            ("hits", "exact_hits", "misses", "puts", "deletes", "evictions", "expirations", "errors",
+             "probes"), 0
         )
         self._latency: dict[str, deque[float]] = {s: deque(maxlen=50_000) for s in _STAGES}
         self._memo: OrderedDict[str, FloatArray] = OrderedDict()
@@ -913,7 +936,10 @@ class SemanticCache:
         norm = normalize_prompt(prompt)
         key = prompt_key(norm)
         sid = self.scope_id(scope)
-        thr = self.threshold if threshold is None else _check_threshold(threshold)
+        if threshold is not None:
+            thr = _check_threshold(threshold)
+        else:
+            thr = self.threshold if self.target_wrong_hit_rate is None else self._g_floor
         try:
             hit = self._get(norm, key, sid, thr, t0)
         except (StoreError, EmbeddingError, SerializationError) as exc:
@@ -960,6 +986,8 @@ class SemanticCache:
             hit = self._verify(cand, vec, thr, norm, now)
             if part.kind != "exact":
                 hit = self._audit(sid, part, hit, vec, thr, norm, now)
+            if hit and self.target_wrong_hit_rate is not None:
+                hit = self._guarantee_gate(sid, key, hit)
             self._latency["verify"].append(time.perf_counter() - t_verify)
             return hit
 
@@ -1074,6 +1102,146 @@ class SemanticCache:
             exact=exact,
         )
 
+    # ------------------------------------------------- online guarantee (issue 24)
+    # Kept in one block so it merges apart from other work on this file; the learner
+    # itself (pure) is semcache.guarantee.WrongRateLearner.
+    _G_PENDING_MAX: Final = 4096  # probes awaiting the caller's put
+    _G_PENDING_TTL: Final = 900.0  # seconds a probe waits for its put
+    _G_REFRESH: Final = 1.0  # seconds between re-reads of the shared evidence
+
+    def _guarantee_setup(self, target: float, confidence: float,
+                         answers_match: Callable[[JSONValue, JSONValue], bool] | None) -> None:
+        """Validate the target and set up the per-scope learners (no I/O)."""
+        from semcache.guarantee import DEFAULT_FLOOR, AnswerMatcher, WrongRateLearner, prior_cuts
+
+        WrongRateLearner(target, confidence=confidence)  # raises ConfigError on bad values
+        if answers_match is not None and not callable(answers_match):
+            raise ConfigError("answers_match must be callable(cached, fresh) -> bool")
+        self.target_wrong_hit_rate = float(target)
+        self.confidence = float(confidence)
+        prior = self._guarantee_prior(float(target))
+        self.threshold = prior[0] if prior else DEFAULT_THRESHOLD
+        self._g_floor = DEFAULT_FLOOR
+        self._g_cuts = prior_cuts(prior, DEFAULT_FLOOR)
+        self.answers_match: Callable[[JSONValue, JSONValue], bool] = (
+            answers_match if answers_match is not None else AnswerMatcher(self._embed_answers))
+        self._g_learners: dict[str, tuple[WrongRateLearner, float]] = {}
+        self._g_pending: OrderedDict[tuple[str, str], tuple[int, float, JSONValue, float]] = (
+            OrderedDict())
+
+    def _guarantee_prior(self, target: float) -> list[float]:
+        """Static calibrated thresholds for ``target`` (profile "all" first); [] if uncalibrated.
+
+        They are the prior: grid points the learner tests (chosen before any evidence),
+        never served on their own. A target outside a profile's calibrated range takes
+        that profile's nearest end.
+        """
+        from semcache.thresholds import calibrated_targets
+
+        out: list[float] = []
+        for profile in ("all", "qqp_dev", "clinc150_val"):
+            try:
+                pts = calibrated_targets(self.fingerprint, profile=profile)
+            except ConfigError:
+                continue
+            xs = [p[0] for p in pts]
+            ys = [p[1] for p in pts]
+            out.append(float(np.interp(target, xs, ys)))
+        return out
+
+    def _embed_answers(self, texts: list[str]) -> FloatArray:
+        """Unit embeddings of answers (the default :class:`AnswerMatcher` for free text)."""
+        return check_embeddings(self.embedder.encode(texts), len(texts), None)
+
+    @staticmethod
+    def _guarantee_blob(sid: str) -> str:
+        # The evidence does not depend on the target or confidence: caches with other
+        # targets on the same store share it.
+        return f"guarantee:{sid}"
+
+    def _guarantee_learner(self, sid: str) -> Any:
+        """The scope's learner, re-read from the store at most every ``_G_REFRESH`` s."""
+        from semcache.guarantee import WrongRateLearner
+
+        now = time.monotonic()
+        got = self._g_learners.get(sid)
+        if got is not None and now - got[1] < self._G_REFRESH:
+            return got[0]
+        learner = got[0] if got is not None else WrongRateLearner(
+            self.target_wrong_hit_rate or 0.05, confidence=self.confidence, cuts=self._g_cuts,
+            floor=self._g_floor, seed=zlib.crc32(sid.encode()))
+        raw = self._store.get_blob(self._guarantee_blob(sid))
+        counts = (None if raw is None else
+                  WrongRateLearner.counts_from_bytes(raw, learner.floor, learner.bin_width))
+        if counts is not None and counts[0].shape == (learner.n_bins,):
+            learner.load_counts(*counts)
+        self._g_learners[sid] = (learner, now)
+        return learner
+
+    def _guarantee_gate(self, sid: str, key: str, hit: Hit) -> Hit | Miss:
+        """Serve a would-be semantic hit with its bound, or probe it (MISS, remembered)."""
+        decision = self._guarantee_learner(sid).decide(hit.score)
+        if decision.action == "serve":
+            return dataclasses.replace(hit, bound=decision.bound)
+        pend = self._g_pending
+        pend[(sid, key)] = (hit.entry_id, hit.score, hit.completion, time.monotonic())
+        pend.move_to_end((sid, key))
+        while len(pend) > self._G_PENDING_MAX:
+            pend.popitem(last=False)
+        self._counters["probes"] += 1
+        return MISS
+
+    def _guarantee_resolve(self, sid: str, keys: Sequence[str],
+                           completions: Sequence[JSONValue]) -> None:
+        """A put answering a probed prompt: compare the answers and label the pair."""
+        now = time.monotonic()
+        todo: list[tuple[int, float, JSONValue, JSONValue]] = []
+        with self._lock:
+            for key, fresh in zip(keys, completions, strict=True):
+                p = self._g_pending.pop((sid, key), None)
+                if p is not None and now - p[3] <= self._G_PENDING_TTL:
+                    todo.append((p[0], p[1], p[2], fresh))
+        for entry_id, score, cached, fresh in todo:
+            try:  # a user comparator must never break a put
+                match = bool(self.answers_match(cached, fresh))
+            except Exception as exc:
+                log.warning("semcache: answers_match failed; probe left unlabelled: %s", exc)
+                continue
+            try:
+                self._guarantee_label(sid, score, match, entry_id=None if match else entry_id)
+            except (StoreError, EmbeddingError) as exc:
+                log.warning("semcache: could not record a probe label: %s", exc)
+
+    def _guarantee_label(self, sid: str, score: float, correct: bool, *,
+                         entry_id: int | None = None) -> None:
+        """Add one label to the scope's shared evidence (read-add-write of its blob).
+
+        ``entry_id``: a stored entry that gave a wrong answer at ``score``; its own bar
+        is raised above that score, as :meth:`feedback` does (per-entry evidence).
+        """
+        from semcache.guarantee import WrongRateLearner
+
+        with self._lock:
+            learner = self._guarantee_learner(sid)
+            if not score >= learner.floor:
+                return
+            name = self._guarantee_blob(sid)
+            raw = self._store.get_blob(name)
+            counts = (None if raw is None else
+                      WrongRateLearner.counts_from_bytes(raw, learner.floor, learner.bin_width))
+            if counts is None or counts[0].shape != (learner.n_bins,):
+                counts = (np.zeros(learner.n_bins, np.int64), np.zeros(learner.n_bins, np.int64))
+            right, wrong = counts
+            (right if correct else wrong)[learner.bin_of(score)] += 1
+            learner.load_counts(right, wrong)
+            self._store.set_blob(name, learner.to_bytes())
+            self._g_learners[sid] = (learner, time.monotonic())
+            meta = self._meta.get(entry_id) if entry_id is not None else None
+            if entry_id is not None and meta is not None:
+                raised = min(1.0, max(meta.threshold or -1.0, score + self.feedback_margin))
+                if self._store.update_meta(entry_id, dataclasses.replace(meta, threshold=raised)):
+                    self._sync()
+
     # ------------------------------------------------------------------ writes
     def put(
         self,
@@ -1134,6 +1302,8 @@ class SemanticCache:
         entry_ttl = self.ttl if ttl is None else _check_ttl(ttl)
         for p, c in zip(prompts, completions, strict=True):
             dumps_completion(p, c)  # raise on a bad completion before anything is written
+        if self.target_wrong_hit_rate is not None:
+            self._guarantee_resolve(sid, keys, completions)
         ids: list[int] = []
         starts: Iterable[int] = range(0, len(prompts), batch_size)
         if progress:
@@ -1216,6 +1386,8 @@ class SemanticCache:
             meta = self._meta.get(hit.entry_id)
             if meta is None:
                 return
+            if self.target_wrong_hit_rate is not None and not hit.exact:
+                self._guarantee_label(meta.scope, hit.score, bool(correct))
             if correct:
                 new = dataclasses.replace(meta, right=meta.right + 1)
             else:
@@ -1280,6 +1452,9 @@ class SemanticCache:
         with self._lock:
             self._store.clear()
             self._reset_state()
+            if self.target_wrong_hit_rate is not None:
+                self._g_learners.clear()
+                self._g_pending.clear()
             self._memo.clear()
             if self.directory is not None:
                 from semcache.snapshot import delete_snapshot

@@ -8,6 +8,13 @@ so two calls that differ in any argument never share an answer.
 
 Cache failures fail open: the function is called and its result returned, and
 the failure is logged.
+
+With ``SemanticCache(target_wrong_hit_rate=r)`` the decorator needs nothing more
+for the online guarantee (:mod:`semcache.guarantee`): a would-be hit the cache
+cannot yet vouch for comes back as a miss (a *probe*), the function runs, and
+the ``put`` of its result under the same prompt and scope lets the cache compare
+the fresh answer with the stored one and learn from the label. The comparison
+sees the stored form (after ``encode``).
 """
 
 from __future__ import annotations

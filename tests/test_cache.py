@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from semcache import (
+    DEFAULT_THRESHOLD,
     MISS,
     ConfigError,
     EmbeddingError,
@@ -451,10 +452,15 @@ def test_target_wrong_hit_rate_sets_a_calibrated_threshold(embedder: object,
             assert strict.threshold > cache.threshold  # fewer wrong hits allowed: a higher bar
     with pytest.raises(ConfigError, match="not both"):
         SemanticCache(store="memory", embedder=hash_embedder, threshold=0.9, target_wrong_hit_rate=0.1)
-    with pytest.raises(ConfigError):  # no calibration exists for this embedder
-        SemanticCache(store="memory", embedder=hash_embedder, target_wrong_hit_rate=0.1)
-    with pytest.raises(ConfigError):  # outside the calibrated range
-        SemanticCache(store="memory", embedder=embedder, target_wrong_hit_rate=0.001)  # type: ignore[arg-type]
+    # The target is kept online (semcache.guarantee), so it needs no calibration: an
+    # uncalibrated embedder or a target outside the calibrated range only loses the prior.
+    with SemanticCache(store="memory", embedder=hash_embedder, target_wrong_hit_rate=0.1) as c:
+        assert c.threshold == DEFAULT_THRESHOLD
+    with SemanticCache(store="memory", embedder=embedder, target_wrong_hit_rate=0.001) as c:  # type: ignore[arg-type]
+        assert c.threshold == threshold_for(c.fingerprint, 0.05)  # the nearest calibrated end
+    for bad in (0, 1.5, "0.1"):
+        with pytest.raises(ConfigError):
+            SemanticCache(store="memory", embedder=hash_embedder, target_wrong_hit_rate=bad)  # type: ignore[arg-type]
 
 
 def test_default_guards_veto_a_number_mismatch(cache: SemanticCache) -> None:
