@@ -645,7 +645,7 @@ class PostgresStore(Store):
             self._skip(entry_id, exc)
             return None
 
-    def load_all(self, dim: int | None = None) -> Loaded:
+    def load_all(self, dim: int | None = None, fingerprint: str | None = None) -> Loaded:
         timeout_s = self.load_timeout
 
         def run(conn: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
@@ -661,7 +661,7 @@ class PostgresStore(Store):
             head_row, rows = self._call(self._write_pool, timeout_s, run)
             if head_row is None:
                 raise StoreError(f"the store at {self.where} has no head row (tables emptied by hand?)")
-            loaded = self._decode_all(int(head_row[0]), rows, dim)
+            loaded = self._decode_all(int(head_row[0]), rows, dim, fingerprint)
             with self._buf_lock:
                 self._epoch = str(head_row[2])
                 self._buf.clear()
@@ -670,10 +670,13 @@ class PostgresStore(Store):
                 self._last_ok = time.monotonic()
         return loaded
 
-    def _decode_all(self, head: int, rows: list[Any], dim: int | None) -> Loaded:
+    def _decode_all(self, head: int, rows: list[Any], dim: int | None,
+                    fingerprint: str | None = None) -> Loaded:
         """Validate and stack what LOAD_ALL read: metadata per row, vectors all at once."""
         if dim is None:
-            dim = majority_dim([len(r[9]) // 4 for r in rows if len(r[9]) % 4 == 0])
+            # The width of this embedder's rows (of all rows when it has none yet).
+            own = [len(r[9]) // 4 for r in rows if len(r[9]) and len(r[9]) % 4 == 0 and r[3] == fingerprint]
+            dim = majority_dim(own or [len(r[9]) // 4 for r in rows if len(r[9]) and len(r[9]) % 4 == 0])
         skipped = 0
         keep_ids: list[int] = []
         metas: list[EntryMeta] = []
@@ -682,6 +685,8 @@ class PostgresStore(Store):
         for r in rows:
             raw = r[9]
             if len(raw) != width:
+                if fingerprint is not None and r[3] != fingerprint and len(raw):
+                    continue  # another embedder's vector of another width: foreign, not corrupt
                 self._skip(r[0], SerializationError(f"vector of {len(raw)} bytes, expected {width}"))
                 skipped += 1
                 continue
