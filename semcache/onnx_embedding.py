@@ -262,7 +262,9 @@ class OnnxEmbedder:
         Unlike torch's, this is per embedder, not process-wide.
     batch_size : int
         Texts per ONNX run inside one :meth:`encode` call (sorted by length first,
-        so a batch pads little).
+        so a batch pads little). fp32 only: int8 runs one text at a time, because
+        its activation scales are computed over the whole input, which would make
+        a text's vector depend on the other texts of its batch.
     max_chars : int
         Texts are cut to this many characters before tokenising (as
         :class:`~semcache.embedding.SentenceTransformerEmbedder`).
@@ -385,8 +387,13 @@ class OnnxEmbedder:
             # Longest first, as sentence-transformers does: similar lengths pad little.
             order = sorted(range(len(batch)), key=lambda i: -len(batch[i]))
             out = np.empty((len(batch), self.dim), dtype=np.float32)
-            for s in range(0, len(order), self.batch_size):
-                part = order[s : s + self.batch_size]
+            # int8: dynamic quantisation scales the activations of the whole input tensor,
+            # so a text's vector would depend on its batch-mates and their padding (cosine
+            # 0.988 between batched and alone, measured); one text per run keeps a text's
+            # vector a function of the text alone.
+            step = 1 if self.quantize else self.batch_size
+            for s in range(0, len(order), step):
+                part = order[s : s + step]
                 out[part] = self._run([batch[i] for i in part])
         except (EmbeddingError, ConfigError):
             raise
