@@ -133,6 +133,9 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=0.1, help="target wrong-hit rate to calibrate")
     ap.add_argument("--embed-cache", type=Path, default=ROOT / "benchmarks" / ".cache")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-busy", action="store_true",
+                    help="no contended run (when not holding the machine: it would disturb others)")
+    ap.add_argument("--out", default="embedding_bench", help="results file stem")
     args = ap.parse_args()
     from tqdm import tqdm
 
@@ -147,13 +150,16 @@ def main() -> int:
     for b, bs in tqdm(cells, desc="latency (quiet)"):
         rounds = args.rounds if bs == 1 else max(10, args.rounds * 4 // bs // 4)
         res[b][f"quiet_b{bs}"] = latency(embs[b], lat_prompts, bs, rounds)
-    hogs = [mp.Process(target=_busy, daemon=True) for _ in range(os.cpu_count() or 2)]
+    hogs = [] if args.skip_busy else [mp.Process(target=_busy, daemon=True)
+                                      for _ in range(os.cpu_count() or 2)]
     for h in hogs:
         h.start()
     try:
         time.sleep(0.5)
-        for b in tqdm(BACKENDS, desc="latency (contended)"):
-            res[b]["busy_b1"] = latency(embs[b], lat_prompts, 1, args.rounds)
+        for b in tqdm(BACKENDS, desc="latency (contended)", disable=args.skip_busy):
+            res[b]["busy_b1"] = (latency(embs[b], lat_prompts, 1, args.rounds) if not args.skip_busy
+                                 else {"p50_ms": float("nan"), "p99_ms": float("nan"),
+                                       "prompts_per_s": float("nan")})
     finally:
         for h in hogs:
             h.terminate()
@@ -210,8 +216,8 @@ def main() -> int:
     lines.append("")
     lines.append("fingerprints: " + "; ".join(f"{b}={res[b]['fingerprint']}" for b in BACKENDS))
     text = "\n".join(lines) + "\n"
-    (RESULTS / "embedding_bench.txt").write_text(text)
-    (RESULTS / "embedding_bench.json").write_text(json.dumps(res, indent=1))
+    (RESULTS / f"{args.out}.txt").write_text(text)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(res, indent=1))
     print(text)
     try:
         import matplotlib
@@ -235,7 +241,7 @@ def main() -> int:
         axes[1].set_ylabel("ms per prompt p99 (dark: quiet, light: contended)")
         axes[1].set_title("Batch-1 p99, quiet vs contended")
         fig.tight_layout()
-        fig.savefig(RESULTS / "embedding_bench.png", dpi=110)
+        fig.savefig(RESULTS / f"{args.out}.png", dpi=110)
     except ImportError:
         print("matplotlib missing: no plot")
     return 0

@@ -57,6 +57,7 @@ __all__ = [
     "default_embedder",
     "default_threads",
     "file_digest",
+    "make_embedder",
     "model_digest",
 ]
 
