@@ -18,7 +18,7 @@ from semcache.embedding import (
     file_digest,
     model_digest,
 )
-from semcache.errors import ConfigError
+from semcache.errors import ConfigError, EmbeddingError
 from tests.helpers import hash_vectors
 
 
@@ -197,3 +197,36 @@ def test_device_cpu_works_and_a_missing_gpu_is_a_config_error(monkeypatch: pytes
         SentenceTransformerEmbedder(device="quantum")
     with pytest.raises(ConfigError, match="threads"):
         SentenceTransformerEmbedder(threads=-1)
+
+
+class SameNameEmbedder:
+    """A custom embedder whose fingerprint hides its width (what a FunctionEmbedder no longer does)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    @property
+    def fingerprint(self) -> str:
+        return "custom:same-name"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return hash_vectors(list(texts), self.dim)
+
+
+def test_a_width_hiding_embedder_gets_a_typed_error_and_the_directory_stays_usable(tmp_path: Path) -> None:
+    d = tmp_path / "c"
+    big, small = SameNameEmbedder(384), SameNameEmbedder(256)
+    with SemanticCache(d, embedder=big, fail_open=False) as c384, \
+            SemanticCache(d, embedder=small, fail_open=False) as c256:
+        c384.put("q1", "a1")
+        c256.put("q2", "a2")  # both widths now in one journal
+    for _ in range(2):
+        with SemanticCache(d, embedder=big, fail_open=False) as cache:  # opens, serves its entry
+            hit = cache.get("q1")
+            assert hit and hit.completion == "a1"
+            cache.put("q3", "a3")
+        with SemanticCache(d, embedder=small, fail_open=False) as cache, \
+                pytest.raises(EmbeddingError, match="expected 384-d"):
+            cache.put("q4", "a4")
+        with SemanticCache(d, embedder=small) as cache:  # fail_open: a miss, not an exception
+            assert not cache.get("q4")
