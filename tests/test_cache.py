@@ -360,7 +360,7 @@ def test_bad_embeddings_fail_open_or_raise(vectors: object) -> None:
 
 
 def test_wrong_dimension_after_first_entry_is_refused() -> None:
-    dims = iter([8, 5, 5])
+    dims = iter([8, 8, 5, 5])  # the first call is the fingerprint's probe
 
     def fn(texts: list[str]) -> np.ndarray:
         return np.ones((len(texts), next(dims)))
