@@ -18,14 +18,23 @@ call. For ``POST .../chat/completions`` and ``POST .../responses`` it
 Responses carry ``x-semcache: hit|miss|bypass`` and, on hits,
 ``x-semcache-similarity`` (the cosine score). Every other request passes
 through untouched. A ``cache-control: no-cache`` request header skips the
-lookup but stores the answer; ``no-store`` bypasses the cache entirely. The
-tenant comes from a configurable header (default ``x-semcache-tenant``).
-Cache failures never fail a request: it goes to the inner app.
+lookup but stores the answer; ``no-store`` bypasses the cache entirely.
+
+Entries are scoped by who may read them: by default the keyed hash of the
+caller's ``Authorization`` / ``api-key`` header, so one key's answers never
+reach another key, and requests without a credential are not cached unless
+``allow_anonymous=True`` (see :mod:`semcache.adapters.requests`,
+"Entitlement"); ``scope_from_request`` replaces that rule with the
+application's own (e.g. its authenticated user). Cacheable requests reach the
+inner app with ``accept-encoding: identity``, so compression inside the
+middleware never stops caching. Cache failures never fail a request: it goes
+to the inner app.
 """
 
 from __future__ import annotations
 
 import bisect
+import inspect
 import json
 import logging
 import threading
@@ -36,7 +45,14 @@ from typing import Any, Final, TypeAlias
 from semcache import SemanticCache
 from semcache.cache import ScopeLike
 
-from .requests import DEFAULT_TENANT_HEADER, Plan, RequestCache, endpoint_of, hit_headers
+from .requests import (
+    DEFAULT_TENANT_HEADER,
+    FROM_HEADERS,
+    Plan,
+    RequestCache,
+    endpoint_of,
+    hit_headers,
+)
 from .sse import StreamCapture, replay
 
 __all__ = ["CacheMetrics", "SemanticCacheMiddleware"]
@@ -182,6 +198,13 @@ def _header(scope: ASGIScope) -> Callable[[str], str | None]:
     return get
 
 
+def _identity_encoding(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Request headers asking for an uncompressed answer."""
+    out = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+    out.append((b"accept-encoding", b"identity"))
+    return out
+
+
 def _with_headers(headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[str, str]]
                   ) -> list[tuple[bytes, bytes]]:
     """Response headers with ``extra`` set (replacing any of the same name)."""
@@ -207,11 +230,31 @@ class SemanticCacheMiddleware:
     ttl : float, optional
         Lifetime of stored entries (default: the cache's).
     tenant_header : str or None
-        Request header naming the tenant; None: one shared tenant.
+        Request header naming a tenant; it narrows the caller's scope (or is
+        the caller's identity with ``trust_tenant_header``). None: ignored.
     cache_truncated, cache_tool_calls : bool
         Also store ``finish_reason="length"`` / tool-call answers.
     metrics : CacheMetrics, optional
         Where to count requests (the proxy exposes them at ``/metrics``).
+    allow_anonymous : bool
+        Cache requests without an ``Authorization`` / ``api-key`` header too
+        (all in one shared ``anonymous`` tenant). Default: they are passed through.
+    trust_tenant_header : bool
+        The tenant header is the identity (an authenticating gateway sets it):
+        callers naming the same tenant share entries whatever their key.
+    scope_from_request : callable, optional
+        ``scope_from_request(asgi_scope) -> str | None`` (or an awaitable of it):
+        who the caller is, as the tenant its entries are scoped to (e.g. from
+        ``asgi_scope["user"]`` set by an authentication middleware); None keeps
+        the request out of the cache. Default: the keyed hash of the
+        credential, as described in :mod:`semcache.adapters.requests`.
+    verify_hit : callable, optional
+        ``await verify_hit(asgi_scope, plan) -> bool`` before a hit is served;
+        False sends the request to the app instead (the proxy checks a
+        credential it has not seen with the upstream this way).
+    max_body : int
+        Largest request body, in bytes, read to key a request; larger ones are
+        passed through uncached.
     """
 
     def __init__(
@@ -226,13 +269,31 @@ class SemanticCacheMiddleware:
         cache_truncated: bool = False,
         cache_tool_calls: bool = False,
         metrics: CacheMetrics | None = None,
+        allow_anonymous: bool = False,
+        trust_tenant_header: bool = False,
+        scope_from_request: Callable[[ASGIScope], str | Awaitable[str | None] | None]
+        | None = None,
+        verify_hit: Callable[[ASGIScope, Plan], Awaitable[bool]] | None = None,
+        max_body: int = MAX_BODY,
     ) -> None:
         self.app = app
         self.rc = RequestCache(
             cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
             cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
+            allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
         )
         self.metrics = metrics if metrics is not None else CacheMetrics()
+        self.scope_from_request = scope_from_request
+        self.verify_hit = verify_hit
+        self.max_body = int(max_body)
+
+    async def _tenant(self, scope: ASGIScope) -> str | object | None:
+        if self.scope_from_request is None:
+            return FROM_HEADERS
+        got = self.scope_from_request(scope)
+        if inspect.isawaitable(got):
+            got = await got
+        return got
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -242,18 +303,35 @@ class SemanticCacheMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        body, complete, first = await self._read_body(receive)
+        body, complete, first = await self._read_body(receive, self.max_body)
         replay_receive = self._replaying(receive, first)
         if not complete:
             # Too large to key: hand the (partially read) body on and stay out of the way.
             await self._forward(scope, replay_receive, send, Plan(None, reason="body too large"),
                                 t0)
             return
-        plan = self.rc.plan("POST", scope.get("path", ""), _header(scope), body)
+        try:
+            tenant = await self._tenant(scope)
+        except Exception as exc:  # a broken hook must not break the request
+            log.warning("semcache: scope_from_request failed; request not cached: %r", exc)
+            tenant = None
+        plan = self.rc.plan("POST", scope.get("path", ""), _header(scope), body, tenant=tenant)
+        if plan.key is not None:
+            # Ask the inner app for an uncompressed answer: only that can be read and
+            # stored (a GZipMiddleware inside would otherwise turn caching off).
+            scope = {**scope, "headers": _identity_encoding(scope.get("headers") or [])}
         if plan.key is not None and plan.lookup:
             t_look = time.perf_counter()
             hit = await self.rc.alookup(plan)
             self.metrics.looked_up(time.perf_counter() - t_look)
+            if hit is not None and self.verify_hit is not None:
+                try:
+                    allowed = await self.verify_hit(scope, plan)
+                except Exception as exc:
+                    log.warning("semcache: verifying the caller failed: %r", exc)
+                    allowed = False
+                if not allowed:
+                    hit = None
             if hit is not None:
                 await self._serve_hit(send, plan, hit)
                 self.metrics.request("hit", time.perf_counter() - t0)
@@ -262,7 +340,8 @@ class SemanticCacheMiddleware:
 
     # ------------------------------------------------------------ request
     @staticmethod
-    async def _read_body(receive: Receive) -> tuple[bytes, bool, list[Message]]:
+    async def _read_body(receive: Receive, limit: int = MAX_BODY
+                         ) -> tuple[bytes, bool, list[Message]]:
         """Read the request body; returns (body, read completely, messages read)."""
         messages: list[Message] = []
         parts: list[bytes] = []
@@ -277,7 +356,7 @@ class SemanticCacheMiddleware:
             size += len(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts), True, messages
-            if size > MAX_BODY:
+            if size > limit:
                 return b"".join(parts), False, messages
 
     @staticmethod
