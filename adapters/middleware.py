@@ -33,6 +33,7 @@ to the inner app.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import inspect
 import json
@@ -40,6 +41,8 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from semcache import SemanticCache
@@ -52,6 +55,7 @@ from .requests import (
     RequestCache,
     endpoint_of,
     hit_headers,
+    storable,
 )
 from .sse import StreamCapture, replay
 
@@ -106,7 +110,8 @@ class CacheMetrics:
     """Counters and latency histograms of a middleware, in Prometheus text format.
 
     ``semcache_requests_total{outcome}`` counts requests by outcome (``hit``,
-    ``miss``, ``bypass``); ``semcache_request_duration_seconds{outcome}`` is the
+    ``miss``, ``bypass``, ``coalesced``: answered with a concurrent miss's
+    upstream answer); ``semcache_request_duration_seconds{outcome}`` is the
     time to the end of the response; ``semcache_lookup_duration_seconds`` the
     time of the cache lookup alone; ``semcache_stored_total`` the answers stored;
     ``semcache_upstream_errors_total`` non-2xx answers from the inner app;
@@ -114,7 +119,7 @@ class CacheMetrics:
     ``semcache_entries`` the entries in the cache.
     """
 
-    OUTCOMES: Final = ("hit", "miss", "bypass")
+    OUTCOMES: Final = ("hit", "miss", "bypass", "coalesced")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -214,6 +219,34 @@ def _with_headers(headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[
     return out
 
 
+@dataclass
+class _Outcome:
+    """What a leader's upstream call ended with, for the requests waiting on it.
+
+    ``completion`` is the final response when it is a complete, successful answer
+    (served to waiters like a hit, as JSON or a stream); otherwise the raw
+    ``status``/``headers``/``body`` are passed on as they came (``body`` None:
+    too large or cut off, and the waiters call upstream themselves).
+    """
+
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes | None = None
+    completion: dict[str, Any] | None = None
+    stream: bool = False
+
+
+@dataclass
+class _Flight:
+    """A miss on its way upstream, which concurrent equal or similar misses wait for."""
+
+    key: tuple[str, str]
+    prompt: str
+    stream: bool
+    future: asyncio.Future[_Outcome | None]
+    vector: Any = None  # (d,) unit vector, computed when a paraphrase first asks
+
+
 class SemanticCacheMiddleware:
     """Serve OpenAI-compatible chat requests from a semantic cache.
 
@@ -255,6 +288,24 @@ class SemanticCacheMiddleware:
     max_body : int
         Largest request body, in bytes, read to key a request; larger ones are
         passed through uncached.
+    coalesce : bool
+        Single-flight: a miss whose prompt (normalised) is already on its way
+        upstream in the same scope waits for that call and is answered with its
+        answer (streamed if it asked for a stream) instead of calling upstream
+        too; an error or non-cacheable answer is passed to each waiter as it
+        came and stored by nobody. With ``coalesce_similar`` a concurrent
+        paraphrase that would hit the in-flight prompt (cosine at or above the
+        threshold, and the cache's guards agree) waits as well.
+    coalesce_wait : float
+        Seconds a waiter waits for the in-flight call before calling upstream itself.
+    coalesce_similar : bool
+    executor : concurrent.futures.Executor, optional
+        Where lookups and stores run. Default: a pool of this middleware's own
+        (``lookup_threads`` threads), not asyncio's default executor, whose
+        ``min(32, cpus + 4)`` threads would cap concurrent lookups; exact repeats
+        of recently seen prompts go to a second small pool, so they never queue
+        behind embeddings.
+    lookup_threads : int
     """
 
     def __init__(
@@ -275,6 +326,11 @@ class SemanticCacheMiddleware:
         | None = None,
         verify_hit: Callable[[ASGIScope, Plan], Awaitable[bool]] | None = None,
         max_body: int = MAX_BODY,
+        coalesce: bool = True,
+        coalesce_wait: float = 60.0,
+        coalesce_similar: bool = True,
+        executor: Executor | None = None,
+        lookup_threads: int = 64,
     ) -> None:
         self.app = app
         self.rc = RequestCache(
@@ -286,6 +342,12 @@ class SemanticCacheMiddleware:
         self.scope_from_request = scope_from_request
         self.verify_hit = verify_hit
         self.max_body = int(max_body)
+        self.coalesce = coalesce
+        self.coalesce_wait = float(coalesce_wait)
+        self.coalesce_similar = coalesce_similar
+        self._flights: dict[tuple[str, str], _Flight] = {}
+        self._by_scope: dict[str, list[_Flight]] = {}
+        self.rc.use_executors(executor, lookup_threads)
 
     async def _tenant(self, scope: ASGIScope) -> str | object | None:
         if self.scope_from_request is None:
@@ -336,7 +398,108 @@ class SemanticCacheMiddleware:
                 await self._serve_hit(send, plan, hit)
                 self.metrics.request("hit", time.perf_counter() - t0)
                 return
+            if self.coalesce:
+                await self._single_flight(scope, replay_receive, send, plan, t0)
+                return
         await self._forward(scope, replay_receive, send, plan, t0)
+
+    # -------------------------------------------------------- single-flight
+    async def _single_flight(self, scope: ASGIScope, receive: Receive, send: Send, plan: Plan,
+                             t0: float) -> None:
+        """Wait for an equal (or similar) miss in flight, or be the one that goes upstream."""
+        assert plan.key is not None
+        key = (plan.key.scope.json, plan.key.prompt)
+        flight = self._flights.get(key)
+        if flight is None and self.coalesce_similar:
+            flight = await self._similar_flight(plan)
+        if flight is not None:
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(flight.future),
+                                                 self.coalesce_wait)
+            except TimeoutError:
+                outcome = None
+            if outcome is not None and await self._serve_outcome(send, plan, outcome):
+                self.metrics.request("coalesced", time.perf_counter() - t0)
+                return
+            # Too slow, failed, or of a shape this request cannot use: call upstream itself.
+            await self._forward(scope, receive, send, plan, t0)
+            return
+        flight = _Flight(key, plan.key.prompt, plan.key.stream,
+                         asyncio.get_running_loop().create_future())
+        self._flights[key] = flight
+        self._by_scope.setdefault(key[0], []).append(flight)
+        result: _Outcome | None = None
+        try:
+            result = await self._forward(scope, receive, send, plan, t0, record=True)
+        finally:
+            del self._flights[key]
+            peers = self._by_scope[key[0]]
+            peers.remove(flight)
+            if not peers:
+                del self._by_scope[key[0]]
+            flight.future.set_result(result)
+
+    async def _similar_flight(self, plan: Plan) -> _Flight | None:
+        """An in-flight miss in the same scope whose prompt this one would hit, if any."""
+        assert plan.key is not None
+        peers = [f for f in self._by_scope.get(plan.key.scope.json, ())
+                 if f.prompt != plan.key.prompt]
+        if not peers:
+            return None
+        cache = self.rc.cache
+        todo = [f for f in peers if f.vector is None]
+        texts = [plan.key.prompt] + [f.prompt for f in todo]
+        try:
+            vecs = await self.rc.run(self.rc.embed, texts)
+        except Exception as exc:  # no coalescing is still a correct answer
+            log.warning("semcache: embedding for coalescing failed: %r", exc)
+            return None
+        for f, v in zip(todo, vecs[1:], strict=True):
+            f.vector = v
+        query = vecs[0]
+        threshold = cache.threshold if self.rc.threshold is None else self.rc.threshold
+        best: tuple[float, _Flight] | None = None
+        for f in peers:
+            if f.vector is None or f.future.done():
+                continue
+            score = float(min(1.0, max(-1.0, float(query @ f.vector))))
+            if score >= threshold and (best is None or score > best[0]) and all(
+                    guard(plan.key.prompt, f.prompt, score) for guard in cache.guards):
+                best = (score, f)
+        return None if best is None else best[1]
+
+    async def _serve_outcome(self, send: Send, plan: Plan, outcome: _Outcome) -> bool:
+        """Answer a waiter with the leader's outcome; False if it cannot be used."""
+        assert plan.key is not None
+        key = plan.key
+        if outcome.completion is not None:
+            headers = [("x-semcache", "coalesced")]
+            if key.stream:
+                headers += [("content-type", "text/event-stream; charset=utf-8"),
+                            ("cache-control", "no-cache")]
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": _with_headers([], headers)})
+                for chunk in replay(key.endpoint, outcome.completion,
+                                    include_usage=key.include_usage):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return True
+            body = json.dumps(outcome.completion, separators=(",", ":"),
+                              ensure_ascii=False).encode()
+            headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": _with_headers([], headers)})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return True
+        if outcome.body is None or (outcome.status < 400 and outcome.stream != key.stream):
+            return False
+        # An error (same for a stream and not) or a non-cacheable answer of the shape
+        # this request asked for: passed on as it came, stored by nobody.
+        headers_out = _with_headers(outcome.headers, [("x-semcache", "coalesced")])
+        await send({"type": "http.response.start", "status": outcome.status,
+                    "headers": headers_out})
+        await send({"type": "http.response.body", "body": outcome.body, "more_body": False})
+        return True
 
     # ------------------------------------------------------------ request
     @staticmethod
@@ -391,24 +554,37 @@ class SemanticCacheMiddleware:
 
     # -------------------------------------------------------------- misses
     async def _forward(self, scope: ASGIScope, receive: Receive, send: Send, plan: Plan,
-                       t0: float) -> None:
-        """Call the inner app; pass its response on, capture and store it."""
+                       t0: float, *, record: bool = False) -> _Outcome | None:
+        """Call the inner app; pass its response on, capture and store it.
+
+        With ``record``, returns what the response was (for waiting requests):
+        None if it did not complete.
+        """
         outcome = "bypass" if plan.key is None else "miss"
         state: dict[str, Any] = {"capture": None, "buffer": None, "done": False}
+        rec = _Outcome(stream=plan.key.stream if plan.key is not None else False)
+        raw: bytearray | None = bytearray() if record else None
+        complete = False
 
         async def finish(final: Any) -> None:
             if state["done"]:
                 return
             state["done"] = True
+            if record and plan.key is not None and isinstance(final, dict) and storable(
+                    plan.key.endpoint, final, cache_truncated=self.rc.cache_truncated,
+                    cache_tool_calls=self.rc.cache_tool_calls)[0]:
+                rec.completion = final
             if final is not None and await self.rc.astore(plan, final):
                 self.metrics.add(stored=1)
 
         async def wrapped_send(message: Message) -> None:
+            nonlocal raw, complete
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 if status >= 400:
                     self.metrics.add(upstream_errors=1)
                 raw_headers = list(message.get("headers") or [])
+                rec.status, rec.headers = status, raw_headers
                 names = {k.lower(): v.lower() for k, v in raw_headers}
                 ctype = names.get(b"content-type", b"")
                 encoding = names.get(b"content-encoding", b"identity")
@@ -424,6 +600,10 @@ class SemanticCacheMiddleware:
             elif message["type"] == "http.response.body":
                 chunk = message.get("body", b"")
                 more = message.get("more_body", False)
+                if raw is not None:
+                    raw += chunk
+                    if len(raw) > MAX_BODY:
+                        raw = None
                 capture: StreamCapture | None = state["capture"]
                 buffer: bytearray | None = state["buffer"]
                 if capture is not None:
@@ -438,15 +618,21 @@ class SemanticCacheMiddleware:
                     elif not more:
                         try:
                             final = json.loads(bytes(buffer))
-                        except ValueError:
+                        except (ValueError, RecursionError):
                             final = None
                         await finish(final)
+                if not more:
+                    complete = True
             await send(message)
 
         try:
             await self.app(scope, receive, wrapped_send)
         finally:
             self.metrics.request(outcome, time.perf_counter() - t0)
+        if not record or not complete:
+            return None
+        rec.body = None if raw is None else bytes(raw)
+        return rec
 
     def render_metrics(self) -> str:
         """This middleware's metrics (and its cache's size) in Prometheus text format."""

@@ -80,7 +80,9 @@ fresh answer is still stored); ``no-store`` skips both lookup and store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -90,10 +92,14 @@ import secrets
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+import numpy as np
 
 from semcache import MISS, Hit, Scope, SemanticCache
 from semcache.cache import ScopeLike
@@ -122,6 +128,7 @@ __all__ = [
 log = logging.getLogger("semcache.adapters")
 
 Endpoint: TypeAlias = Literal["chat", "responses"]
+T = TypeVar("T")
 
 #: Body fields that do not change the answer and are left out of the scope.
 IGNORED_FIELDS: Final = frozenset(
@@ -540,6 +547,66 @@ class RequestCache:
         )
         #: Adapter-level failures (the cache raised, a body could not be stored).
         self.errors = 0
+        self._executor: Executor | None = None
+        self._fast: Executor | None = None
+        self._threads = 64
+        #: (scope, prompt) of recent exact entries: their lookups need no embedding.
+        self._exact_hint: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._hint_lock = threading.Lock()
+
+    # --------------------------------------------------------------- threads
+    def use_executors(self, executor: Executor | None = None, threads: int = 64) -> None:
+        """Where async lookups and stores run (see the middleware's ``executor``).
+
+        Parameters
+        ----------
+        executor : Executor, optional
+            Runs lookups that may embed, and stores. Default: a pool of
+            ``threads`` threads of this adapter.
+        threads : int
+        """
+        self._executor = executor
+        self._threads = max(1, int(threads))
+
+    @property
+    def executor(self) -> Executor:
+        """The pool lookups that may embed, and stores, run in."""
+        if self._executor is None:
+            # Sized for many concurrent lookups: with asyncio's default executor
+            # (min(32, cpus + 4) threads) lookups queue for a thread even while the
+            # embedder could batch them.
+            self._executor = ThreadPoolExecutor(self._threads,
+                                                thread_name_prefix="semcache-lookup")
+        return self._executor
+
+    @property
+    def fast_executor(self) -> Executor:
+        """A small pool for exact repeats, so they never wait behind embeddings."""
+        if self._fast is None:
+            self._fast = ThreadPoolExecutor(8, thread_name_prefix="semcache-exact")
+        return self._fast
+
+    async def run(self, fn: Callable[..., T], *args: Any, fast: bool = False) -> T:
+        """``fn(*args)`` in one of the adapter's pools, awaited."""
+        loop = asyncio.get_running_loop()
+        pool = self.fast_executor if fast else self.executor
+        return await loop.run_in_executor(pool, functools.partial(fn, *args))
+
+    def embed(self, texts: list[str]) -> Any:
+        """Unit-length embeddings of normalised prompts with the cache's embedder, ``(n, d)``."""
+        vecs = np.asarray(self.cache.embedder.encode(list(texts)), dtype=np.float32)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        return vecs / np.where(norms > 0, norms, 1.0)
+
+    def _hint(self, key: CacheKey) -> None:
+        with self._hint_lock:
+            self._exact_hint[(key.scope.json, key.prompt)] = None
+            self._exact_hint.move_to_end((key.scope.json, key.prompt))
+            while len(self._exact_hint) > 100_000:
+                self._exact_hint.popitem(last=False)
+
+    def _hinted(self, key: CacheKey) -> bool:
+        return (key.scope.json, key.prompt) in self._exact_hint
 
     # ------------------------------------------------------------------ keys
     def plan(
@@ -600,7 +667,7 @@ class RequestCache:
         if plan.key is None or not plan.lookup:
             return None
         try:
-            hit = self.cache.get(plan.key.prompt, scope=plan.key.scope, threshold=self.threshold)
+            hit = self._get(plan.key)
         except Exception as exc:  # the cache must never break a request
             self._failed("lookup", exc)
             return None
@@ -610,14 +677,19 @@ class RequestCache:
         """:meth:`lookup` without blocking the event loop."""
         if plan.key is None or not plan.lookup:
             return None
+        key = plan.key
         try:
-            hit = await self.cache.aget(
-                plan.key.prompt, scope=plan.key.scope, threshold=self.threshold
-            )
+            hit = await self.run(self._get, key, fast=self._hinted(key))
         except Exception as exc:
             self._failed("lookup", exc)
             return None
-        return self._usable(plan.key, hit)
+        return self._usable(key, hit)
+
+    def _get(self, key: CacheKey) -> Hit | Any:
+        hit = self.cache.get(key.prompt, scope=key.scope, threshold=self.threshold)
+        if isinstance(hit, Hit) and hit.exact:
+            self._hint(key)
+        return hit
 
     def _usable(self, key: CacheKey, hit: Hit | Any) -> Hit | None:
         if hit is MISS or not isinstance(hit, Hit):
@@ -649,9 +721,7 @@ class RequestCache:
             return False
         assert plan.key is not None
         try:
-            return self.cache.put(
-                plan.key.prompt, completion, scope=plan.key.scope, ttl=self.ttl
-            ) is not None
+            return self._put(plan.key, completion) is not None
         except Exception as exc:
             self._failed("store", exc)
             return False
@@ -661,14 +731,19 @@ class RequestCache:
         if not self.should_store(plan, completion):
             return False
         assert plan.key is not None
+        key = plan.key
         try:
-            entry = await self.cache.aput(
-                plan.key.prompt, completion, scope=plan.key.scope, ttl=self.ttl
-            )
+            entry = await self.run(self._put, key, completion)
         except Exception as exc:
             self._failed("store", exc)
             return False
         return entry is not None
+
+    def _put(self, key: CacheKey, completion: Any) -> int | None:
+        entry = self.cache.put(key.prompt, completion, scope=key.scope, ttl=self.ttl)
+        if entry is not None:
+            self._hint(key)
+        return entry
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.errors += 1

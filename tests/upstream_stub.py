@@ -118,8 +118,11 @@ class UpstreamStub:
 
     async def _record(self, request: Request) -> tuple[int, dict[str, Any]]:
         body = await request.json()
-        if not isinstance(body, dict):
-            raise ValueError("not an object")
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise ValueError("not an object with a model")
+        messages = body.get("messages", [])
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise ValueError("messages is not a list of objects")
         with self._lock:
             self.calls.append((request.url.path, body))
             self.auth.append(request.headers.get("authorization"))
@@ -136,7 +139,8 @@ class UpstreamStub:
         try:
             return await self._record(request)
         except (ValueError, RecursionError):
-            return JSONResponse({"error": {"message": "We could not parse the JSON body",
+            return JSONResponse({"error": {"message": "We could not parse the JSON body, or "
+                                                      "it is not a valid request",
                                            "type": "invalid_request_error", "code": None}},
                                 status_code=400)
 
