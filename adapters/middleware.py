@@ -561,7 +561,7 @@ class SemanticCacheMiddleware:
         None if it did not complete.
         """
         outcome = "bypass" if plan.key is None else "miss"
-        state: dict[str, Any] = {"capture": None, "buffer": None, "done": False}
+        state: dict[str, Any] = {"capture": None, "buffer": None, "done": False, "length": None}
         rec = _Outcome(stream=plan.key.stream if plan.key is not None else False)
         raw: bytearray | None = bytearray() if record else None
         complete = False
@@ -595,6 +595,8 @@ class SemanticCacheMiddleware:
                         state["capture"] = StreamCapture(plan.key.endpoint)
                     elif ctype.startswith(b"application/json"):
                         state["buffer"] = bytearray()
+                        length = names.get(b"content-length", b"")
+                        state["length"] = int(length) if length.isdigit() else None
                 message = {**message,
                            "headers": _with_headers(raw_headers, [("x-semcache", outcome)])}
             elif message["type"] == "http.response.body":
@@ -611,11 +613,14 @@ class SemanticCacheMiddleware:
                     # its next request right away already finds the entry.
                     if capture.feed(chunk) or not more:
                         await finish(capture.finish())
-                elif buffer is not None:
+                elif buffer is not None and not state["done"]:
                     buffer += chunk
                     if len(buffer) > MAX_BODY:
                         state["buffer"] = None
-                    elif not more:
+                    elif not more or (state["length"] is not None
+                                      and len(buffer) >= state["length"]):
+                        # Store before the client has the last byte (a forwarding app
+                        # may end with an empty message), so its next request finds it.
                         try:
                             final = json.loads(bytes(buffer))
                         except (ValueError, RecursionError):
