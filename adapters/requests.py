@@ -254,7 +254,10 @@ class Entitlement:
     def credential(header: Callable[[str], str | None]) -> str | None:
         """The raw credential of a request (``Authorization`` and ``api-key``), or None."""
         parts = [(name, header(name)) for name in CREDENTIAL_HEADERS]
-        present = [(n, v) for n, v in parts if v]
+        # A blank key ("Bearer " with nothing after it) is no credential: it would
+        # otherwise be one scope shared by every caller that sends it.
+        present = [(n, v) for n, v in parts
+                   if v and v.strip() and v.strip().lower() != "bearer"]
         if not present:
             return None
         return "\0".join(f"{n}\0{v}" for n, v in present)

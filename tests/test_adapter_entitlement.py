@@ -69,15 +69,17 @@ def test_key_a_answer_never_reaches_key_b_or_anonymous(mw_url: str, stub: Upstre
     # The same key through the Azure-style header is another credential too.
     r = post(mw_url, None, **{"api-key": "key-a"})
     assert r.headers["x-semcache"] == "miss" and answer(r) == f"Answer 3: {Q}"
-    # No credential at all: forwarded untouched, neither served nor stored.
+    # No credential at all (or a blank one): forwarded untouched, neither served nor stored.
     for n in (4, 5):
         r = post(mw_url, None)
         assert r.headers["x-semcache"] == "bypass" and answer(r) == f"Answer {n}: {Q}"
-    assert stub.count == 5
+    r = post(mw_url, None, authorization="Bearer")
+    assert r.headers["x-semcache"] == "bypass" and answer(r) == f"Answer 6: {Q}"
+    assert stub.count == 6
     # And each key still gets its own entry back.
     assert answer(post(mw_url, "key-b")) == f"Answer 2: {Q}"
     assert answer(post(mw_url, "key-a")) == f"Answer 1: {Q}"
-    assert stub.count == 5
+    assert stub.count == 6
 
 
 def test_forged_tenant_header_reads_nothing(mw_url: str, stub: UpstreamStub) -> None:
