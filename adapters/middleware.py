@@ -386,14 +386,8 @@ class SemanticCacheMiddleware:
             t_look = time.perf_counter()
             hit = await self.rc.alookup(plan)
             self.metrics.looked_up(time.perf_counter() - t_look)
-            if hit is not None and self.verify_hit is not None:
-                try:
-                    allowed = await self.verify_hit(scope, plan)
-                except Exception as exc:
-                    log.warning("semcache: verifying the caller failed: %r", exc)
-                    allowed = False
-                if not allowed:
-                    hit = None
+            if hit is not None and not await self._may_serve(scope, plan):
+                hit = None
             if hit is not None:
                 await self._serve_hit(send, plan, hit)
                 self.metrics.request("hit", time.perf_counter() - t0)
@@ -402,6 +396,17 @@ class SemanticCacheMiddleware:
                 await self._single_flight(scope, replay_receive, send, plan, t0)
                 return
         await self._forward(scope, replay_receive, send, plan, t0)
+
+    async def _may_serve(self, scope: ASGIScope, plan: Plan) -> bool:
+        """Whether an answer this request did not fetch itself (a hit, a coalesced
+        answer) may be served to it: ``verify_hit``'s say, if there is one."""
+        if self.verify_hit is None:
+            return True
+        try:
+            return bool(await self.verify_hit(scope, plan))
+        except Exception as exc:
+            log.warning("semcache: verifying the caller failed: %r", exc)
+            return False
 
     # -------------------------------------------------------- single-flight
     async def _single_flight(self, scope: ASGIScope, receive: Receive, send: Send, plan: Plan,
@@ -418,7 +423,8 @@ class SemanticCacheMiddleware:
                                                  self.coalesce_wait)
             except TimeoutError:
                 outcome = None
-            if outcome is not None and await self._serve_outcome(send, plan, outcome):
+            if outcome is not None and await self._may_serve(scope, plan) and \
+                    await self._serve_outcome(send, plan, outcome):
                 self.metrics.request("coalesced", time.perf_counter() - t0)
                 return
             # Too slow, failed, or of a shape this request cannot use: call upstream itself.

@@ -7,6 +7,7 @@ like the real API), the ASGI middleware and the proxy under uvicorn, the real
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -269,6 +270,30 @@ def test_proxy_shares_across_keys_only_after_the_upstream_accepts_them(
         r = post(proxy.url, None)
         assert r.status_code == 401 and r.headers["x-semcache"] == "bypass"
     assert stub.count == 1  # refused calls are not counted
+    cache.close()
+
+
+def test_a_refused_key_is_not_served_a_coalesced_answer(stub: UpstreamStub, embedder: Any
+                                                       ) -> None:
+    """With --share-across-keys, waiting on another key's call is served only once verified."""
+    stub.valid_keys = {"good"}
+    stub.delay = 0.5
+    cache = SemanticCache(store="memory", embedder=embedder)
+    app = ProxyApp(stub.url, cache, share_across_keys=True)
+
+    async def both(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            async def ask(key: str, wait: float) -> httpx.Response:
+                await asyncio.sleep(wait)
+                return await c.post("/v1/chat/completions", json=BODY,
+                                    headers={"authorization": f"Bearer {key}"})
+            return list(await asyncio.gather(ask("good", 0), ask("bad", 0.2), ask("good", 0.2)))
+
+    with ThreadServer(app) as proxy:
+        good, bad, good2 = asyncio.run(both(proxy.url))
+    assert good.status_code == 200 and good2.status_code == 200
+    assert good2.headers["x-semcache"] == "coalesced"
+    assert bad.status_code == 401 and "Answer" not in bad.text
     cache.close()
 
 
