@@ -222,3 +222,41 @@ def test_streamed_hits_carry_usage_when_asked(mw_url: str, stub: UpstreamStub) -
         usage = hit.parse().usage
         assert usage is not None and usage.total_tokens == 15
     assert stub.count == 2
+
+
+# ------------------------------------------------------------------ throughput
+def test_exact_repeats_do_not_queue_behind_embeddings(stub: UpstreamStub) -> None:
+    from tests.conftest import HashEmbedder
+
+    class SlowEmbedder(HashEmbedder):
+        """Each call takes 1 s (the GIL released), like a model under contention."""
+
+        def encode(self, texts: list[str]) -> Any:
+            import time
+
+            time.sleep(1.0)
+            return super().encode(texts)
+
+    cache = SemanticCache(store="memory", embedder=SlowEmbedder())
+    app = SemanticCacheMiddleware(stub.app, cache, coalesce_similar=False)
+
+    async def go(url: str) -> tuple[float, list[int]]:
+        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60,
+                                     limits=httpx.Limits(max_connections=200)) as c:
+            assert (await c.post("/v1/chat/completions", json=BODY)).status_code == 200
+            flood = [asyncio.create_task(c.post("/v1/chat/completions", json={
+                **BODY, "messages": [{"role": "user", "content": f"New question number {i}?"}]}))
+                for i in range(150)]
+            await asyncio.sleep(0.6)  # the lookup pool is now full of embeddings
+            t0 = asyncio.get_running_loop().time()
+            r = await c.post("/v1/chat/completions", json=BODY)
+            took = asyncio.get_running_loop().time() - t0
+            assert r.headers["x-semcache"] == "hit"
+            return took, [(await f).status_code for f in flood]
+
+    with ThreadServer(app) as server:
+        took, codes = asyncio.run(go(server.url))
+    assert codes == [200] * 150
+    # 150 slow lookups hold all 64 lookup threads for 1 s or more; the repeat does not wait.
+    assert took < 0.5, took
+    cache.close()
