@@ -18,25 +18,45 @@ call. For ``POST .../chat/completions`` and ``POST .../responses`` it
 Responses carry ``x-semcache: hit|miss|bypass`` and, on hits,
 ``x-semcache-similarity`` (the cosine score). Every other request passes
 through untouched. A ``cache-control: no-cache`` request header skips the
-lookup but stores the answer; ``no-store`` bypasses the cache entirely. The
-tenant comes from a configurable header (default ``x-semcache-tenant``).
-Cache failures never fail a request: it goes to the inner app.
+lookup but stores the answer; ``no-store`` bypasses the cache entirely.
+
+Entries are scoped by who may read them: by default the keyed hash of the
+caller's ``Authorization`` / ``api-key`` header, so one key's answers never
+reach another key, and requests without a credential are not cached unless
+``allow_anonymous=True`` (see :mod:`semcache.adapters.requests`,
+"Entitlement"); ``scope_from_request`` replaces that rule with the
+application's own (e.g. its authenticated user). Cacheable requests reach the
+inner app with ``accept-encoding: identity``, so compression inside the
+middleware never stops caching. Cache failures never fail a request: it goes
+to the inner app.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import inspect
 import json
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from semcache import SemanticCache
 from semcache.cache import ScopeLike
 
-from .requests import DEFAULT_TENANT_HEADER, Plan, RequestCache, endpoint_of, hit_headers
+from .requests import (
+    DEFAULT_TENANT_HEADER,
+    FROM_HEADERS,
+    Plan,
+    RequestCache,
+    endpoint_of,
+    hit_headers,
+    storable,
+)
 from .sse import StreamCapture, replay
 
 __all__ = ["CacheMetrics", "SemanticCacheMiddleware"]
@@ -90,7 +110,8 @@ class CacheMetrics:
     """Counters and latency histograms of a middleware, in Prometheus text format.
 
     ``semcache_requests_total{outcome}`` counts requests by outcome (``hit``,
-    ``miss``, ``bypass``); ``semcache_request_duration_seconds{outcome}`` is the
+    ``miss``, ``bypass``, ``coalesced``: answered with a concurrent miss's
+    upstream answer); ``semcache_request_duration_seconds{outcome}`` is the
     time to the end of the response; ``semcache_lookup_duration_seconds`` the
     time of the cache lookup alone; ``semcache_stored_total`` the answers stored;
     ``semcache_upstream_errors_total`` non-2xx answers from the inner app;
@@ -98,7 +119,7 @@ class CacheMetrics:
     ``semcache_entries`` the entries in the cache.
     """
 
-    OUTCOMES: Final = ("hit", "miss", "bypass")
+    OUTCOMES: Final = ("hit", "miss", "bypass", "coalesced")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -182,6 +203,13 @@ def _header(scope: ASGIScope) -> Callable[[str], str | None]:
     return get
 
 
+def _identity_encoding(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Request headers asking for an uncompressed answer."""
+    out = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+    out.append((b"accept-encoding", b"identity"))
+    return out
+
+
 def _with_headers(headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[str, str]]
                   ) -> list[tuple[bytes, bytes]]:
     """Response headers with ``extra`` set (replacing any of the same name)."""
@@ -189,6 +217,34 @@ def _with_headers(headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[
     out = [(k, v) for k, v in headers if k.lower() not in names]
     out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra]
     return out
+
+
+@dataclass
+class _Outcome:
+    """What a leader's upstream call ended with, for the requests waiting on it.
+
+    ``completion`` is the final response when it is a complete, successful answer
+    (served to waiters like a hit, as JSON or a stream); otherwise the raw
+    ``status``/``headers``/``body`` are passed on as they came (``body`` None:
+    too large or cut off, and the waiters call upstream themselves).
+    """
+
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes | None = None
+    completion: dict[str, Any] | None = None
+    stream: bool = False
+
+
+@dataclass
+class _Flight:
+    """A miss on its way upstream, which concurrent equal or similar misses wait for."""
+
+    key: tuple[str, str]
+    prompt: str
+    stream: bool
+    future: asyncio.Future[_Outcome | None]
+    vector: Any = None  # (d,) unit vector, computed when a paraphrase first asks
 
 
 class SemanticCacheMiddleware:
@@ -207,11 +263,49 @@ class SemanticCacheMiddleware:
     ttl : float, optional
         Lifetime of stored entries (default: the cache's).
     tenant_header : str or None
-        Request header naming the tenant; None: one shared tenant.
+        Request header naming a tenant; it narrows the caller's scope (or is
+        the caller's identity with ``trust_tenant_header``). None: ignored.
     cache_truncated, cache_tool_calls : bool
         Also store ``finish_reason="length"`` / tool-call answers.
     metrics : CacheMetrics, optional
         Where to count requests (the proxy exposes them at ``/metrics``).
+    allow_anonymous : bool
+        Cache requests without an ``Authorization`` / ``api-key`` header too
+        (all in one shared ``anonymous`` tenant). Default: they are passed through.
+    trust_tenant_header : bool
+        The tenant header is the identity (an authenticating gateway sets it):
+        callers naming the same tenant share entries whatever their key.
+    scope_from_request : callable, optional
+        ``scope_from_request(asgi_scope) -> str | None`` (or an awaitable of it):
+        who the caller is, as the tenant its entries are scoped to (e.g. from
+        ``asgi_scope["user"]`` set by an authentication middleware); None keeps
+        the request out of the cache. Default: the keyed hash of the
+        credential, as described in :mod:`semcache.adapters.requests`.
+    verify_hit : callable, optional
+        ``await verify_hit(asgi_scope, plan) -> bool`` before a hit is served;
+        False sends the request to the app instead (the proxy checks a
+        credential it has not seen with the upstream this way).
+    max_body : int
+        Largest request body, in bytes, read to key a request; larger ones are
+        passed through uncached.
+    coalesce : bool
+        Single-flight: a miss whose prompt (normalised) is already on its way
+        upstream in the same scope waits for that call and is answered with its
+        answer (streamed if it asked for a stream) instead of calling upstream
+        too; an error or non-cacheable answer is passed to each waiter as it
+        came and stored by nobody. With ``coalesce_similar`` a concurrent
+        paraphrase that would hit the in-flight prompt (cosine at or above the
+        threshold, and the cache's guards agree) waits as well.
+    coalesce_wait : float
+        Seconds a waiter waits for the in-flight call before calling upstream itself.
+    coalesce_similar : bool
+    executor : concurrent.futures.Executor, optional
+        Where lookups and stores run. Default: a pool of this middleware's own
+        (``lookup_threads`` threads), not asyncio's default executor, whose
+        ``min(32, cpus + 4)`` threads would cap concurrent lookups; exact repeats
+        of recently seen prompts go to a second small pool, so they never queue
+        behind embeddings.
+    lookup_threads : int
     """
 
     def __init__(
@@ -226,13 +320,42 @@ class SemanticCacheMiddleware:
         cache_truncated: bool = False,
         cache_tool_calls: bool = False,
         metrics: CacheMetrics | None = None,
+        allow_anonymous: bool = False,
+        trust_tenant_header: bool = False,
+        scope_from_request: Callable[[ASGIScope], str | Awaitable[str | None] | None]
+        | None = None,
+        verify_hit: Callable[[ASGIScope, Plan], Awaitable[bool]] | None = None,
+        max_body: int = MAX_BODY,
+        coalesce: bool = True,
+        coalesce_wait: float = 60.0,
+        coalesce_similar: bool = True,
+        executor: Executor | None = None,
+        lookup_threads: int = 64,
     ) -> None:
         self.app = app
         self.rc = RequestCache(
             cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
             cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
+            allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
         )
         self.metrics = metrics if metrics is not None else CacheMetrics()
+        self.scope_from_request = scope_from_request
+        self.verify_hit = verify_hit
+        self.max_body = int(max_body)
+        self.coalesce = coalesce
+        self.coalesce_wait = float(coalesce_wait)
+        self.coalesce_similar = coalesce_similar
+        self._flights: dict[tuple[str, str], _Flight] = {}
+        self._by_scope: dict[str, list[_Flight]] = {}
+        self.rc.use_executors(executor, lookup_threads)
+
+    async def _tenant(self, scope: ASGIScope) -> str | object | None:
+        if self.scope_from_request is None:
+            return FROM_HEADERS
+        got = self.scope_from_request(scope)
+        if inspect.isawaitable(got):
+            got = await got
+        return got
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -242,27 +365,152 @@ class SemanticCacheMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        body, complete, first = await self._read_body(receive)
+        body, complete, first = await self._read_body(receive, self.max_body)
         replay_receive = self._replaying(receive, first)
         if not complete:
             # Too large to key: hand the (partially read) body on and stay out of the way.
             await self._forward(scope, replay_receive, send, Plan(None, reason="body too large"),
                                 t0)
             return
-        plan = self.rc.plan("POST", scope.get("path", ""), _header(scope), body)
+        try:
+            tenant = await self._tenant(scope)
+        except Exception as exc:  # a broken hook must not break the request
+            log.warning("semcache: scope_from_request failed; request not cached: %r", exc)
+            tenant = None
+        plan = self.rc.plan("POST", scope.get("path", ""), _header(scope), body, tenant=tenant)
+        if plan.key is not None:
+            # Ask the inner app for an uncompressed answer: only that can be read and
+            # stored (a GZipMiddleware inside would otherwise turn caching off).
+            scope = {**scope, "headers": _identity_encoding(scope.get("headers") or [])}
         if plan.key is not None and plan.lookup:
             t_look = time.perf_counter()
             hit = await self.rc.alookup(plan)
             self.metrics.looked_up(time.perf_counter() - t_look)
+            if hit is not None and not await self._may_serve(scope, plan):
+                hit = None
             if hit is not None:
                 await self._serve_hit(send, plan, hit)
                 self.metrics.request("hit", time.perf_counter() - t0)
                 return
+            if self.coalesce:
+                await self._single_flight(scope, replay_receive, send, plan, t0)
+                return
         await self._forward(scope, replay_receive, send, plan, t0)
+
+    async def _may_serve(self, scope: ASGIScope, plan: Plan) -> bool:
+        """Whether an answer this request did not fetch itself (a hit, a coalesced
+        answer) may be served to it: ``verify_hit``'s say, if there is one."""
+        if self.verify_hit is None:
+            return True
+        try:
+            return bool(await self.verify_hit(scope, plan))
+        except Exception as exc:
+            log.warning("semcache: verifying the caller failed: %r", exc)
+            return False
+
+    # -------------------------------------------------------- single-flight
+    async def _single_flight(self, scope: ASGIScope, receive: Receive, send: Send, plan: Plan,
+                             t0: float) -> None:
+        """Wait for an equal (or similar) miss in flight, or be the one that goes upstream."""
+        assert plan.key is not None
+        key = (plan.key.scope.json, plan.key.prompt)
+        flight = self._flights.get(key)
+        if flight is None and self.coalesce_similar:
+            flight = await self._similar_flight(plan)
+        if flight is not None:
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(flight.future),
+                                                 self.coalesce_wait)
+            except TimeoutError:
+                outcome = None
+            if outcome is not None and await self._may_serve(scope, plan) and \
+                    await self._serve_outcome(send, plan, outcome):
+                self.metrics.request("coalesced", time.perf_counter() - t0)
+                return
+            # Too slow, failed, or of a shape this request cannot use: call upstream itself.
+            await self._forward(scope, receive, send, plan, t0)
+            return
+        flight = _Flight(key, plan.key.prompt, plan.key.stream,
+                         asyncio.get_running_loop().create_future())
+        self._flights[key] = flight
+        self._by_scope.setdefault(key[0], []).append(flight)
+        result: _Outcome | None = None
+        try:
+            result = await self._forward(scope, receive, send, plan, t0, record=True)
+        finally:
+            del self._flights[key]
+            peers = self._by_scope[key[0]]
+            peers.remove(flight)
+            if not peers:
+                del self._by_scope[key[0]]
+            flight.future.set_result(result)
+
+    async def _similar_flight(self, plan: Plan) -> _Flight | None:
+        """An in-flight miss in the same scope whose prompt this one would hit, if any."""
+        assert plan.key is not None
+        peers = [f for f in self._by_scope.get(plan.key.scope.json, ())
+                 if f.prompt != plan.key.prompt]
+        if not peers:
+            return None
+        cache = self.rc.cache
+        todo = [f for f in peers if f.vector is None]
+        texts = [plan.key.prompt] + [f.prompt for f in todo]
+        try:
+            vecs = await self.rc.run(self.rc.embed, texts)
+        except Exception as exc:  # no coalescing is still a correct answer
+            log.warning("semcache: embedding for coalescing failed: %r", exc)
+            return None
+        for f, v in zip(todo, vecs[1:], strict=True):
+            f.vector = v
+        query = vecs[0]
+        threshold = cache.threshold if self.rc.threshold is None else self.rc.threshold
+        best: tuple[float, _Flight] | None = None
+        for f in peers:
+            if f.vector is None or f.future.done():
+                continue
+            score = float(min(1.0, max(-1.0, float(query @ f.vector))))
+            if score >= threshold and (best is None or score > best[0]) and all(
+                    guard(plan.key.prompt, f.prompt, score) for guard in cache.guards):
+                best = (score, f)
+        return None if best is None else best[1]
+
+    async def _serve_outcome(self, send: Send, plan: Plan, outcome: _Outcome) -> bool:
+        """Answer a waiter with the leader's outcome; False if it cannot be used."""
+        assert plan.key is not None
+        key = plan.key
+        if outcome.completion is not None:
+            headers = [("x-semcache", "coalesced")]
+            if key.stream:
+                headers += [("content-type", "text/event-stream; charset=utf-8"),
+                            ("cache-control", "no-cache")]
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": _with_headers([], headers)})
+                for chunk in replay(key.endpoint, outcome.completion,
+                                    include_usage=key.include_usage):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return True
+            body = json.dumps(outcome.completion, separators=(",", ":"),
+                              ensure_ascii=False).encode()
+            headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": _with_headers([], headers)})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return True
+        if outcome.body is None or (outcome.status < 400 and outcome.stream != key.stream):
+            return False
+        # An error (same for a stream and not) or a non-cacheable answer of the shape
+        # this request asked for: passed on as it came, stored by nobody.
+        headers_out = _with_headers(outcome.headers, [("x-semcache", "coalesced")])
+        await send({"type": "http.response.start", "status": outcome.status,
+                    "headers": headers_out})
+        await send({"type": "http.response.body", "body": outcome.body, "more_body": False})
+        return True
 
     # ------------------------------------------------------------ request
     @staticmethod
-    async def _read_body(receive: Receive) -> tuple[bytes, bool, list[Message]]:
+    async def _read_body(receive: Receive, limit: int = MAX_BODY
+                         ) -> tuple[bytes, bool, list[Message]]:
         """Read the request body; returns (body, read completely, messages read)."""
         messages: list[Message] = []
         parts: list[bytes] = []
@@ -277,7 +525,7 @@ class SemanticCacheMiddleware:
             size += len(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts), True, messages
-            if size > MAX_BODY:
+            if size > limit:
                 return b"".join(parts), False, messages
 
     @staticmethod
@@ -312,24 +560,37 @@ class SemanticCacheMiddleware:
 
     # -------------------------------------------------------------- misses
     async def _forward(self, scope: ASGIScope, receive: Receive, send: Send, plan: Plan,
-                       t0: float) -> None:
-        """Call the inner app; pass its response on, capture and store it."""
+                       t0: float, *, record: bool = False) -> _Outcome | None:
+        """Call the inner app; pass its response on, capture and store it.
+
+        With ``record``, returns what the response was (for waiting requests):
+        None if it did not complete.
+        """
         outcome = "bypass" if plan.key is None else "miss"
-        state: dict[str, Any] = {"capture": None, "buffer": None, "done": False}
+        state: dict[str, Any] = {"capture": None, "buffer": None, "done": False, "length": None}
+        rec = _Outcome(stream=plan.key.stream if plan.key is not None else False)
+        raw: bytearray | None = bytearray() if record else None
+        complete = False
 
         async def finish(final: Any) -> None:
             if state["done"]:
                 return
             state["done"] = True
+            if record and plan.key is not None and isinstance(final, dict) and storable(
+                    plan.key.endpoint, final, cache_truncated=self.rc.cache_truncated,
+                    cache_tool_calls=self.rc.cache_tool_calls)[0]:
+                rec.completion = final
             if final is not None and await self.rc.astore(plan, final):
                 self.metrics.add(stored=1)
 
         async def wrapped_send(message: Message) -> None:
+            nonlocal raw, complete
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 if status >= 400:
                     self.metrics.add(upstream_errors=1)
                 raw_headers = list(message.get("headers") or [])
+                rec.status, rec.headers = status, raw_headers
                 names = {k.lower(): v.lower() for k, v in raw_headers}
                 ctype = names.get(b"content-type", b"")
                 encoding = names.get(b"content-encoding", b"identity")
@@ -340,11 +601,17 @@ class SemanticCacheMiddleware:
                         state["capture"] = StreamCapture(plan.key.endpoint)
                     elif ctype.startswith(b"application/json"):
                         state["buffer"] = bytearray()
+                        length = names.get(b"content-length", b"")
+                        state["length"] = int(length) if length.isdigit() else None
                 message = {**message,
                            "headers": _with_headers(raw_headers, [("x-semcache", outcome)])}
             elif message["type"] == "http.response.body":
                 chunk = message.get("body", b"")
                 more = message.get("more_body", False)
+                if raw is not None:
+                    raw += chunk
+                    if len(raw) > MAX_BODY:
+                        raw = None
                 capture: StreamCapture | None = state["capture"]
                 buffer: bytearray | None = state["buffer"]
                 if capture is not None:
@@ -352,22 +619,31 @@ class SemanticCacheMiddleware:
                     # its next request right away already finds the entry.
                     if capture.feed(chunk) or not more:
                         await finish(capture.finish())
-                elif buffer is not None:
+                elif buffer is not None and not state["done"]:
                     buffer += chunk
                     if len(buffer) > MAX_BODY:
                         state["buffer"] = None
-                    elif not more:
+                    elif not more or (state["length"] is not None
+                                      and len(buffer) >= state["length"]):
+                        # Store before the client has the last byte (a forwarding app
+                        # may end with an empty message), so its next request finds it.
                         try:
                             final = json.loads(bytes(buffer))
-                        except ValueError:
+                        except (ValueError, RecursionError):
                             final = None
                         await finish(final)
+                if not more:
+                    complete = True
             await send(message)
 
         try:
             await self.app(scope, receive, wrapped_send)
         finally:
             self.metrics.request(outcome, time.perf_counter() - t0)
+        if not record or not complete:
+            return None
+        rec.body = None if raw is None else bytes(raw)
+        return rec
 
     def render_metrics(self) -> str:
         """This middleware's metrics (and its cache's size) in Prometheus text format."""

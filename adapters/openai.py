@@ -19,7 +19,10 @@ transport that really talks to the API:
 - anything else (other endpoints, ``cache-control: no-store``, bodies that
   cannot be keyed) passes through untouched, marked ``x-semcache: bypass``.
 
-The key is built by :mod:`semcache.adapters.requests`. Cache failures never
+The key is built by :mod:`semcache.adapters.requests`; entries are scoped by
+the keyed hash of the request's API key, so a client shared by several keys
+never serves one key's answer to another, and a request without a key is not
+cached unless ``allow_anonymous=True``. Cache failures never
 fail a request: the request goes upstream and the failure is logged.
 
 The transports are plain ``httpx`` transports, which the OpenAI SDK accepts as
@@ -87,7 +90,7 @@ def _capturing(plan: Plan, response: httpx.Response) -> bool:
 def _json_or_none(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -164,9 +167,17 @@ class CachingTransport(httpx.BaseTransport):
     ttl : float, optional
         Lifetime of stored entries (default: the cache's).
     tenant_header : str or None
-        Request header naming the tenant (set it with ``extra_headers``).
+        Request header naming the tenant (set it with ``extra_headers``): it
+        splits one API key's entries further (see ``trust_tenant_header``).
     cache_truncated, cache_tool_calls : bool
         Also store ``finish_reason="length"`` / tool-call answers.
+    allow_anonymous : bool
+        Also cache requests without an ``Authorization`` / ``api-key`` header
+        (an upstream without auth); by default they are passed through.
+    trust_tenant_header : bool
+        Entries are scoped by the tenant header alone, shared by every API key
+        naming that tenant. By default they are scoped by the keyed hash of the
+        API key (see :mod:`semcache.adapters.requests`, "Entitlement").
     """
 
     def __init__(
@@ -180,10 +191,13 @@ class CachingTransport(httpx.BaseTransport):
         tenant_header: str | None = DEFAULT_TENANT_HEADER,
         cache_truncated: bool = False,
         cache_tool_calls: bool = False,
+        allow_anonymous: bool = False,
+        trust_tenant_header: bool = False,
     ) -> None:
         self.rc = RequestCache(
             cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
             cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
+            allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
         )
         self.inner: httpx.BaseTransport = transport or httpx.HTTPTransport()
 
@@ -246,10 +260,13 @@ class AsyncCachingTransport(httpx.AsyncBaseTransport):
         tenant_header: str | None = DEFAULT_TENANT_HEADER,
         cache_truncated: bool = False,
         cache_tool_calls: bool = False,
+        allow_anonymous: bool = False,
+        trust_tenant_header: bool = False,
     ) -> None:
         self.rc = RequestCache(
             cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
             cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
+            allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
         )
         self.inner: httpx.AsyncBaseTransport = transport or httpx.AsyncHTTPTransport()
 
@@ -304,6 +321,8 @@ def caching_client(
     tenant_header: str | None = DEFAULT_TENANT_HEADER,
     cache_truncated: bool = False,
     cache_tool_calls: bool = False,
+    allow_anonymous: bool = False,
+    trust_tenant_header: bool = False,
     **client_kwargs: Any,
 ) -> httpx.Client:
     """An ``httpx.Client`` for ``OpenAI(http_client=...)`` that caches through ``cache``.
@@ -315,6 +334,7 @@ def caching_client(
         What reaches the API (proxies, retries, TLS settings); default
         ``httpx.HTTPTransport()``.
     scope, threshold, ttl, tenant_header, cache_truncated, cache_tool_calls
+    allow_anonymous, trust_tenant_header
         See :class:`CachingTransport`.
     **client_kwargs
         Passed to ``httpx.Client`` (default timeout: the SDK's, 600 s read, 5 s connect).
@@ -330,6 +350,7 @@ def caching_client(
     wrapped = CachingTransport(
         cache, transport, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
         cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
+        allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
     )
     client: httpx.Client = httpx.Client(transport=wrapped, **client_kwargs)
     return client
@@ -345,6 +366,8 @@ def async_caching_client(
     tenant_header: str | None = DEFAULT_TENANT_HEADER,
     cache_truncated: bool = False,
     cache_tool_calls: bool = False,
+    allow_anonymous: bool = False,
+    trust_tenant_header: bool = False,
     **client_kwargs: Any,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` for ``AsyncOpenAI(http_client=...)``; see :func:`caching_client`."""
@@ -353,6 +376,7 @@ def async_caching_client(
     wrapped = AsyncCachingTransport(
         cache, transport, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
         cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
+        allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
     )
     client: httpx.AsyncClient = httpx.AsyncClient(transport=wrapped, **client_kwargs)
     return client

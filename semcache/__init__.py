@@ -10,24 +10,9 @@ tenant, embedding model). Similarity is cosine in [-1, 1] everywhere.
 
 from __future__ import annotations
 
-from semcache.cache import (
-    DEFAULT_THRESHOLD,
-    MISS,
-    CacheEntry,
-    CacheStats,
-    Guard,
-    Hit,
-    Miss,
-    SemanticCache,
-    default_directory,
-)
-from semcache.decorator import semantic_cache
-from semcache.embedding import (
-    Embedder,
-    FunctionEmbedder,
-    SentenceTransformerEmbedder,
-    default_embedder,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from semcache.errors import (
     ConfigError,
     EmbeddingError,
@@ -40,8 +25,55 @@ from semcache.errors import (
     StoreError,
     StoreLockedError,
 )
-from semcache.messages import MessageKey, split_messages
-from semcache.scope import Scope
+
+if TYPE_CHECKING:
+    from semcache.cache import (
+        DEFAULT_THRESHOLD,
+        MISS,
+        CacheEntry,
+        CacheStats,
+        Guard,
+        Hit,
+        Miss,
+        SemanticCache,
+        default_directory,
+    )
+    from semcache.decorator import semantic_cache
+    from semcache.embedding import (
+        Embedder,
+        FunctionEmbedder,
+        SentenceTransformerEmbedder,
+        default_embedder,
+    )
+    from semcache.messages import MessageKey, split_messages
+    from semcache.scope import Scope
+
+#: Public name -> the module defining it. Imported on first use (PEP 562), so
+#: ``import semcache`` (and ``semcache --help``, ``semcache serve`` until it
+#: needs the cache) does not wait for numpy, the index kernels or the model.
+_LAZY = {
+    **dict.fromkeys(("DEFAULT_THRESHOLD", "MISS", "CacheEntry", "CacheStats", "Guard", "Hit", "Miss",
+                     "SemanticCache", "default_directory"), "semcache.cache"),
+    "semantic_cache": "semcache.decorator",
+    **dict.fromkeys(("Embedder", "FunctionEmbedder", "SentenceTransformerEmbedder",
+                     "default_embedder"), "semcache.embedding"),
+    **dict.fromkeys(("MessageKey", "split_messages"), "semcache.messages"),
+    "Scope": "semcache.scope",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'semcache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -39,12 +39,28 @@ def _hook(kind: str, module: str) -> str:
     return f"{kind}_{name}" if name else kind
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str] | None) -> str | None:
+    """The subcommand named on the command line, if any (the first known word)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return next((a for a in args if a in COMMANDS), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``semcache`` parser.
+
+    Only the subcommand ``argv`` names (default: ``sys.argv``) has its module
+    imported and its options added: argparse never parses the others, and
+    ``semcache serve --help`` then does not wait for numpy, the index kernels
+    or the model. With no subcommand, only the list of subcommands is shown.
+    """
+    chosen = _chosen(argv)
     parser = argparse.ArgumentParser(prog="semcache", description="A semantic cache for LLM applications.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != chosen:
+            continue  # never parsed: argparse only parses the subcommand given
         try:
             mod = importlib.import_module(module.partition(":")[0])
         except ImportError as exc:
@@ -58,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``semcache`` console script."""
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -103,6 +103,22 @@ class ProcessServer:
             raise RuntimeError("semcache serve did not start:\n" + "".join(self.output))
         return self
 
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Poll ``GET /readyz`` until it answers 200; returns the seconds waited."""
+        import httpx
+
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("semcache serve exited:\n" + "".join(self.output))
+            try:
+                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("semcache serve never became ready:\n" + "".join(self.output))
+
     def stop(self) -> int | None:
         if self.proc is None or self.pid is None:
             return None

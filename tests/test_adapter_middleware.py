@@ -69,7 +69,7 @@ def test_body_reaches_the_inner_app_unchanged(served: tuple[str, Any], stub: Ups
     # Sent in many small pieces, so the middleware has to gather them and replay them all.
     pieces = [raw[i:i + 4096] for i in range(0, len(raw), 4096)]
     r = httpx.post(served[0] + "/v1/chat/completions", content=iter(pieces),
-                   headers={"content-type": "application/json"})
+                   headers={"content-type": "application/json", "authorization": "Bearer k"})
     assert r.status_code == 200 and r.headers["x-semcache"] == "miss"
     assert stub.calls[-1] == ("/v1/chat/completions", body)
 
@@ -113,7 +113,8 @@ def test_cache_control_and_tenant(client: openai.OpenAI, stub: UpstreamStub) -> 
 
 def test_custom_tenant_header(stub: UpstreamStub, cache: SemanticCache) -> None:
     app = SemanticCacheMiddleware(stub.app, cache, tenant_header="X-Org")
-    with ThreadServer(app) as server, httpx.Client(base_url=server.url) as http:
+    with ThreadServer(app) as server, httpx.Client(
+            base_url=server.url, headers={"authorization": "Bearer k"}) as http:
         body = {"model": MODEL, "messages": [{"role": "user", "content": Q}]}
         assert http.post("/v1/chat/completions", json=body,
                          headers={"x-org": "a"}).headers["x-semcache"] == "miss"

@@ -41,8 +41,9 @@ def test_semcache_serve_subprocess(upstream: tuple[UpstreamStub, str], tmp_path:
     proxy = ProcessServer(args, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     with proxy, openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0) as c:
         assert proxy.pid is not None
+        proxy.wait_ready()
         health = httpx.get(proxy.url + "/healthz").json()
-        assert health == {"status": "ok", "entries": 0, "upstream": url}
+        assert health == {"status": "ok", "ready": True, "entries": 0, "upstream": url}
 
         raw = c.chat.completions.with_raw_response.create(
             model=MODEL, messages=[{"role": "user", "content": Q}])
@@ -98,7 +99,8 @@ def test_unreachable_upstream_is_a_502(hash_embedder: Any) -> None:
         cache = SemanticCache(store="memory", embedder=hash_embedder)
         with ThreadServer(ProxyApp(dead, cache)) as proxy:
             r = httpx.post(proxy.url + "/v1/chat/completions",
-                           json={"model": MODEL, "messages": [{"role": "user", "content": Q}]})
+                           json={"model": MODEL, "messages": [{"role": "user", "content": Q}]},
+                           headers={"authorization": "Bearer k"})
             assert r.status_code == 502 and r.json()["error"]["type"] == "proxy_error"
             assert r.headers["x-semcache"] == "miss"
             assert httpx.get(proxy.url + "/healthz").json()["status"] == "ok"

@@ -10,7 +10,14 @@ Knobs (attributes, set by the test before a request):
 - ``finish``: ``"length"`` to truncate the answer (``status="incomplete"`` for
   the Responses API);
 - ``tool_call``: answer with a call of the first tool in the request;
-- ``cut_stream``: stop a stream half-way, without a final chunk.
+- ``cut_stream``: stop a stream half-way, without a final chunk;
+- ``valid_keys``: a set of API keys; when set, any other ``Authorization``
+  (or none) gets 401, like the real API (``/v1/models`` included);
+- ``delay``: seconds to wait before answering (concurrency tests).
+
+``auth`` records the ``Authorization`` header of every counted call, and
+``models_calls`` the ``/v1/models`` requests. A body that is not JSON (or is
+nested too deeply for the parser) gets a 400, as the API would answer.
 
 The stream events are written out here by hand, independently of
 :mod:`semcache.adapters.sse`, so the tests compare the adapters against an
@@ -70,6 +77,10 @@ class UpstreamStub:
         self.finish: str = "stop"
         self.tool_call = False
         self.cut_stream = False
+        self.valid_keys: set[str] | None = None
+        self.delay = 0.0
+        self.auth: list[str | None] = []
+        self.models_calls = 0
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -90,12 +101,48 @@ class UpstreamStub:
         self.finish = "stop"
         self.tool_call = False
         self.cut_stream = False
+        self.valid_keys = None
+        self.delay = 0.0
+        self.auth.clear()
+        self.models_calls = 0
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        if self.valid_keys is None:
+            return None
+        auth = request.headers.get("authorization", "")
+        if auth.startswith("Bearer ") and auth[7:] in self.valid_keys:
+            return None
+        return JSONResponse({"error": {"message": "Incorrect API key provided",
+                                       "type": "invalid_request_error",
+                                       "code": "invalid_api_key"}}, status_code=401)
 
     async def _record(self, request: Request) -> tuple[int, dict[str, Any]]:
         body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise ValueError("not an object with a model")
+        messages = body.get("messages", [])
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise ValueError("messages is not a list of objects")
         with self._lock:
             self.calls.append((request.url.path, body))
-            return len(self.calls), body
+            self.auth.append(request.headers.get("authorization"))
+            n = len(self.calls)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return n, body
+
+    async def _begin(self, request: Request) -> tuple[int, dict[str, Any]] | Response:
+        """Authenticate and record a call, or the error answer to send instead."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            return await self._record(request)
+        except (ValueError, RecursionError):
+            return JSONResponse({"error": {"message": "We could not parse the JSON body, or "
+                                                      "it is not a valid request",
+                                           "type": "invalid_request_error", "code": None}},
+                                status_code=400)
 
     def _error(self) -> Response | None:
         if self.status is None:
@@ -107,11 +154,18 @@ class UpstreamStub:
         )
 
     async def models(self, request: Request) -> Response:
+        self.models_calls += 1
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
         return JSONResponse({"object": "list", "data": [{"id": "gpt-stub", "object": "model"}]})
 
     # ------------------------------------------------------------------ chat
     async def chat(self, request: Request) -> Response:
-        n, body = await self._record(request)
+        begun = await self._begin(request)
+        if isinstance(begun, Response):
+            return begun
+        n, body = begun
         err = self._error()
         if err is not None:
             return err
@@ -167,7 +221,10 @@ class UpstreamStub:
 
     # ------------------------------------------------------------- responses
     async def responses(self, request: Request) -> Response:
-        n, body = await self._record(request)
+        begun = await self._begin(request)
+        if isinstance(begun, Response):
+            return begun
+        n, body = begun
         err = self._error()
         if err is not None:
             return err

@@ -80,7 +80,7 @@ try:
     import psycopg_pool
 except ImportError as _exc:  # pragma: no cover - depends on the installation
     raise ImportError(
-        "the PostgreSQL store needs psycopg 3 and psycopg_pool: pip install 'semcache[postgres]'"
+        "the PostgreSQL store needs psycopg 3 and psycopg_pool: pip install 'semcache-llm[postgres]'"
     ) from _exc
 
 __all__ = ["PostgresStore"]
