@@ -147,7 +147,7 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib missing (pip install semcache[plots]): no plot")
+        print("matplotlib missing (pip install 'semcache-llm[plots]'): no plot")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [r[0] for r in rows]

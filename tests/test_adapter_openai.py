@@ -479,4 +479,4 @@ def test_serve_without_uvicorn_says_what_to_install(
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert main(["serve", "--upstream", "http://127.0.0.1:9"]) == 2
-    assert "pip install 'semcache[server]'" in capsys.readouterr().err
+    assert "pip install 'semcache-llm[server]'" in capsys.readouterr().err
