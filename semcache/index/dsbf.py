@@ -370,7 +370,7 @@ class DistanceSensitiveBloomFilter:
         *,
         sample: int = 2000,
         perturbed: int | None = None,
-        min_near: int = 400,
+        min_near: int = 2000,
         seed: int = 0,
     ) -> tuple[I32, I32]:
         """Scores near queries would get against a filter of ``stored``.
@@ -443,7 +443,7 @@ class DistanceSensitiveBloomFilter:
         target_loss: float = 0.005,
         sample: int = 2000,
         perturbed: int | None = None,
-        min_near: int = 400,
+        min_near: int = 2000,
         seed: int = 0,
     ) -> int:
         """Set ``t`` from the scope's own data; returns it.
