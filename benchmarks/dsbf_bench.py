@@ -261,8 +261,21 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=9, help="synthetic copies per row for the large set")
     ap.add_argument("--partners", type=int, default=2000, help="paraphrase-side query questions")
     ap.add_argument("--new", type=int, default=2000, help="unseen query questions")
+    ap.add_argument("--out", default="dsbf_bench", help="results file stem under results/")
+    ap.add_argument(
+        "--vectors",
+        nargs=2,
+        metavar=("STORED.npy", "QUERIES.npy"),
+        help="use these precomputed unit embeddings instead of embedding QQP texts",
+    )
     args = ap.parse_args()
-    x, q = qqp_sets(args.n, args.partners, args.new)
+    if args.vectors:
+        x = np.ascontiguousarray(np.load(args.vectors[0]), np.float32)
+        q = np.ascontiguousarray(np.load(args.vectors[1]), np.float32)
+        source = f"--vectors {args.vectors[0]} {args.vectors[1]}"
+    else:
+        x, q = qqp_sets(args.n, args.partners, args.new)
+        source = f"--n {args.n} --partners {args.partners} --new {args.new}"
     rows: list[list[object]] = []
     bins_rows: list[list[object]] = []
     curves: dict[str, dict[str, np.ndarray]] = {}
@@ -294,12 +307,12 @@ def main() -> None:
     text += "\n\nIn-process replica mode, one query (microseconds):\n"
     text += print_table(["set", "what", "p50 us", "p99 us"], replica)
     save_text(
-        "dsbf_bench.txt",
+        args.out + ".txt",
         "flock /work/coord/heavy.lock .venv/bin/python benchmarks/dsbf_bench.py "
-        f"--n {args.n} --copies {args.copies} --partners {args.partners} --new {args.new}",
+        f"{source} --copies {args.copies}",
         text,
     )
-    plot(curves, str(RESULTS_DIR / "dsbf_bench.png"))
+    plot(curves, str(RESULTS_DIR / (args.out + ".png")))
 
 
 if __name__ == "__main__":
