@@ -1,0 +1,188 @@
+"""DistanceSensitiveBloomFilter against exact search on real QQP embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from semcache.errors import ConfigError, IndexStateError, SemcacheError
+from semcache.index.dsbf import (
+    DistanceSensitiveBloomFilter,
+    simhash_collision,
+    theorem1_bounds,
+    theorem1_t,
+)
+from tests._index_data import qqp_embeddings
+
+THRESHOLD = 0.9
+TARGET = 0.005
+
+
+def split() -> tuple[np.ndarray, np.ndarray]:
+    """Stored rows and held-out queries of the shared real test embeddings."""
+    x = qqp_embeddings()
+    perm = np.random.default_rng(1).permutation(len(x))
+    return np.ascontiguousarray(x[perm[600:]]), np.ascontiguousarray(x[perm[:600]])
+
+
+def at_cosine(x: np.ndarray, c: float, seed: int) -> np.ndarray:
+    """Each row of ``x`` turned in a random direction to exactly cosine ``c``."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(x.shape)
+    noise -= (noise * x).sum(axis=1, keepdims=True) * x
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return (c * x + math.sqrt(1 - c * c) * noise).astype(np.float32)
+
+
+def test_real_vectors_against_exact_search() -> None:
+    stored, queries = split()
+    f = DistanceSensitiveBloomFilter(384, m=32, L=14, log_bits=14, probes=2)
+    f.add(stored)
+    t = f.calibrate(stored, target_loss=TARGET)
+    assert 1 <= t <= f.m
+    assert f.calibrated_loss is not None and f.calibrated_loss <= TARGET
+    # Every stored vector is its own neighbour at cosine 1: never rejected.
+    assert f.might_contain(stored).all()
+    # Real held-out queries and copies of stored rows at cosines 0.9-1.0,
+    # with the truth from exact search.
+    near_copies = np.concatenate([at_cosine(stored[:400], c, i) for i, c in enumerate((0.92, 0.95, 0.98))])
+    q = np.concatenate([queries, near_copies])
+    best = (q @ stored.T).max(axis=1)
+    near = best >= THRESHOLD
+    assert near.sum() >= 1000
+    said = f.might_contain(q)
+    lost = float(np.mean(~said[near]))
+    # Calibration targets 0.5%; a sample of ~1300 near queries gets a
+    # binomial allowance of ~3 standard deviations on top.
+    assert lost <= TARGET + 3 * math.sqrt(TARGET / near.sum())
+    miss = ~near
+    assert miss.sum() >= 200
+    local = float(np.mean(~said[miss]))
+    # The filter must answer some misses locally, else it is only a cost.
+    assert local > 0.02, local
+
+
+def test_scores_match_a_python_reference() -> None:
+    stored, queries = split()
+    f = DistanceSensitiveBloomFilter(384, m=4, L=10, log_bits=12, seed=3)
+    f.add(stored[:300])
+    sc = f.scores(queries[:50])
+    proj = queries[:50] @ f.planes
+    sproj = stored[:300] @ f.planes
+    for i in range(50):
+        want = 0
+        for j in range(f.m):
+            code = lambda row, j=j: tuple(row[j * f.L : (j + 1) * f.L] >= 0)  # noqa: E731
+            # Direct layout (L <= log_bits): a bit is set iff some stored code equals the query's.
+            want += any(code(sproj[k]) == code(proj[i]) for k in range(300))
+        assert sc[i] == want
+
+
+def test_counting_deletes_restore_the_filter() -> None:
+    stored, _ = split()
+    a, b = stored[:500], stored[500:900]
+    f = DistanceSensitiveBloomFilter(384, m=8, L=14, log_bits=14, deletes="counting")
+    f.add(a)
+    f.add(b)
+    f.remove(b)
+    fresh = DistanceSensitiveBloomFilter(384, m=8, L=14, log_bits=14, deletes="counting")
+    fresh.add(a)
+    assert np.array_equal(f.scores(stored), fresh.scores(stored))
+    assert f.n == 500
+    before = f.scores(stored).copy()
+    with pytest.raises(IndexStateError):
+        f.remove(at_cosine(stored[1000:1001], 0.0, 0))  # never added
+    assert np.array_equal(f.scores(stored), before)  # a refused remove changes nothing
+
+
+def test_rebuild_deletes_are_safe_until_rebuilt() -> None:
+    stored, _ = split()
+    a, b = stored[:500], stored[500:900]
+    f = DistanceSensitiveBloomFilter(384, m=8, L=14, log_bits=14, deletes="rebuild")
+    f.add(np.concatenate([a, b]))
+    f.remove(b)
+    # Stale bits only send more queries to the engine: everything still found.
+    assert f.might_contain(np.concatenate([a, b])).all()
+    assert f.stale_fraction == pytest.approx(400 / 900)
+    f.rebuild(a)
+    fresh = DistanceSensitiveBloomFilter(384, m=8, L=14, log_bits=14, deletes="rebuild")
+    fresh.add(a)
+    assert np.array_equal(f.scores(stored), fresh.scores(stored))
+    assert f.stale_fraction == 0.0
+    assert f.bits_per_entry == pytest.approx(8 * 2**14 / 500)
+    counting = DistanceSensitiveBloomFilter(384, m=8, L=14, log_bits=14, deletes="counting")
+    counting.add(a)
+    assert counting.bits_per_entry == pytest.approx(8 * f.bits_per_entry)
+
+
+def test_theorem1_t_and_bound_hold_on_threshold_pairs() -> None:
+    m, L = 256, 4
+    t = theorem1_t(m, L, THRESHOLD, TARGET)
+    assert t >= 1
+    p, _ = theorem1_bounds(m, L, t, THRESHOLD, 0.0, 1)
+    assert p >= 1 - TARGET
+    assert theorem1_bounds(m, L, t + 1, THRESHOLD, 0.0, 1)[0] < 1 - TARGET
+    assert simhash_collision(1.0) == 1.0 and simhash_collision(-1.0) == 0.0
+    stored, _ = split()
+    base = stored[:1000]
+    rejected = 0
+    # Theorem 1 is about one near vector: each copy against a filter of its origin alone.
+    f = DistanceSensitiveBloomFilter(384, m=m, L=L, log_bits=6, t=t, seed=5)
+    copies = at_cosine(base, THRESHOLD, 7)
+    for i in range(0, 1000, 10):
+        f.rebuild(base[i : i + 1])
+        rejected += int((~f.might_contain(copies[i : i + 1])).sum())
+    assert rejected / 100 <= TARGET + 0.02
+    # Calibration on data never settles below Theorem 1's t on the hardest pairs.
+    f.rebuild(base)
+    f.calibrate(base, target_loss=TARGET, perturbed=2000)
+    assert f.theorem_t == t
+    assert f.t >= t
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"m": 0},
+        {"m": 2.5},
+        {"L": 65},
+        {"L": True},
+        {"log_bits": 5},
+        {"log_bits": 31},
+        {"L": 4},  # log_bits defaults to L, which must then be >= 6
+        {"threshold": 1.5},
+        {"threshold": "0.9"},
+        {"probes": 99},
+        {"deletes": "never"},
+        {"t": 0},
+        {"t": 17},
+        {"planes": np.zeros((384, 3), dtype=np.float32)},
+    ],
+)
+def test_bad_settings_are_config_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        DistanceSensitiveBloomFilter(384, **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_input_is_typed() -> None:
+    f = DistanceSensitiveBloomFilter(8, m=4, L=8)
+    good = np.eye(8, dtype=np.float32)
+    f.add(good)
+    assert f.might_contain(good).all()
+    assert f.might_contain(np.zeros((0, 8), dtype=np.float32)).shape == (0,)
+    for bad in (np.ones((2, 7), np.float32), np.ones((2, 2, 8), np.float32), np.ones((2, 8), np.int64)):
+        with pytest.raises(IndexStateError):
+            f.might_contain(bad)
+        with pytest.raises(IndexStateError):
+            f.add(bad)
+    nan = good.copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(IndexStateError):
+        f.add(nan)
+    with pytest.raises(SemcacheError):
+        f.calibrate(good, target_loss=0.0)
+    with pytest.raises(ConfigError):
+        f.set_t(5)
+    assert DistanceSensitiveBloomFilter(8, m=4, L=8).might_contain(good).sum() == 0  # empty filter
