@@ -466,7 +466,7 @@ def test_a_missing_extra_names_the_install_command(
 
     monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` fail
-    with pytest.raises(ImportError, match=rf"pip install 'semcache\[{extra}\]'"):
+    with pytest.raises(ImportError, match=rf"pip install 'semcache-llm\[{extra}\]'"):
         importlib.import_module(module)
 
 
