@@ -38,7 +38,7 @@ from typing import Any, Final
 import numpy as np
 
 from semcache._types import FloatArray
-from semcache.embedding import (
+from semcache.embedding_base import (
     PROBE_TEXTS,
     _locked,
     bundled_model_path,
@@ -186,7 +186,7 @@ def export_model(model_path: str | Path | None = None, *, quantize: bool = True,
     quantize : bool
         True: int8 weights (dynamic quantisation); False: fp32.
     home : str or Path, optional
-        Cache home (default :func:`semcache.embedding.cache_home`).
+        Cache home (default :func:`semcache.embedding_base.cache_home`).
 
     Returns
     -------
@@ -258,7 +258,7 @@ class OnnxEmbedder:
         True (default): int8 weights; False: fp32.
     threads : int, optional
         ONNX Runtime intra-op threads of this session (default
-        :func:`semcache.embedding.default_threads`: ``$SEMCACHE_THREADS`` or 1).
+        :func:`semcache.embedding_base.default_threads`: ``$SEMCACHE_THREADS`` or 1).
         Unlike torch's, this is per embedder, not process-wide.
     batch_size : int
         Texts per ONNX run inside one :meth:`encode` call (sorted by length first,

@@ -27,7 +27,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private cache home: digests and probe references of one test never leak into another."""
     h = tmp_path / "home"
     monkeypatch.setenv("SEMCACHE_HOME", str(h))
-    import semcache.embedding as e
+    import semcache.embedding_base as e
 
     monkeypatch.setattr(e, "_DIGESTS", {})
     return h

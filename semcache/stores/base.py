@@ -523,11 +523,18 @@ class Store(abc.ABC):
 
 
 def majority_dim(lengths: Sequence[int]) -> int | None:
-    """The most common vector width (ties: the smallest), None for no rows."""
+    """The most common vector width, None for no rows.
+
+    ``lengths`` are in entry order; a tie goes to the width written first, so a
+    directory stays its first embedder's when another one with the same fingerprint
+    but another width wrote as many entries.
+    """
     if not lengths:
         return None
-    values, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
-    return int(values[int(np.argmax(counts))])
+    values, first, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_index=True,
+                                      return_counts=True)
+    best = counts == counts.max()
+    return int(values[best][int(np.argmin(first[best]))])
 
 
 #: Change-log operation codes (stored as small ints).
