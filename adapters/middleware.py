@@ -301,11 +301,12 @@ class SemanticCacheMiddleware:
     coalesce_similar : bool
     executor : concurrent.futures.Executor, optional
         Where lookups and stores run. Default: a pool of this middleware's own
-        (``lookup_threads`` threads), not asyncio's default executor, whose
-        ``min(32, cpus + 4)`` threads would cap concurrent lookups; exact repeats
-        of recently seen prompts go to a second small pool, so they never queue
-        behind embeddings.
-    lookup_threads : int
+        (``lookup_threads`` threads); exact repeats of recently seen prompts go
+        to a second small pool, so they never queue behind embeddings.
+    lookup_threads : int, optional
+        Default ``min(32, cpus + 4)``: with a 64-thread pool and no batching
+        embedder, concurrent model calls oversubscribed 2 cores
+        (``benchmarks/results/proxy_bench.txt``: misses 2-3x slower than main).
     """
 
     def __init__(
@@ -330,7 +331,7 @@ class SemanticCacheMiddleware:
         coalesce_wait: float = 60.0,
         coalesce_similar: bool = True,
         executor: Executor | None = None,
-        lookup_threads: int = 64,
+        lookup_threads: int | None = None,
     ) -> None:
         self.app = app
         self.rc = RequestCache(

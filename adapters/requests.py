@@ -552,13 +552,14 @@ class RequestCache:
         self.errors = 0
         self._executor: Executor | None = None
         self._fast: Executor | None = None
-        self._threads = 64
+        self._threads = min(32, (os.cpu_count() or 1) + 4)
         #: (scope, prompt) of recent exact entries: their lookups need no embedding.
         self._exact_hint: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._hint_lock = threading.Lock()
 
     # --------------------------------------------------------------- threads
-    def use_executors(self, executor: Executor | None = None, threads: int = 64) -> None:
+    def use_executors(self, executor: Executor | None = None, threads: int | None = None
+                      ) -> None:
         """Where async lookups and stores run (see the middleware's ``executor``).
 
         Parameters
@@ -566,18 +567,20 @@ class RequestCache:
         executor : Executor, optional
             Runs lookups that may embed, and stores. Default: a pool of
             ``threads`` threads of this adapter.
-        threads : int
+        threads : int, optional
+            Default ``min(32, cpus + 4)``.
         """
         self._executor = executor
-        self._threads = max(1, int(threads))
+        if threads is not None:
+            self._threads = max(1, int(threads))
 
     @property
     def executor(self) -> Executor:
         """The pool lookups that may embed, and stores, run in."""
         if self._executor is None:
-            # Sized for many concurrent lookups: with asyncio's default executor
-            # (min(32, cpus + 4) threads) lookups queue for a thread even while the
-            # embedder could batch them.
+            # Its own pool, so exact repeats (the fast pool) and other work on the
+            # loop's default executor never wait for it; not larger, because without
+            # a batching embedder concurrent model calls oversubscribe the cores.
             self._executor = ThreadPoolExecutor(self._threads,
                                                 thread_name_prefix="semcache-lookup")
         return self._executor

@@ -257,6 +257,6 @@ def test_exact_repeats_do_not_queue_behind_embeddings(stub: UpstreamStub) -> Non
     with ThreadServer(app) as server:
         took, codes = asyncio.run(go(server.url))
     assert codes == [200] * 150
-    # 150 slow lookups hold all 64 lookup threads for 1 s or more; the repeat does not wait.
+    # 150 slow lookups hold every lookup thread for 1 s or more; the repeat does not wait.
     assert took < 0.5, took
     cache.close()
