@@ -432,6 +432,7 @@ class SemanticCache:
         )
         self._latency: dict[str, deque[float]] = {s: deque(maxlen=50_000) for s in _STAGES}
         self._memo: OrderedDict[str, FloatArray] = OrderedDict()
+        self._memo_lock = threading.Lock()
 
         self._skipped_base = 0
         try:
@@ -845,7 +846,10 @@ class SemanticCache:
     # --------------------------------------------------------------- embedding
     def _embed(self, texts: list[str], keys: list[str]) -> FloatArray:
         """Embed normalised texts, reusing recent vectors (a miss then put embeds once)."""
-        out: list[FloatArray | None] = [self._memo.get(k) for k in keys]
+        # The memo is shared by every thread of the cache (the async API and the adapters
+        # call get from worker threads) while the embedding itself runs outside any lock.
+        with self._memo_lock:
+            out: list[FloatArray | None] = [self._memo.get(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         if todo:
             # A long prompt is embedded by its end, where RAG and chat prompts put the
@@ -853,12 +857,14 @@ class SemanticCache:
             vecs = self._encode([self._window.view(texts[i]) for i in todo])
             for j, i in enumerate(todo):
                 out[i] = vecs[j]
+        with self._memo_lock:
+            for j, i in enumerate(todo):
                 self._memo[keys[i]] = vecs[j]
-        for k in keys:
-            if k in self._memo:
-                self._memo.move_to_end(k)
-        while len(self._memo) > 1024:
-            self._memo.popitem(last=False)
+            for k in keys:
+                if k in self._memo:
+                    self._memo.move_to_end(k)
+            while len(self._memo) > 1024:
+                self._memo.popitem(last=False)
         return np.stack([v for v in out if v is not None]).astype(np.float32, copy=False)
 
     def _encode(self, texts: list[str]) -> FloatArray:
@@ -1459,7 +1465,8 @@ class SemanticCache:
             if self.target_wrong_hit_rate is not None:
                 self._g_learners.clear()
                 self._g_pending.clear()
-            self._memo.clear()
+            with self._memo_lock:
+                self._memo.clear()
             if self.directory is not None:
                 from semcache.snapshot import delete_snapshot
 
