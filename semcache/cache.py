@@ -42,7 +42,7 @@ import numpy as np
 
 from semcache._deadline import Deadline, DeadlineExceeded
 from semcache._types import FloatArray, JSONValue
-from semcache.embedding import Embedder, as_embedder, check_embeddings
+from semcache.embedding import Embedder, SentenceTransformerEmbedder, as_embedder, check_embeddings
 from semcache.errors import (
     ConfigError,
     EmbeddingError,
@@ -493,7 +493,8 @@ class SemanticCache:
         paused = gc.isenabled()
         gc.disable()
         try:
-            loaded = self._load_snapshot() or self._store.load_all(fingerprint=self.fingerprint)
+            loaded = self._load_snapshot() or self._store.load_all(
+                dim=self._known_dim(), fingerprint=self.fingerprint)
             self._seq = loaded.head
             self._add_bulk(loaded)
         finally:
@@ -643,6 +644,20 @@ class SemanticCache:
             # A newer put of the same prompt in the same scope supersedes the older one.
             self._delete_ids([i for i in replaced if i in self._meta], counter="deletes")
 
+    def _known_dim(self) -> int | None:
+        """The embedder's output width when it can tell without embedding anything.
+
+        Rows of another width are another embedder's, whatever their fingerprint says
+        (a custom embedder may not put its width in it); a directory holding two widths
+        loads the rows this embedder can compare with. The bundled torch model is left
+        to the store's rule (its fingerprint hashes the model, width included), so that
+        opening a cache does not load the model.
+        """
+        if isinstance(self.embedder, SentenceTransformerEmbedder):
+            return None
+        dim = getattr(self.embedder, "dim", None)
+        return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else None
+
     def _add_local(self, rows: list[tuple[int, EntryMeta, FloatArray]]) -> None:
         """Index entries already in the store (grouped per scope, in bulk)."""
         fp = self.fingerprint
@@ -650,7 +665,7 @@ class SemanticCache:
         replaced: list[int] = []
         # The width the table holds, else the first row's: an embedder whose fingerprint
         # hides its width must not make one batch of mixed widths (untyped ValueError).
-        dim = self._table.dim
+        dim = self._table.dim if self._table.dim is not None else self._known_dim()
         for entry_id, meta, vec in rows:
             if meta.fingerprint != fp:
                 self._foreign += 1

@@ -18,7 +18,7 @@ from semcache.embedding import (
     file_digest,
     model_digest,
 )
-from semcache.errors import ConfigError, EmbeddingError
+from semcache.errors import ConfigError
 from tests.helpers import hash_vectors
 
 
@@ -213,20 +213,25 @@ class SameNameEmbedder:
         return hash_vectors(list(texts), self.dim)
 
 
-def test_a_width_hiding_embedder_gets_a_typed_error_and_the_directory_stays_usable(tmp_path: Path) -> None:
+def test_a_width_hiding_embedder_never_reads_the_other_width_and_the_directory_stays_usable(
+        tmp_path: Path) -> None:
     d = tmp_path / "c"
     big, small = SameNameEmbedder(384), SameNameEmbedder(256)
-    with SemanticCache(d, embedder=big, fail_open=False) as c384, \
-            SemanticCache(d, embedder=small, fail_open=False) as c256:
+    with SemanticCache(d, embedder=big, fail_open=False) as c384:
         c384.put("q1", "a1")
-        c256.put("q2", "a2")  # both widths now in one journal
+    with SemanticCache(d, embedder=small, fail_open=False) as c256:
+        assert not c256.get("q1")  # the 384-d entry is not this embedder's
+        c256.put("q2", "a2")  # both widths now in one store
     for _ in range(2):
         with SemanticCache(d, embedder=big, fail_open=False) as cache:  # opens, serves its entry
             hit = cache.get("q1")
             assert hit and hit.completion == "a1"
+            assert not cache.get("q2")
             cache.put("q3", "a3")
-        with SemanticCache(d, embedder=small, fail_open=False) as cache, \
-                pytest.raises(EmbeddingError, match="expected 384-d"):
+        with SemanticCache(d, embedder=small, fail_open=False) as cache:
+            hit = cache.get("q2")
+            assert hit and hit.completion == "a2"
+            assert not cache.get("q1") and not cache.get("q3")
             cache.put("q4", "a4")
-        with SemanticCache(d, embedder=small) as cache:  # fail_open: a miss, not an exception
-            assert not cache.get("q4")
+    with SemanticCache(d, embedder=big, fail_open=False) as cache:
+        assert [bool(cache.get(q)) for q in ("q1", "q2", "q3", "q4")] == [True, False, True, False]
