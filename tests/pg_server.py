@@ -30,6 +30,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -372,10 +373,19 @@ def _hold_write_role(url: str, what: str, n: int) -> None:
     from semcache.stores.postgres import PostgresStore
     from tests.helpers import hash_vectors
 
-    store = PostgresStore(url)
+    # A long write timeout: the store's watchdog would otherwise cut this connection
+    # (and roll the held transaction back) once a loaded machine has taken 2 s to get
+    # the parent to its checks.
+    store = PostgresStore(url, write_timeout=600.0)
     plain_write = store._write
 
     def held(fn: Any) -> Any:
+        # Only the write this role makes is held: the store's own background threads
+        # (the replica's sync, the janitor) also write, and holding one of those instead
+        # would print IN_TX before the put or delete has taken the head row.
+        if threading.current_thread() is not threading.main_thread():
+            return plain_write(fn)
+
         def run(conn: Any) -> Any:
             with conn.transaction():
                 out = fn(conn)
