@@ -99,8 +99,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
-import numpy as np
-
 from semcache import MISS, Hit, Scope, SemanticCache
 from semcache.cache import ScopeLike
 from semcache.messages import split_messages
@@ -599,10 +597,9 @@ class RequestCache:
         return await loop.run_in_executor(pool, functools.partial(fn, *args))
 
     def embed(self, texts: list[str]) -> Any:
-        """Unit-length embeddings of normalised prompts with the cache's embedder, ``(n, d)``."""
-        vecs = np.asarray(self.cache.embedder.encode(list(texts)), dtype=np.float32)
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        return vecs / np.where(norms > 0, norms, 1.0)
+        """Unit-length embeddings of normalised prompts, ``(n, d)``, as the cache's lookups see
+        them (:meth:`SemanticCache.embed`: the vector a lookup has just computed is reused)."""
+        return self.cache.embed(texts)
 
     def _hint(self, key: CacheKey) -> None:
         with self._hint_lock:

@@ -882,6 +882,30 @@ class SemanticCache:
                 self._memo.popitem(last=False)
         return np.stack([v for v in out if v is not None]).astype(np.float32, copy=False)
 
+    def embed(self, prompts: Sequence[str]) -> FloatArray:
+        """Unit vectors of prompts as lookups see them.
+
+        The path :meth:`get` takes: normalisation, the long-prompt window, the memo
+        of recent vectors (a vector a lookup has just computed is reused, not
+        embedded again) and the checks of the embedder's output.
+
+        Returns
+        -------
+        ndarray of float32, shape (n, d)
+
+        Raises
+        ------
+        InvalidPromptError
+            A prompt that is not a valid prompt.
+        EmbeddingError
+            The embedder failed or returned something unusable.
+        """
+        self._check_open()
+        norms = [normalize_prompt(p) for p in prompts]
+        if not norms:
+            return np.zeros((0, self._table.dim or 0), dtype=np.float32)
+        return self._embed(norms, [prompt_key(n) for n in norms])
+
     def _encode(self, texts: list[str]) -> FloatArray:
         """The embedder's vectors for ``texts``, validated; any failure is an EmbeddingError.
 
@@ -1176,7 +1200,7 @@ class SemanticCache:
 
     def _embed_answers(self, texts: list[str]) -> FloatArray:
         """Unit embeddings of answers (the default :class:`AnswerMatcher` for free text)."""
-        return check_embeddings(self.embedder.encode(texts), len(texts), None)
+        return self._encode(list(texts))
 
     @staticmethod
     def _guarantee_blob(sid: str) -> str:
