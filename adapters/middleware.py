@@ -40,14 +40,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 from semcache import SemanticCache
 from semcache.cache import ScopeLike
 
+from ._asgi import ASGIApp, ASGIScope, Message, Receive, Send, header_getter
 from .requests import (
     DEFAULT_TENANT_HEADER,
     FROM_HEADERS,
@@ -62,13 +63,6 @@ from .sse import StreamCapture, replay
 __all__ = ["CacheMetrics", "SemanticCacheMiddleware"]
 
 log = logging.getLogger("semcache.adapters")
-
-# The ASGI types, spelled out so the middleware needs no framework installed.
-Message: TypeAlias = MutableMapping[str, Any]
-ASGIScope: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
-ASGIApp: TypeAlias = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 
 #: Seconds; the upper bounds of the latency histogram buckets.
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -188,19 +182,6 @@ class CacheMetrics:
                 *self.lookup.lines("semcache_lookup_duration_seconds", ""),
             ]
         return "\n".join(lines) + "\n"
-
-
-def _header(scope: ASGIScope) -> Callable[[str], str | None]:
-    raw: list[tuple[bytes, bytes]] = scope.get("headers") or []
-
-    def get(name: str) -> str | None:
-        wanted = name.lower().encode("latin-1")
-        for k, v in raw:
-            if k.lower() == wanted:
-                return v.decode("latin-1")
-        return None
-
-    return get
 
 
 def _identity_encoding(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -378,7 +359,7 @@ class SemanticCacheMiddleware:
         except Exception as exc:  # a broken hook must not break the request
             log.warning("semcache: scope_from_request failed; request not cached: %r", exc)
             tenant = None
-        plan = self.rc.plan("POST", scope.get("path", ""), _header(scope), body, tenant=tenant)
+        plan = self.rc.plan("POST", scope.get("path", ""), header_getter(scope), body, tenant=tenant)
         if plan.key is not None:
             # Ask the inner app for an uncompressed answer: only that can be read and
             # stored (a GZipMiddleware inside would otherwise turn caching off).

@@ -36,13 +36,14 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 # Only light imports at module level: ``semcache serve --help`` and the time to
 # listen must not wait for numpy, the index kernels or the embedding model.
 # The cache, the middleware and the model are imported in the background.
+from ._asgi import ASGIScope, Message, Receive, Send, header_getter
 
 if TYPE_CHECKING:
     import httpx
@@ -55,12 +56,6 @@ __all__ = ["ForwardingApp", "KeyEntry", "KeyRing", "ProxyApp", "ServeApp", "Upst
            "configure", "run"]
 
 log = logging.getLogger("semcache.adapters")
-
-# The ASGI types (as in :mod:`.middleware`, repeated so this module imports light).
-Message: TypeAlias = MutableMapping[str, Any]
-ASGIScope: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
 _INSTALL: Final = "pip install 'semcache-llm[server]'"
 
@@ -77,19 +72,6 @@ _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
      b"trailer", b"transfer-encoding", b"upgrade", b"host"}
 )
-
-
-def _header(scope: ASGIScope) -> Callable[[str], str | None]:
-    raw: list[tuple[bytes, bytes]] = scope.get("headers") or []
-
-    def get(name: str) -> str | None:
-        wanted = name.lower().encode("latin-1")
-        for k, v in raw:
-            if k.lower() == wanted:
-                return v.decode("latin-1")
-        return None
-
-    return get
 
 
 async def _error(send: Send, status: int, message: str, kind: str, code: str,
@@ -400,7 +382,7 @@ class ProxyApp:
 
     def _tenant(self, scope: ASGIScope) -> str | None:
         """Who a caller is, when the proxy shares across keys (``--keys``, ``--share-across-keys``)."""
-        header = _header(scope)
+        header = header_getter(scope)
         named = header(self.tenant_header) if self.tenant_header else None
         if named and self.trust_tenant_header:
             return f"tenant:{named}"
@@ -473,7 +455,7 @@ async def _admit(scope: ASGIScope, send: Send, keys: KeyRing | None, max_body: i
     request presenting no proxy key (401). Every path is behind the keys:
     the proxy's keys are the only credentials its callers hold.
     """
-    header = _header(scope)
+    header = header_getter(scope)
     length = header("content-length")
     if length is not None and (not length.isdigit() or int(length) > max_body):
         await _error(send, 413, f"request body over {max_body} bytes",
