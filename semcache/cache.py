@@ -21,6 +21,7 @@ step with other processes through the store's change log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import heapq
@@ -41,7 +42,7 @@ from typing import Any, Final, Literal, TypeAlias
 import numpy as np
 
 from semcache._deadline import Deadline, DeadlineExceeded
-from semcache._types import FloatArray, JSONValue
+from semcache._types import FloatArray, IdArray, JSONValue
 from semcache.embedding import Embedder, SentenceTransformerEmbedder, as_embedder, check_embeddings
 from semcache.errors import (
     ConfigError,
@@ -68,6 +69,14 @@ from semcache.stores import (
     dumps_completion,
     make_store,
     vector_digests,
+)
+from semcache.stores.base import (
+    StoredEntry,
+    check_columns,
+    meta_columns,
+    metas_from_columns,
+    row_digests,
+    seal_of,
 )
 
 __all__ = [
@@ -502,11 +511,13 @@ class SemanticCache:
                 gc.enable()
 
     def _load_snapshot(self) -> Loaded | None:
-        """The store's entries with vectors from a verified snapshot, or None (use load_all).
+        """The entries from a verified snapshot plus the changes logged after it, or None.
 
-        Metadata come from the store; a snapshot row is used only when the store's
-        digest of that id's vector matches it, so a bad snapshot costs time, never
-        correctness. Rows put since the snapshot come from the change log.
+        With a store that keeps a seal, the snapshot's own rows (metadata included),
+        updated by the change log, must sum to the store's seal; otherwise metadata
+        come from the store and each vector must match the store's digest of it. A
+        mismatch deletes the snapshot (rewritten at close) and the caller loads the
+        store. See :mod:`semcache.snapshot`.
         """
         if self.directory is None:
             return None
@@ -515,6 +526,42 @@ class SemanticCache:
         snap = load_snapshot(self.directory, self._store_id)
         if snap is None:
             return None
+        dim = self._known_dim()
+        if dim is not None and snap.vectors.shape[1] != dim and len(snap.ids):
+            return None
+        sealed = self._store.sealed_changes(snap.head)
+        if sealed is None:
+            return self._verify_by_digests(snap)
+        later, seal = sealed
+        if later.items is None or not seal.clean or any(i == CLEARED for i, _ in later.items):
+            log.info("semcache: snapshot of %s is too old for the change log (or the store was edited "
+                     "directly); loading the store", self._store.where)
+            return None
+        try:
+            check_columns(snap.columns, len(snap.ids))
+            ids, vectors, cols = _apply_changes(snap.ids, snap.vectors, snap.columns, later.items)
+            with np.errstate(over="ignore", invalid="ignore"):
+                norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+            # Every row's digest (id, every metadata field, vector) recomputed from what the
+            # snapshot holds must sum to the store's seal: this catches swapped columns,
+            # shifted ids, other widths, damaged values and a store changed behind it.
+            if len(ids) != seal.rows or seal_of(row_digests(ids, cols, vector_digests(vectors))) \
+                    != seal.value or not (np.abs(norms - 1.0) <= 1e-3).all():
+                raise SerializationError("it disagrees with the store's seal")
+            metas = metas_from_columns(cols, len(ids))
+        except SerializationError as exc:
+            log.warning("semcache: snapshot in %s is not usable (%s); deleting it and loading the store",
+                        self.directory, exc)
+            delete_snapshot(self.directory)
+            return None
+        self._snapshot_seq = later.head
+        return Loaded(later.head, ids, metas, vectors, 0)
+
+    def _verify_by_digests(self, snap: Any) -> Loaded | None:
+        """A store without a seal: metadata from the store, each snapshot vector checked by digest."""
+        assert self.directory is not None
+        from semcache.snapshot import delete_snapshot
+
         digests = self._store.load_digests()
         later = self._store.changes(snap.head) if snap.head <= digests.head else None
         if later is None or later.items is None or any(i == CLEARED for i, _ in later.items):
@@ -557,8 +604,10 @@ class SemanticCache:
             return
         from semcache.snapshot import delete_snapshot, save_snapshot
 
+        hold = f"snapshot:{self.directory}"
         if len(self._meta) + self._foreign < self.snapshot_min_entries:
             delete_snapshot(self.directory)  # stale after a purge or clear
+            self._store.retain(hold, None)
             return
         ids = np.array(sorted(self._meta), dtype=np.int64)
         foreign = np.array(sorted(self._foreign_ids), dtype=np.int64)
@@ -567,8 +616,13 @@ class SemanticCache:
                 # Foreign entries are not in the table (never served), so the snapshot
                 # cannot cover them: their vectors would have to be loaded anyway.
                 delete_snapshot(self.directory)
+                self._store.retain(hold, None)
                 return
-            save_snapshot(self.directory, self._store_id, self._seq, ids, self._table.take(ids))
+            metas = [self._meta[i] for i in ids.tolist()]
+            save_snapshot(self.directory, self._store_id, self._seq, ids, self._table.take(ids),
+                          meta_columns(metas))
+            # The snapshot is usable while the log reaches back to its head: keep it so.
+            self._store.retain(hold, self._seq)
         except OSError as exc:  # derived data: the store still has everything
             log.warning("semcache: could not write the index snapshot: %s", exc)
 
@@ -1510,6 +1564,8 @@ class SemanticCache:
                 from semcache.snapshot import delete_snapshot
 
                 delete_snapshot(self.directory)
+                with contextlib.suppress(StoreError):
+                    self._store.retain(f"snapshot:{self.directory}", None)
             self._sync()
 
     def expire(self) -> int:
@@ -1721,3 +1777,45 @@ class CacheEntry:
     scope_id: str
     created: float
     expires: float | None
+
+
+def _apply_changes(ids: IdArray, vectors: FloatArray, cols: dict[str, np.ndarray],
+                   items: list[tuple[int, StoredEntry | None]]
+                   ) -> tuple[IdArray, FloatArray, dict[str, np.ndarray]]:
+    """A snapshot's rows updated by the changes logged after it (deletes, puts, updates).
+
+    Parameters
+    ----------
+    ids : int64 (n,); vectors : float32 (n, d); cols : meta columns of the n rows
+    items : folded changes (no clear), each ``(id, entry)`` or ``(id, None)`` for a delete
+
+    Returns
+    -------
+    The surviving rows followed by the changed ones: ids (m,), vectors (m, d), columns.
+
+    Raises
+    ------
+    SerializationError
+        A changed row's vector is not ``d`` wide.
+    """
+    if not items:
+        return ids, vectors, cols
+    touched = np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items))
+    keep = ~np.isin(ids, touched)
+    new = [e for _, e in items if e is not None]
+    dim = vectors.shape[1]
+    if any(e.vector.shape[0] != dim for e in new):
+        raise SerializationError("a change after it has vectors of another width")
+    new_ids = np.array([e.entry_id for e in new], dtype=np.int64)
+    new_vecs = np.stack([e.vector for e in new]).astype(np.float32) if new else np.zeros((0, dim), np.float32)
+    new_cols = meta_columns([e.meta for e in new])
+    out: dict[str, np.ndarray] = {}
+    for name, col in cols.items():
+        if name.endswith("/u"):
+            out[name] = np.concatenate([col, new_cols[name]]) if len(new_cols[name]) else col
+        elif name.endswith("/c"):
+            shifted = np.where(new_cols[name] < 0, -1, new_cols[name] + len(cols[name[:-2] + "/u"]))
+            out[name] = np.concatenate([col[keep], shifted.astype(np.int32)])
+        else:
+            out[name] = np.concatenate([col[keep], new_cols[name]])
+    return (np.concatenate([ids[keep], new_ids]), np.concatenate([vectors[keep], new_vecs]), out)

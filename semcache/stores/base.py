@@ -15,6 +15,7 @@ served.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import logging
 import math
@@ -33,18 +34,28 @@ from semcache.errors import InvalidPromptError, SerializationError
 __all__ = [
     "CLEARED",
     "MAX_JSON_DEPTH",
+    "META_KINDS",
     "NORM_TOLERANCE",
+    "SEAL_MOD",
     "ChangeBatch",
     "Digests",
     "EntryMeta",
     "Loaded",
     "Row",
+    "Seal",
     "Store",
     "StoredEntry",
+    "check_columns",
     "check_meta",
     "check_vector",
     "dumps_completion",
     "loads_completion",
+    "meta_columns",
+    "metas_from_columns",
+    "row_digest",
+    "row_digests",
+    "seal_of",
+    "str_digests",
     "vector_digest",
     "vector_digests",
 ]
@@ -191,6 +202,235 @@ def vector_digests(vectors: FloatArray) -> npt.NDArray[np.uint64]:
 def vector_digest(vector: FloatArray) -> bytes:
     """:func:`vector_digests` of one vector, as 8 little-endian bytes (the stored ``vhash``)."""
     return vector_digests(np.asarray(vector, np.float32)[None, :]).astype("<u8").tobytes()
+
+
+# ------------------------------------------------------------ row digests and seals
+#: Row digests and the store's seal live in [0, 2**62): the seal is their sum modulo
+#: 2**62, which SQLite can keep in a signed 64-bit integer without overflow.
+SEAL_MOD = 1 << 62
+
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_NONE = np.uint64(0x6A09E667F3BCC909)  # a field that is None
+_STR_MUL: list[npt.NDArray[np.uint32]] = []
+
+
+def _mix(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """splitmix64's finaliser, vectorised: every input bit moves every output bit."""
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint64(30))
+        h = h * _MIX1
+        h = h ^ (h >> np.uint64(27))
+        h = h * _MIX2
+        return h ^ (h >> np.uint64(31))
+
+
+def _meta_kinds() -> dict[str, str]:
+    """Column kind of each :class:`EntryMeta` field: ``str``, ``float`` or ``int`` (each maybe None)."""
+    kinds: dict[str, str] = {}
+    for f in dataclasses.fields(EntryMeta):
+        ann = str(f.type)
+        kind = "str" if "str" in ann else "float" if "float" in ann else "int" if (
+            "int" in ann or "bool" in ann) else ""
+        if not kind:  # a new field of another type must get a column encoding first
+            raise TypeError(f"EntryMeta.{f.name}: no column encoding for {ann}")
+        kinds[f.name] = kind
+    return kinds
+
+
+#: Field name -> column kind, in :class:`EntryMeta` order (what columns and digests cover).
+META_KINDS: dict[str, str] = _meta_kinds()
+
+
+def str_digests(strings: npt.NDArray[np.str_]) -> npt.NDArray[np.uint64]:
+    """64-bit digest of each string of a fixed-width unicode array, vectorised.
+
+    A position-dependent multiply-sum of the UCS-4 code points plus the length, then
+    mixed: the same string gives the same digest whatever the array's width (padding
+    contributes nothing), so one row hashed at write time matches the same row
+    hashed inside a 200k-row snapshot.
+
+    Parameters
+    ----------
+    strings : unicode array, shape (n,)
+
+    Returns
+    -------
+    uint64 array, shape (n,)
+    """
+    arr = np.ascontiguousarray(strings, dtype=np.str_)
+    n = arr.shape[0]
+    width = arr.dtype.itemsize // 4
+    if n == 0:
+        return np.zeros(0, np.uint64)
+    if width == 0:
+        return _mix(np.zeros(n, np.uint64))
+    while len(_STR_MUL) < width:
+        k = len(_STR_MUL)
+        odd = np.random.default_rng([0x5C0DE, k]).integers(1, 2**32, size=1, dtype=np.uint64)
+        _STR_MUL.append(np.asarray(odd | np.uint64(1), dtype=np.uint32))
+    mul = np.concatenate(_STR_MUL[:width])
+    codes = arr.view("<u4").reshape(n, width)
+    with np.errstate(over="ignore"):
+        # 32-bit products (wrapping) summed in 64 bits: no (n, width) uint64 temporary.
+        h = (codes * mul).sum(axis=1, dtype=np.uint64)
+        h = h + np.char.str_len(arr).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return _mix(h)
+
+
+def meta_columns(metas: Sequence[EntryMeta]) -> dict[str, np.ndarray]:
+    """The metadata as columns (what a snapshot stores; inverse: :func:`metas_from_columns`).
+
+    A ``str`` field becomes ``<name>/u`` (the distinct values, unicode) and ``<name>/c``
+    (int32 codes, -1 for None); a ``float`` field float64 with NaN for None (a stored
+    value is always finite); an ``int`` field int64.
+    """
+    cols: dict[str, np.ndarray] = {}
+    n = len(metas)
+    for name, kind in META_KINDS.items():
+        values = [getattr(m, name) for m in metas]
+        if kind == "str":
+            table: dict[str, int] = {}
+            codes = np.fromiter((-1 if v is None else table.setdefault(v, len(table)) for v in values),
+                                dtype=np.int32, count=n)
+            cols[f"{name}/u"] = np.array(list(table), dtype=np.str_) if table else np.zeros(0, "<U1")
+            cols[f"{name}/c"] = codes
+        elif kind == "float":
+            cols[name] = np.fromiter((np.nan if v is None else v for v in values), dtype=np.float64,
+                                     count=n)
+        else:
+            cols[name] = np.fromiter(values, dtype=np.int64, count=n)
+    return cols
+
+
+def metas_from_columns(cols: dict[str, np.ndarray], n: int) -> list[EntryMeta]:
+    """:class:`EntryMeta` objects from :func:`meta_columns` (not validated: see :func:`check_columns`)."""
+    fields: list[list[Any]] = []
+    for name, kind in META_KINDS.items():
+        if kind == "str":
+            uniq: list[Any] = cols[f"{name}/u"].tolist()
+            codes = cols[f"{name}/c"]
+            if (codes < 0).any():
+                uniq.append(None)  # code -1 indexes the appended None
+            fields.append([uniq[c] for c in codes.tolist()])
+        elif kind == "float":
+            col = cols[name]
+            values: list[Any] = col.tolist()
+            if np.isnan(col).any():
+                values = [None if v != v else v for v in values]
+            fields.append(values)
+        else:
+            fields.append(cols[name].tolist())
+    out = list(map(EntryMeta, *fields)) if fields else []
+    if len(out) != n:
+        raise SerializationError(f"metadata columns hold {len(out)} rows, expected {n}")
+    return out
+
+
+def check_columns(cols: dict[str, np.ndarray], n: int) -> None:
+    """:func:`check_meta` for columns, vectorised (every row, every field).
+
+    Raises
+    ------
+    SerializationError
+        A missing column, a wrong dtype or length, or any value :func:`check_meta` rejects.
+    """
+    for name, kind in META_KINDS.items():
+        if kind == "str":
+            uniq, codes = cols.get(f"{name}/u"), cols.get(f"{name}/c")
+            if uniq is None or codes is None or uniq.dtype.kind != "U" or uniq.ndim != 1 \
+                    or codes.dtype != np.int32 or codes.shape != (n,):
+                raise SerializationError(f"metadata column {name!r} is missing or malformed")
+            if n and (codes.min() < -1 or codes.max() >= len(uniq)):
+                raise SerializationError(f"metadata column {name!r} has codes out of range")
+            if name in ("scope", "key"):
+                # 32 lowercase hex chars, checked on the code points (keys are ~all distinct).
+                cp = np.ascontiguousarray(uniq).view("<u4").reshape(len(uniq), -1)
+                hexes = ((cp >= 48) & (cp <= 57)) | ((cp >= 97) & (cp <= 102))
+                if len(uniq) and (cp.shape[1] != 32 or not hexes.all()):
+                    raise SerializationError(f"a {name} is not 32 lowercase hex chars")
+            else:
+                for v in uniq.tolist():
+                    if not v or len(v) > _MAX_FINGERPRINT or not v.isprintable():
+                        raise SerializationError(f"{name} {v[:40]!r} is not a short printable string")
+            optional = "None" in str(next(f.type for f in dataclasses.fields(EntryMeta) if f.name == name))
+            if n and not optional and codes.min() < 0:
+                raise SerializationError(f"metadata column {name!r} holds None")
+        else:
+            col = cols.get(name)
+            want = np.float64 if kind == "float" else np.int64
+            if col is None or col.dtype != want or col.shape != (n,):
+                raise SerializationError(f"metadata column {name!r} is missing or malformed")
+            if kind == "float":
+                optional = "None" in str(next(f.type for f in dataclasses.fields(EntryMeta)
+                                              if f.name == name))
+                finite = np.isfinite(col)
+                if not (finite | (np.isnan(col) if optional else False)).all():
+                    raise SerializationError(f"metadata column {name!r} is not finite")
+                if name == "threshold" and (np.abs(col[finite]) > 1.0).any():
+                    raise SerializationError("a threshold is not in [-1, 1]")
+            elif n and (col.min() < 0 or col.max() >= 2**62):
+                raise SerializationError(f"metadata column {name!r} holds a negative count")
+
+
+def row_digests(ids: IdArray, cols: dict[str, np.ndarray], vhash: npt.NDArray[np.uint64]
+                ) -> npt.NDArray[np.uint64]:
+    """Digest of each whole row (id, every metadata field, vector digest), in [0, 2**62).
+
+    The store keeps the sum of its rows' digests modulo 2**62 (its *seal*), updated
+    in the same transaction as every write; a snapshot whose rows sum to the same
+    seal holds the same rows (the sum does not depend on row order).
+
+    Parameters
+    ----------
+    ids : int64 array, shape (n,)
+    cols : :func:`meta_columns` of the n rows
+    vhash : uint64 array, shape (n,) — :func:`vector_digests` of the n vectors
+
+    Returns
+    -------
+    uint64 array, shape (n,), each < 2**62
+    """
+    n = len(ids)
+    with np.errstate(over="ignore"):
+        h = _mix(np.asarray(ids, np.int64).view(np.uint64) ^ np.uint64(0x243F6A8885A308D3))
+        for j, (name, kind) in enumerate(META_KINDS.items()):
+            if kind == "str":
+                uniq, codes = cols[f"{name}/u"], cols[f"{name}/c"]
+                table = np.append(str_digests(uniq), _NONE)  # code -1 -> _NONE
+                v = table[codes] if n else np.zeros(0, np.uint64)
+            elif kind == "float":
+                col = np.asarray(cols[name], np.float64) + 0.0  # -0.0 -> 0.0, as SQLite stores it
+                v = np.where(np.isnan(col), _NONE, col.view(np.uint64))
+            else:
+                v = np.asarray(cols[name], np.int64).view(np.uint64)
+            h = _mix(h * np.uint64(0x100000001B3) + v + np.uint64(j + 1))
+        h = _mix(h ^ np.asarray(vhash, np.uint64))
+    return h >> np.uint64(2)
+
+
+def seal_of(digests: npt.NDArray[np.uint64]) -> int:
+    """The seal of a set of rows: the sum of their :func:`row_digests` modulo 2**62."""
+    return int(digests.sum(dtype=np.uint64)) % SEAL_MOD if len(digests) else 0
+
+
+def row_digest(entry_id: int, meta: EntryMeta, vhash: bytes) -> int:
+    """:func:`row_digests` of one row (what the store writes with it); ``vhash`` 8 bytes."""
+    return int(row_digests(np.array([entry_id], np.int64), meta_columns([meta]),
+                           np.frombuffer(vhash, "<u8").astype(np.uint64))[0])
+
+
+@dataclass(frozen=True)
+class Seal:
+    """A store's seal at log position ``head``: ``rows`` live rows whose digests sum to ``value``.
+
+    ``clean`` is False when the rows were changed other than through the store
+    (the database edited directly): the seal then proves nothing until resealed.
+    """
+
+    head: int
+    rows: int
+    value: int
+    clean: bool
 
 
 # ------------------------------------------------------------------ validation
@@ -503,6 +743,24 @@ class Store(abc.ABC):
             vhash=vector_digests(loaded.vectors[order]) if order else np.zeros(0, np.uint64),
             skipped=loaded.skipped,
         )
+
+    def retain(self, name: str, pos: int | None) -> None:
+        """Ask compaction to keep the change log after ``pos`` for ``name`` (e.g. a snapshot).
+
+        A snapshot taken at ``pos`` is usable only while the log reaches back to it. The
+        hold expires like a silent reader's; ``pos=None`` releases it. Default: no-op (a
+        store that compacts by age alone).
+        """
+        return None
+
+    def sealed_changes(self, since: int) -> tuple[ChangeBatch, Seal] | None:
+        """:meth:`changes` and the store's :class:`Seal` at the batch's head, in one transaction.
+
+        What lets a snapshot that carries metadata be trusted without reading every row
+        (see ``docs/store.md``). None (this default): the store keeps no seal, and a
+        snapshot is verified row by row against :meth:`load_digests` instead.
+        """
+        return None
 
     def compact(self) -> int:
         """Drop change-log records older than the retention horizon; return how many.

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -27,16 +28,19 @@ from semcache._types import JSONValue
 from semcache.errors import SerializationError, StoreError, StoreFormatError, StoreLockedError
 from semcache.stores.base import (
     CLEARED,
+    META_KINDS,
     NORM_TOLERANCE,
     OP_CLEAR,
     OP_DELETE,
     OP_PUT,
     OP_UPDATE,
+    SEAL_MOD,
     ChangeBatch,
     Digests,
     EntryMeta,
     Loaded,
     Row,
+    Seal,
     Store,
     StoredEntry,
     check_meta,
@@ -45,7 +49,10 @@ from semcache.stores.base import (
     fold_log,
     loads_completion,
     majority_dim,
+    meta_columns,
+    row_digests,
     vector_digest,
+    vector_digests,
 )
 
 __all__ = ["DB_FILENAME", "MARKER_FILENAME", "SCHEMA_VERSION", "SQLiteStore"]
@@ -58,7 +65,7 @@ DB_FILENAME: Final = "cache.db"
 #: has it but no database (deleted, truncated) is an error, never a silent empty cache.
 MARKER_FILENAME: Final = "semcache-store.json"
 #: ``PRAGMA user_version`` of the schema below.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (
@@ -83,7 +90,8 @@ CREATE TABLE IF NOT EXISTS entries (
     threshold REAL,
     wrong INTEGER NOT NULL DEFAULT 0,
     right INTEGER NOT NULL DEFAULT 0,
-    vhash BLOB NOT NULL
+    vhash BLOB NOT NULL,
+    rhash INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS vectors (
     id INTEGER PRIMARY KEY,
@@ -99,8 +107,68 @@ CREATE TABLE IF NOT EXISTS log (
     op INTEGER NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seal (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    agg INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    dirty INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS readers (
+    reader TEXT PRIMARY KEY,
+    pos INTEGER NOT NULL,
+    beat REAL NOT NULL
+);
 INSERT OR IGNORE INTO state (name, value) VALUES ('floor', 0);
+INSERT OR IGNORE INTO seal (id, agg, n, dirty) VALUES (1, 0, 0, 0);
 """
+
+_M = str(SEAL_MOD)
+
+
+def _rh(row: str) -> str:
+    """A row's ``rhash`` as the seal counts it (an out-of-range value counts 0 and marks it dirty)."""
+    return (f"(CASE WHEN typeof({row}.rhash) = 'integer' AND {row}.rhash >= 0 AND {row}.rhash < {_M} "
+            f"THEN {row}.rhash ELSE 0 END)")
+
+
+def _bad(row: str) -> str:
+    return f"(NOT (typeof({row}.rhash) = 'integer' AND {row}.rhash >= 0 AND {row}.rhash < {_M}))"
+
+
+#: Columns a row digest covers (``rhash`` must change whenever one of them does).
+_SEALED = ["id", *META_KINDS, "vhash"]
+
+#: The seal (sum of ``rhash`` mod 2**62, row count) kept by triggers in plain SQL, so it
+#: follows every change of ``entries``, also one made without semcache (a hand edit, a
+#: restored table). A change the store did not make itself (a column changed but not
+#: its ``rhash``, a vector rewritten or removed under a live entry) marks the seal
+#: dirty: it then proves nothing until :meth:`SQLiteStore.load_all` reseals.
+_TRIGGERS = {
+    "seal_ins": f"""CREATE TRIGGER seal_ins AFTER INSERT ON entries BEGIN
+    UPDATE seal SET agg = (agg + {_rh("NEW")}) % {_M}, n = n + 1, dirty = dirty + {_bad("NEW")}
+    WHERE id = 1;
+END""",
+    "seal_del": f"""CREATE TRIGGER seal_del AFTER DELETE ON entries BEGIN
+    UPDATE seal SET agg = (agg - {_rh("OLD")} + {_M}) % {_M}, n = n - 1 WHERE id = 1;
+END""",
+    "seal_upd": f"""CREATE TRIGGER seal_upd AFTER UPDATE ON entries BEGIN
+    UPDATE seal SET agg = ((agg - {_rh("OLD")} + {_M}) % {_M} + {_rh("NEW")}) % {_M},
+        dirty = dirty + {_bad("NEW")} + (NEW.rhash IS OLD.rhash AND ({
+            " OR ".join(f'NEW."{c}" IS NOT OLD."{c}"' for c in _SEALED)}))
+    WHERE id = 1;
+END""",
+    "seal_vec_ins": """CREATE TRIGGER seal_vec_ins AFTER INSERT ON vectors
+    WHEN EXISTS (SELECT 1 FROM entries WHERE id = NEW.id) BEGIN
+    UPDATE seal SET dirty = dirty + 1 WHERE id = 1;
+END""",
+    "seal_vec_upd": """CREATE TRIGGER seal_vec_upd AFTER UPDATE ON vectors BEGIN
+    UPDATE seal SET dirty = dirty + 1 WHERE id = 1;
+END""",
+    "seal_vec_del": """CREATE TRIGGER seal_vec_del AFTER DELETE ON vectors
+    WHEN EXISTS (SELECT 1 FROM entries WHERE id = OLD.id) BEGIN
+    UPDATE seal SET dirty = dirty + 1 WHERE id = 1;
+END""",
+}
 
 _META_COLS = "id, scope, key, fingerprint, created, expires, threshold, wrong, right"
 #: check_meta's rules as an SQL expression (1: valid), evaluated by SQLite for every row.
@@ -133,11 +201,16 @@ class SQLiteStore(Store):
     timeout : float
         Seconds to wait for another process's write lock (``busy_timeout``).
     retention : float
-        Change-log records older than this many seconds (and not among the newest
-        ``keep_log``) are compacted; a process that has not synced for longer
-        reloads everything (:meth:`changes` returns ``items=None``).
+        A reader (a process's store handle) that has not reported its position for
+        this many seconds is considered gone: compaction no longer waits for it, and
+        if it comes back behind the compacted part it reloads everything
+        (:meth:`changes` returns ``items=None``); it never misses a change.
     keep_log : int
         Newest change-log records always kept.
+    grace : float
+        Change-log records younger than this many seconds are always kept. Not needed
+        for correctness: a reader registers before it loads (:meth:`load_all`), and
+        one that is behind the compacted part anyway reloads.
 
     Raises
     ------
@@ -150,7 +223,7 @@ class SQLiteStore(Store):
     """
 
     def __init__(self, directory: str | Path, *, timeout: float = 10.0, retention: float = 600.0,
-                 keep_log: int = 10_000) -> None:
+                 keep_log: int = 0, grace: float = 0.0) -> None:
         super().__init__()
         self.directory = Path(directory).expanduser().absolute()
         self.path = self.directory / DB_FILENAME
@@ -158,6 +231,11 @@ class SQLiteStore(Store):
         self.timeout = float(timeout)
         self.retention = float(retention)
         self.keep_log = int(keep_log)
+        self.grace = float(grace)
+        #: This handle's row in the readers table, and the log position it has applied.
+        self.reader_id = uuid.uuid4().hex
+        self._pos: int | None = None
+        self._beat_at = 0.0
         self._lock = threading.RLock()
         self._closed = False
         self._writes = 0
@@ -198,7 +276,7 @@ class SQLiteStore(Store):
                     "(or point the cache at another one) and let it refill."
                 )
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if existed and tables and version != SCHEMA_VERSION:
+            if existed and tables and version not in (2, SCHEMA_VERSION):
                 raise StoreFormatError(
                     f"{self.path} has schema version {version}; this semcache reads {SCHEMA_VERSION}. "
                     "Use another directory or delete this one."
@@ -222,6 +300,8 @@ class SQLiteStore(Store):
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             self._conn.execute(statement)
+                    for sql in _TRIGGERS.values():
+                        self._conn.execute(sql)
                     self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     self._conn.execute("COMMIT")
                 except BaseException:
@@ -232,6 +312,39 @@ class SQLiteStore(Store):
                            "log"} - tables
                 if missing:
                     raise StoreError(f"{self.path} lacks tables {sorted(missing)}: not a semcache store")
+                self._upgrade(version)
+
+    def _upgrade(self, version: int) -> None:
+        """Bring a version-2 database to the current schema, and the seal triggers up to date.
+
+        Version 2 had no row digests, seal or readers: the column and tables are added
+        and the seal marked dirty, so the first :meth:`load_all` computes it. Triggers
+        whose text differs from this version's (a column added since) are recreated,
+        also marking the seal dirty.
+        """
+        have = dict(self._conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+                    .fetchall())
+        if version == SCHEMA_VERSION and all(have.get(k) == v for k, v in _TRIGGERS.items()):
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]  # under the lock now
+            if version == 2:
+                self._conn.execute("ALTER TABLE entries ADD COLUMN rhash INTEGER NOT NULL DEFAULT 0")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+            for name in _TRIGGERS:
+                self._conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for sql in _TRIGGERS.values():
+                self._conn.execute(sql)
+            self._conn.execute("UPDATE seal SET dirty = dirty + 1 WHERE id = 1")
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -279,6 +392,8 @@ class SQLiteStore(Store):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(self._conn)
+                if self._pos is not None:  # a free heartbeat: we hold the write lock anyway
+                    self._beat_in(self._conn)
                 self._check_file()
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -360,21 +475,29 @@ class SQLiteStore(Store):
         if not encoded:
             return []
 
+        cols = meta_columns([m for m, _, _, _ in encoded])
+        vh = np.frombuffer(b"".join(v for _, _, v, _ in encoded), "<u8").astype(np.uint64)
+
         def run(c: sqlite3.Connection) -> list[int]:
-            ids = []
+            # The ids AUTOINCREMENT would give (we hold the write lock), known before the
+            # insert so that each row is written with its digest in one statement.
+            seq = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+            top = c.execute("SELECT max(id) FROM entries").fetchone()[0]
+            first = max(int(seq[0]) if seq else 0, int(top or 0)) + 1
+            ids = list(range(first, first + len(encoded)))
+            rh = row_digests(np.array(ids, np.int64), cols, vh).tolist()
             now = time.time()
-            for m, vbytes, vhash, record in encoded:
-                cur = c.execute(
-                    "INSERT INTO entries (scope, key, fingerprint, created, expires, threshold, wrong, "
-                    "right, vhash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (m.scope, m.key, m.fingerprint, m.created, m.expires, m.threshold, m.wrong,
-                     m.right, vhash),
-                )
-                entry_id = int(cur.lastrowid or 0)
+            for entry_id, r, (m, vbytes, vhash, record) in zip(ids, rh, encoded, strict=True):
+                # The vector first: a vector written under an existing entry marks the seal dirty.
                 c.execute("INSERT INTO vectors (id, vector) VALUES (?, ?)", (entry_id, vbytes))
+                c.execute(
+                    "INSERT INTO entries (id, scope, key, fingerprint, created, expires, threshold, "
+                    "wrong, right, vhash, rhash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (entry_id, m.scope, m.key, m.fingerprint, m.created, m.expires, m.threshold,
+                     m.wrong, m.right, vhash, r),
+                )
                 c.execute("INSERT INTO completions (id, record) VALUES (?, ?)", (entry_id, record))
                 c.execute("INSERT INTO log (entry_id, op, at) VALUES (?, ?, ?)", (entry_id, OP_PUT, now))
-                ids.append(entry_id)
             return ids
 
         return self._write(run)
@@ -406,12 +529,19 @@ class SQLiteStore(Store):
     def update_meta(self, entry_id: int, meta: EntryMeta) -> bool:
         check_meta(meta)
 
+        cols = meta_columns([meta])
+
         def run(c: sqlite3.Connection) -> bool:
+            row = c.execute("SELECT vhash FROM entries WHERE id = ?", (int(entry_id),)).fetchone()
+            if row is None or not isinstance(row[0], bytes) or len(row[0]) != 8:
+                return False
+            rh = int(row_digests(np.array([entry_id], np.int64), cols,
+                                 np.frombuffer(row[0], "<u8").astype(np.uint64))[0])
             cur = c.execute(
                 "UPDATE entries SET scope = ?, key = ?, fingerprint = ?, created = ?, expires = ?, "
-                "threshold = ?, wrong = ?, right = ? WHERE id = ?",
+                "threshold = ?, wrong = ?, right = ?, rhash = ? WHERE id = ?",
                 (meta.scope, meta.key, meta.fingerprint, meta.created, meta.expires, meta.threshold,
-                 meta.wrong, meta.right, int(entry_id)),
+                 meta.wrong, meta.right, rh, int(entry_id)),
             )
             if cur.rowcount != 1:
                 return False
@@ -433,6 +563,7 @@ class SQLiteStore(Store):
         def run(c: sqlite3.Connection) -> None:
             for table in ("entries", "vectors", "completions", "blobs"):
                 c.execute(f"DELETE FROM {table}")
+            c.execute("UPDATE seal SET agg = 0, n = 0, dirty = 0 WHERE id = 1")
             cur = c.execute("INSERT INTO log (entry_id, op, at) VALUES (?, ?, ?)",
                             (CLEARED, OP_CLEAR, time.time()))
             # Nothing before a clear matters to any reader: drop it (readers older than the
@@ -450,6 +581,10 @@ class SQLiteStore(Store):
             if self._closed:
                 return
             with contextlib.suppress(StoreError):
+                # Gone for good: compaction stops waiting for this handle right away.
+                self._pos = None
+                self._write_raw(lambda c: c.execute("DELETE FROM readers WHERE reader = ?",
+                                                    (self.reader_id,)).rowcount)
                 self.compact()
             self._closed = True
             with contextlib.suppress(sqlite3.Error):
@@ -465,56 +600,117 @@ class SQLiteStore(Store):
         return self._read(self._head)
 
     def changes(self, since: int) -> ChangeBatch:
-        def run(c: sqlite3.Connection) -> ChangeBatch:
-            head = self._head(c)
-            if since == head:
-                return ChangeBatch(head, [])
-            floor = int(c.execute("SELECT value FROM state WHERE name = 'floor'").fetchone()[0])
-            if since > head or since < floor:
-                return ChangeBatch(head, None)
-            records = [(int(e), int(o)) for e, o in c.execute(
-                "SELECT entry_id, op FROM log WHERE pos > ? AND pos <= ? ORDER BY pos", (since, head))]
-            folded = fold_log(records)
-            wanted = [i for i, present in folded if present]
-            found: dict[int, StoredEntry] = {}
-            bad: set[int] = set()
-            for s in range(0, len(wanted), _CHUNK):
-                chunk = wanted[s : s + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                query = (f"SELECT e.id, e.scope, e.key, e.fingerprint, e.created, e.expires, e.threshold, "
-                         f"e.wrong, e.right, v.vector FROM entries e JOIN vectors v ON v.id = e.id "
-                         f"WHERE e.id IN ({marks})")
+        batch = self._read(lambda c: self._changes(c, since))
+        self._seen(since)
+        return batch
+
+    def sealed_changes(self, since: int) -> tuple[ChangeBatch, Seal]:
+        """:meth:`changes` and the seal at the batch's head, read in one transaction."""
+        def run(c: sqlite3.Connection) -> tuple[ChangeBatch, Seal]:
+            batch = self._changes(c, since)
+            agg, n, dirty = c.execute("SELECT agg, n, dirty FROM seal WHERE id = 1").fetchone()
+            return batch, Seal(batch.head, int(n), int(agg), dirty == 0)
+
+        out = self._read(run)
+        self._seen(since)
+        return out
+
+    def _changes(self, c: sqlite3.Connection, since: int) -> ChangeBatch:
+        head = self._head(c)
+        if since == head:
+            return ChangeBatch(head, [])
+        floor = int(c.execute("SELECT value FROM state WHERE name = 'floor'").fetchone()[0])
+        if since > head or since < floor:
+            return ChangeBatch(head, None)
+        records = [(int(e), int(o)) for e, o in c.execute(
+            "SELECT entry_id, op FROM log WHERE pos > ? AND pos <= ? ORDER BY pos", (since, head))]
+        folded = fold_log(records)
+        wanted = [i for i, present in folded if present]
+        found: dict[int, StoredEntry] = {}
+        bad: set[int] = set()
+        for s in range(0, len(wanted), _CHUNK):
+            chunk = wanted[s : s + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = (f"SELECT e.id, e.scope, e.key, e.fingerprint, e.created, e.expires, e.threshold, "
+                     f"e.wrong, e.right, v.vector FROM entries e JOIN vectors v ON v.id = e.id "
+                     f"WHERE e.id IN ({marks})")
+            try:
+                rows = c.execute(query, chunk).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "decode" not in str(exc).lower():
+                    raise
+                # Text that is not UTF-8: decode leniently; validation then rejects that row.
+                c.text_factory = _text
                 try:
                     rows = c.execute(query, chunk).fetchall()
-                except sqlite3.OperationalError as exc:
-                    if "decode" not in str(exc).lower():
-                        raise
-                    # Text that is not UTF-8: decode leniently; validation then rejects that row.
-                    c.text_factory = _text
-                    try:
-                        rows = c.execute(query, chunk).fetchall()
-                    finally:
-                        c.text_factory = str
-                for r in rows:
-                    try:
-                        meta = check_meta(EntryMeta(*r[1:9]))
-                        found[int(r[0])] = StoredEntry(int(r[0]), meta, check_vector(r[9]))
-                    except SerializationError as exc:
-                        self._skip(r[0], exc)
-                        bad.add(int(r[0]))
-            items: list[tuple[int, StoredEntry | None]] = []
-            for entry_id, present in folded:
-                if not present:
-                    items.append((entry_id, None))
-                elif entry_id in found:
-                    items.append((entry_id, found[entry_id]))
-                elif entry_id in bad:
-                    # An invalid record must not stay served under an older valid state.
-                    items.append((entry_id, None))
-                # else: put then deleted within the range; its delete record comes later
-            return ChangeBatch(head, items)
+                finally:
+                    c.text_factory = str
+            for r in rows:
+                try:
+                    meta = check_meta(EntryMeta(*r[1:9]))
+                    found[int(r[0])] = StoredEntry(int(r[0]), meta, check_vector(r[9]))
+                except SerializationError as exc:
+                    self._skip(r[0], exc)
+                    bad.add(int(r[0]))
+        items: list[tuple[int, StoredEntry | None]] = []
+        for entry_id, present in folded:
+            if not present:
+                items.append((entry_id, None))
+            elif entry_id in found:
+                items.append((entry_id, found[entry_id]))
+            elif entry_id in bad:
+                # An invalid record must not stay served under an older valid state.
+                items.append((entry_id, None))
+            # else: put then deleted within the range; its delete record comes later
+        return ChangeBatch(head, items)
 
-        return self._read(run)
+    # ------------------------------------------------------------- readers
+    def _seen(self, pos: int, force: bool = False) -> None:
+        """Note that this handle has applied the log up to ``pos``; report it now and then.
+
+        The report (a row in ``readers``) is what compaction waits for. It is written at
+        most every ``retention / 8`` seconds (capped at 30 s) outside writes, with no
+        waiting for the write lock: a busy store just gets the report later (compaction
+        then waits a little longer; nothing is ever lost).
+        """
+        self._pos = pos
+        if not force and time.monotonic() - self._beat_at < min(30.0, self.retention / 8):
+            return
+        with contextlib.suppress(StoreError):
+            self._write_raw(self._beat_run, wait=force)
+
+    def _register(self, c: sqlite3.Connection) -> int:
+        self._pos = self._head(c)
+        self._beat_in(c)
+        return 0
+
+    def _beat_run(self, c: sqlite3.Connection) -> int:
+        self._beat_in(c)
+        return 0
+
+    def _beat_in(self, c: sqlite3.Connection) -> None:
+        """Write this handle's position and heartbeat (inside a write transaction)."""
+        if self._pos is None:
+            return
+        c.execute("INSERT OR REPLACE INTO readers (reader, pos, beat) VALUES (?, ?, ?)",
+                  (self.reader_id, self._pos, time.time()))
+        self._beat_at = time.monotonic()
+
+    def retain(self, name: str, pos: int | None) -> None:
+        """A row in ``readers`` for ``name`` (a snapshot's head), expiring like a reader's."""
+        def run(c: sqlite3.Connection) -> int:
+            if pos is None:
+                return c.execute("DELETE FROM readers WHERE reader = ?", (name,)).rowcount
+            c.execute("INSERT OR REPLACE INTO readers (reader, pos, beat) VALUES (?, ?, ?)",
+                      (name, int(pos), time.time()))
+            return 1
+
+        self._write_raw(run)
+
+    def readers(self) -> list[tuple[str, int, float]]:
+        """(reader id, applied position, last heartbeat as a Unix time) of every registered reader."""
+        return [(str(r), int(p), float(b)) for r, p, b in self._read(
+            lambda c: c.execute("SELECT reader, pos, beat FROM readers ORDER BY pos").fetchall())]
 
     def _scan_meta(self, c: sqlite3.Connection) -> tuple[list[int], list[EntryMeta], bytes, int]:
         """Every entry's validated metadata and 8-byte vector digest (concatenated), ascending id.
@@ -574,6 +770,14 @@ class SQLiteStore(Store):
         return self._read(run)
 
     def load_all(self, dim: int | None = None, fingerprint: str | None = None) -> Loaded:
+        if not self._read(lambda c: c.execute("SELECT dirty = 0 FROM seal WHERE id = 1").fetchone()[0]):
+            with contextlib.suppress(StoreError):
+                self.reseal()
+        # Register at the current head before reading, so that compaction keeps every
+        # record this load will not contain; re-registered at the load's own head after.
+        with contextlib.suppress(StoreError):
+            self._write_raw(self._register)
+
         def run(c: sqlite3.Connection) -> tuple[int, list[int], list[EntryMeta], list[object], int]:
             head = self._head(c)
             ids, metas, _, skipped = self._scan_meta(c)
@@ -597,7 +801,40 @@ class SQLiteStore(Store):
             return head, ids, metas, vec_of, skipped
 
         head, ids, metas, blobs, skipped = self._read(run)
+        self._seen(head, force=True)
         return self._assemble(head, ids, metas, blobs, skipped, dim, fingerprint)
+
+    def reseal(self) -> int:
+        """Recompute every row's vector digest and row digest, and the seal, from the rows.
+
+        Needed after a change made without semcache (the seal is then dirty) and after
+        upgrading a version-2 database. One write transaction over every row (a full
+        load's cost); returns how many rows' digests changed.
+        """
+        def run(c: sqlite3.Connection) -> int:
+            ids, metas, vh, _ = self._scan_meta(c)
+            vhash = np.frombuffer(vh, "<u8").astype(np.uint64)
+            pos = {i: k for k, i in enumerate(ids)}
+            for vid, blob in c.execute("SELECT id, vector FROM vectors"):
+                k = pos.get(vid)
+                if k is not None and isinstance(blob, bytes) and blob and len(blob) % 4 == 0:
+                    vhash[k] = vector_digests(np.frombuffer(blob, "<f4")[None, :])[0]
+            rh = row_digests(np.array(ids, np.int64), meta_columns(metas), vhash).tolist() if ids else []
+            old = dict(c.execute("SELECT id, rhash FROM entries").fetchall())
+            vh_new = vhash.astype("<u8")
+            fix = [(vh_new[k : k + 1].tobytes(), r, i) for k, (i, r) in enumerate(zip(ids, rh, strict=True))
+                   if old.get(i) != r]
+            c.executemany("UPDATE entries SET vhash = ?, rhash = ? WHERE id = ?", fix)
+            old.update(zip(ids, rh, strict=True))
+            agg = sum(r for r in old.values() if isinstance(r, int) and 0 <= r < SEAL_MOD) % SEAL_MOD
+            c.execute("UPDATE seal SET agg = ?, n = ?, dirty = 0 WHERE id = 1", (agg, len(old)))
+            return len(fix)
+
+        n = self._write(run)
+        if n:
+            log.warning("semcache: %d rows of %s were changed without semcache; their digests were "
+                        "recomputed", n, self.where)
+        return n
 
     def _assemble(self, head: int, ids: list[int], metas: list[EntryMeta], blobs: list[object],
                   skipped: int, dim: int | None, fingerprint: str | None) -> Loaded:
@@ -643,18 +880,24 @@ class SQLiteStore(Store):
 
     # ------------------------------------------------------------ upkeep
     def compact(self) -> int:
-        """Drop change-log records older than ``retention`` s, keeping the newest ``keep_log``.
+        """Drop the change-log records every live reader has applied; return how many.
 
-        Raises the log's floor to the newest dropped position: a reader still behind
-        it gets ``items=None`` from :meth:`changes` and reloads. Then gives free pages
-        back to the file system when a quarter of the file is free.
+        A reader is live when its heartbeat (``readers.beat``) is younger than
+        ``retention`` seconds; older rows are removed (that reader is gone: if it comes
+        back behind the compacted part, :meth:`changes` makes it reload). Records among
+        the newest ``keep_log`` or younger than ``grace`` seconds stay. Raises the log's
+        floor to the newest dropped position, then gives free pages back to the file
+        system when a quarter of the file is free.
         """
-        cutoff = time.time() - self.retention
-
         def run(c: sqlite3.Connection) -> int:
+            now = time.time()
+            self._beat_in(c)  # our own position counts too
+            c.execute("DELETE FROM readers WHERE beat < ?", (now - self.retention,))
             head = self._head(c)
-            row = c.execute("SELECT max(pos) FROM log WHERE at < ? AND pos <= ?",
-                            (cutoff, head - self.keep_log)).fetchone()
+            seen = c.execute("SELECT min(pos) FROM readers").fetchone()[0]
+            limit = min(head - self.keep_log, head if seen is None else int(seen))
+            row = c.execute("SELECT max(pos) FROM log WHERE pos <= ? AND at < ?",
+                            (limit, now - self.grace)).fetchone()
             if row is None or row[0] is None:
                 return 0
             upto = int(row[0])
@@ -669,10 +912,21 @@ class SQLiteStore(Store):
         self._vacuum()
         return n
 
-    def _write_raw(self, fn: Callable[[sqlite3.Connection], int]) -> int:
+    def _write_raw(self, fn: Callable[[sqlite3.Connection], int], wait: bool = True) -> int:
+        """A write transaction without the compaction bookkeeping of :meth:`_write`.
+
+        ``wait=False``: give up at once (StoreLockedError) when another process holds
+        the write lock, instead of waiting up to ``timeout``.
+        """
         with self._lock, self._errors():
             self._check_file()
-            self._conn.execute("BEGIN IMMEDIATE")
+            if not wait:
+                self._conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            finally:
+                if not wait:
+                    self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             try:
                 out = fn(self._conn)
                 self._conn.execute("COMMIT")

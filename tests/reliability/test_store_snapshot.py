@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from semcache import Hit
-from semcache.snapshot import FILENAME, _checksum
+from semcache.snapshot import _META, FILENAME, _checksum
 from tests.reliability.store_tools import open_cache
 
 N = 300
@@ -29,6 +29,7 @@ def _rewrite(directory: Path, change: str) -> None:
         arrays = {k: z[k] for k in z.files}
     ids, vecs = arrays["ids"].copy(), arrays["vectors"].copy()
     half = len(ids) // 2
+    meta = {k[len(_META):]: v.copy() for k, v in arrays.items() if k.startswith(_META)}
     if change == "swap halves":  # scope a's rows carry scope b's vectors
         vecs = np.concatenate([vecs[half:], vecs[:half]])
     elif change == "shift ids":
@@ -38,11 +39,24 @@ def _rewrite(directory: Path, change: str) -> None:
         vecs = vecs.astype(np.float32)
     elif change == "drop rows":
         ids, vecs = ids[:half], vecs[:half]
+        meta = {k: (v if k.endswith("/u") else v[:half]) for k, v in meta.items()}
     elif change == "scaled vectors":
         vecs = vecs * 1000
+    elif change == "swap scope arrays":  # scope a's rows labelled scope b and back
+        meta["scope/c"] = np.concatenate([meta["scope/c"][half:], meta["scope/c"][:half]])
+    elif change == "rename scopes":  # the table of distinct scopes reversed
+        meta["scope/u"] = meta["scope/u"][::-1].copy()
+    elif change == "swap keys":
+        meta["key/c"] = meta["key/c"][::-1].copy()
+    elif change == "change expiry":
+        meta["expires"] = np.full(len(ids), 4e9)
+    elif change == "lower thresholds":
+        meta["threshold"] = np.full(len(ids), -1.0)
     arrays["ids"], arrays["vectors"] = ids.astype(np.int64), vecs.astype(np.float32)
+    for k, v in meta.items():
+        arrays[_META + k] = v
     arrays["checksum"] = np.array(_checksum(str(arrays["store_id"]), int(arrays["head"]),
-                                            arrays["ids"], arrays["vectors"]))
+                                            arrays["ids"], arrays["vectors"], meta))
     with path.open("wb") as fh:
         np.savez(fh, **arrays)
 
@@ -63,7 +77,8 @@ def _check_all(directory: Path) -> None:
 
 
 @pytest.mark.parametrize("change", ["swap halves", "shift ids", "wrong dimension", "drop rows",
-                                    "scaled vectors"])
+                                    "scaled vectors", "swap scope arrays", "rename scopes", "swap keys",
+                                    "change expiry", "lower thresholds"])
 def test_tampered_snapshot_is_rejected_and_rewritten(tmp_path: Path, change: str) -> None:
     directory = tmp_path / "c"
     _build(directory)
