@@ -33,6 +33,23 @@ class ExactIndex:
         self._row: dict[int, int] = {}
         self._n = 0
 
+    @classmethod
+    def adopt(cls, ids: IdArray, full: FloatArray) -> ExactIndex:
+        """An index over ``full`` without copying it (a bulk load's own arrays).
+
+        The index takes ownership: ``full`` (C-contiguous float32, shape (n, d), writable)
+        and ``ids`` (int64, shape (n,), distinct) must not be used by the caller afterwards,
+        except as disjoint row slices of one array given to separate indexes.
+        """
+        ids_a, _, full_a = check_batch(ids, full[:, :0], full)
+        if not full_a.flags.writeable:
+            full_a = full_a.copy()  # remove() moves rows in place
+        index = cls(full_a.shape[1])
+        index._vectors, index._ids = full_a, ids_a.copy()
+        index._row = dict(zip(ids_a.tolist(), range(len(ids_a)), strict=True))
+        index._n = len(ids_a)
+        return index
+
     def __len__(self) -> int:
         return self._n
 
@@ -58,15 +75,16 @@ class ExactIndex:
             self.dim = full_a.shape[1]
         if full_a.shape[1] != self.dim:
             raise IndexStateError(f"expected {self.dim}-d embeddings, got {full_a.shape[1]}-d")
-        clash = [int(i) for i in ids_a if int(i) in self._row]
-        if clash:
+        id_list = ids_a.tolist()
+        if self._row and not self._row.keys().isdisjoint(id_list):
+            clash = [i for i in id_list if i in self._row]
             raise IndexStateError(f"ids already in the index: {clash[:5]}")
         self._reserve(len(ids_a), self.dim)
         start = self._n
         self._vectors[start : start + len(ids_a)] = full_a
         self._ids[start : start + len(ids_a)] = ids_a
-        for k, i in enumerate(ids_a.tolist()):
-            self._row[i] = start + k
+        # C-level loops: a 200k-entry reopen adds everything at once.
+        self._row.update(zip(id_list, range(start, start + len(id_list)), strict=True))
         self._n += len(ids_a)
 
     def remove(self, ids: IdArray) -> None:

@@ -189,10 +189,19 @@ def vector_digests(vectors: FloatArray) -> npt.NDArray[np.uint64]:
         odd = np.random.default_rng(0x5E3C).integers(1, 2**32, size=d, dtype=np.uint64) | np.uint64(1)
         _DIGEST_MUL[d] = np.asarray(odd, dtype=np.uint32)
     mul = _DIGEST_MUL[d]
-    # 32-bit products (wrapping) summed in 64 bits: no (n, d) uint64 temporary.
+    # 32-bit products (wrapping) summed in 64 bits, a few thousand rows at a time: no
+    # (n, d) temporary (a 200k x 384 one costs more in page faults than the arithmetic).
     words = arr.view("<u4")
+    h = np.empty(n, dtype=np.uint64)
+    step = max(1, (1 << 21) // max(d, 1))
+    buf = np.empty((min(step, n), d), dtype=np.uint32)
     with np.errstate(over="ignore"):
-        h = (words * mul).sum(axis=1, dtype=np.uint64) + np.uint64(d)
+        for s in range(0, n, step):
+            w = words[s : s + step]
+            t = buf[: len(w)]
+            np.multiply(w, mul, out=t)
+            t.sum(axis=1, dtype=np.uint64, out=h[s : s + len(w)])
+        h += np.uint64(d)
         h ^= h >> np.uint64(31)
         h *= np.uint64(0x9E3779B97F4A7C15)
         h ^= h >> np.uint64(29)
