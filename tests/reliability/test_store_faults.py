@@ -210,3 +210,36 @@ def test_unusable_store_fails_open(tmp_path: Path) -> None:
     store.ok = True
     assert cache.get("q").completion == "a"  # type: ignore[union-attr]
     cache.close()
+
+
+def test_delete_and_refill_rounds_do_not_grow_the_database(tmp_path: Path) -> None:
+    """Deleting half and refilling, round after round, reuses the freed pages (bounded file)."""
+    directory = tmp_path / "c"
+    n = 2000
+    pad = "x" * 2000
+
+    def size() -> int:
+        store = SQLiteStore(directory)
+        store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        out = store.file_size()
+        store.close()
+        return out
+
+    with open_cache(directory) as cache:
+        ids = cache.put_many([f"q{i}" for i in range(n)], [{"pad": pad, "i": i} for i in range(n)])
+    full = size()
+    sizes = []
+    for r in range(4):
+        with open_cache(directory) as cache:
+            gone, ids = ids[: n // 2], ids[n // 2 :]
+            for s in range(0, len(gone), 500):
+                cache._store.delete(gone[s : s + 500])
+            ids += cache.put_many([f"r{r}-{i}" for i in range(n // 2)],
+                                  [{"pad": pad, "i": i} for i in range(n // 2)])
+            assert len(cache) == n
+        sizes.append(size())
+    # The old diskcache layout grew from 407 to 642 MB in one such round (issue #25).
+    assert max(sizes) < 1.15 * full, (full, sizes)
+    con = db(directory)
+    assert con.execute("SELECT count(*) FROM log").fetchone()[0] == 0  # every reader has seen it
+    con.close()
