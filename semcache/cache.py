@@ -62,6 +62,7 @@ from semcache.prompts import Window, differing_spans, normalize_prompt, prompt_k
 from semcache.scope import Scope, scope_id
 from semcache.stores import (
     CLEARED,
+    COUNTER_NAMES,
     EntryMeta,
     Loaded,
     Store,
@@ -433,6 +434,11 @@ class SemanticCache:
         self._latency: dict[str, deque[float]] = {s: deque(maxlen=50_000) for s in _STAGES}
         self._memo: OrderedDict[str, FloatArray] = OrderedDict()
         self._memo_lock = threading.Lock()
+        # Scope ids whose tenant this process has told the store (once each).
+        self._noted: set[str] = set()
+        # Counter values last added to the store's totals, and when.
+        self._flushed = dict.fromkeys(COUNTER_NAMES, 0)
+        self._flushed_at = time.monotonic()
 
         self._skipped_base = 0
         try:
@@ -1347,7 +1353,8 @@ class SemanticCache:
             raise ConfigError("prompts and completions must be sequences of the same length")
         norms = [normalize_prompt(p) for p in prompts]
         keys = [prompt_key(n) for n in norms]
-        sid = self.scope_id(scope)
+        scope_obj = Scope.from_value(scope)
+        sid = scope_id(scope_obj, self.fingerprint)
         entry_ttl = self.ttl if ttl is None else _check_ttl(ttl)
         for p, c in zip(prompts, completions, strict=True):
             dumps_completion(p, c)  # raise on a bad completion before anything is written
@@ -1372,15 +1379,48 @@ class SemanticCache:
                 with self._lock:
                     if not self._store.usable():
                         raise StoreError(f"the store at {self._store.where} is not usable right now")
+                    self._note_scope(sid, scope_obj.tenant)
                     ids.extend(self._store.put_many(rows))
                     self._sync()
                     self._counters["puts"] += len(rows)
                     self._reclaim(now)
                     self._evict()
+                    self._flush_counters()
         except (StoreError, EmbeddingError) as exc:
             self._failed("put", exc)
             return ids
         return ids
+
+    def _note_scope(self, sid: str, tenant: str | None) -> None:
+        """Tell the store whose scope ``sid`` is (once per process), so purge(tenant=) finds it."""
+        if sid not in self._noted:
+            self._store.note_scopes({sid: tenant})
+            self._noted.add(sid)
+
+    #: Seconds between two additions of this process's counters to the store's totals.
+    counter_flush_interval: float = 10.0
+
+    def _flush_counters(self, force: bool = False) -> None:
+        """Add what was counted since the last flush to the store's totals (best effort).
+
+        Called after writes (never on the lookup path) and at close, so ``semcache
+        stats`` shows a hit rate over every process that used the store.
+        """
+        if not force and time.monotonic() - self._flushed_at < self.counter_flush_interval:
+            return
+        if not self._store.usable():
+            return  # a store cut off would only make this wait for its timeout
+        now = {k: self._counters[k] for k in COUNTER_NAMES}
+        deltas = {k: now[k] - self._flushed[k] for k in COUNTER_NAMES}
+        self._flushed_at = time.monotonic()
+        if not any(v > 0 for v in deltas.values()):
+            return
+        try:
+            self._store.add_counters(deltas)
+        except StoreError as exc:
+            log.warning("semcache: counters not saved to the store: %s", exc)
+            return
+        self._flushed = now
 
     def _delete_ids(self, ids: list[int], counter: str) -> int:
         """Delete entries from the store and the index together."""
@@ -1461,6 +1501,7 @@ class SemanticCache:
         scope: ScopeLike = None,
         *,
         predicate: Callable[[int, EntryMeta], bool] | None = None,
+        tenant: str | Callable[[str], bool] | None = None,
         foreign: bool = False,
         expired: bool = False,
     ) -> int:
@@ -1470,6 +1511,11 @@ class SemanticCache:
         ----------
         scope : Scope, mapping or str
             Delete the entries of this scope.
+        tenant : str or callable, optional
+            Delete the entries of every scope of this tenant (``Scope.tenant`` equal
+            to it, or for which ``tenant(name)`` returns True), whatever their model,
+            parameters or conversation. Entries stored by semcache before it kept
+            each scope's tenant (0.2) cannot be found by tenant.
         predicate : callable, optional
             ``predicate(entry_id, meta)``: delete where it returns True.
         foreign : bool
@@ -1478,16 +1524,23 @@ class SemanticCache:
             Delete entries whose TTL has passed now (normally reclaimed lazily).
         """
         self._check_open()
-        if scope is None and predicate is None and not foreign and not expired:
-            raise ConfigError("purge() needs a scope, a predicate, foreign=True or expired=True")
+        if scope is None and predicate is None and tenant is None and not foreign and not expired:
+            raise ConfigError("purge() needs a scope, a tenant, a predicate, foreign=True or expired=True")
+        if tenant is not None and not callable(tenant) and (not isinstance(tenant, str) or not tenant):
+            raise ConfigError(f"tenant must be a non-empty str or a callable, not {tenant!r}")
         with self._lock:
             self._sync()
             now = time.time()
             sid = self.scope_id(scope) if scope is not None else None
+            owned: set[str] = set()
+            if tenant is not None:
+                match = tenant if callable(tenant) else tenant.__eq__
+                owned = {s for s, t in self._store.scope_tenants().items() if t is not None and match(t)}
             victims = [
                 i
                 for i, m in self._meta.items()
                 if (sid is not None and m.scope == sid)
+                or m.scope in owned
                 or (predicate is not None and predicate(i, m))
                 or (expired and m.expires is not None and m.expires <= now)
             ]
@@ -1550,9 +1603,28 @@ class SemanticCache:
                 latency_ms=lat,
             )
 
-    def reset_stats(self) -> None:
-        """Zero the counters and latency samples."""
+    def store_counters(self) -> tuple[dict[str, int], float | None]:
+        """Counts over every process that used this store, and since when (Unix time).
+
+        Each process adds its own (``hits``, ``exact_hits``, ``misses``, ``probes``,
+        ``puts``) every :attr:`counter_flush_interval` seconds when it writes, and when
+        it closes; :meth:`stats` counts only this object's lookups.
+        """
+        self._check_open()
         with self._lock:
+            self._flush_counters(force=True)
+            return self._store.load_counters()
+
+    def scope_tenants(self) -> dict[str, str | None]:
+        """Scope id -> tenant of every scope the store has seen (None: no tenant or unknown)."""
+        self._check_open()
+        return self._store.scope_tenants()
+
+    def reset_stats(self) -> None:
+        """Zero the counters and latency samples (the store's totals keep what was counted)."""
+        with self._lock:
+            self._flush_counters(force=True)
+            self._flushed = dict.fromkeys(COUNTER_NAMES, 0)
             for k in self._counters:
                 self._counters[k] = 0
             self._skipped_base = self._store.skipped
@@ -1570,6 +1642,7 @@ class SemanticCache:
             if self._closed:
                 return
             self._closed = True
+            self._flush_counters(force=True)
             try:
                 self._sync()
                 self._save_snapshot()
@@ -1624,11 +1697,13 @@ class SemanticCache:
             now = time.time()
             live = [(i, m) for i, m in sorted(self._meta.items())
                     if (sid is None or m.scope == sid) and (m.expires is None or m.expires > now)]
+            tenants = self._store.scope_tenants()
         for entry_id, meta in live:
             with self._lock:
                 got = self._store.get_completion(entry_id)
             if got is not None:
-                yield CacheEntry(entry_id, got[0], got[1], meta.scope, meta.created, meta.expires)
+                yield CacheEntry(entry_id, got[0], got[1], meta.scope, meta.created, meta.expires,
+                                 meta.scope in tenants, tenants.get(meta.scope))
 
     def add_entries(self, entries: Iterable[CacheEntry], *, fingerprint: str,
                     batch_size: int = 256) -> list[int]:
@@ -1676,6 +1751,11 @@ class SemanticCache:
             rows = [(EntryMeta(e.scope_id, k, self.fingerprint, e.created, e.expires), v, e.prompt,
                      e.completion) for e, k, v in zip(batch, keys, vecs, strict=True)]
             with self._lock:
+                known = {e.scope_id: e.tenant for e in batch
+                         if e.tenant_known and e.scope_id not in self._noted}
+                if known:
+                    self._store.note_scopes(known)
+                    self._noted.update(known)
                 ids.extend(self._store.put_many(rows))
                 self._sync()
                 self._counters["puts"] += len(rows)
@@ -1713,6 +1793,11 @@ class CacheEntry:
         Unix time it was stored.
     expires : float or None
         Unix time it expires, or None.
+    tenant_known : bool
+        Whether the store knows the tenant of the entry's scope (entries stored
+        before semcache kept it do not).
+    tenant : str or None
+        The scope's tenant (None: no tenant, or not known).
     """
 
     entry_id: int
@@ -1721,3 +1806,5 @@ class CacheEntry:
     scope_id: str
     created: float
     expires: float | None
+    tenant_known: bool = False
+    tenant: str | None = None
