@@ -94,6 +94,9 @@ STORE_FORMAT: Final = 2
 
 ScopeLike: TypeAlias = Scope | Mapping[str, Any] | str | None
 
+#: Namespace (prefix) of the scopes holding conversation contexts (``context_match="semantic"``).
+_CONTEXT_NAMESPACE: Final = "semcache:contexts"
+
 #: A guard sees (new prompt, stored prompt, cosine) and returns False to veto a hit.
 Guard: TypeAlias = Callable[[str, str, float], bool]
 
@@ -326,6 +329,21 @@ class SemanticCache:
     snapshot_min_entries : int
         :meth:`close` writes an index snapshot (so the next open skips replaying the
         journal) when the cache holds at least this many entries.
+    context_match : {"exact", "semantic"}
+        How a scope's ``context`` (the earlier turns of a conversation) is matched.
+        ``"exact"`` (default): only the very same context. ``"semantic"``: the
+        context is text (``Scope(context="user: ...\nassistant: ...")``, what
+        :meth:`semcache.messages.MessageKey.scope` gives with ``semantic=True``) and a
+        paraphrased conversation shares its follow-up answers: a context is looked
+        up among the contexts stored before in the same model, tenant, system prompt
+        and namespace, with the same checks as a prompt (guards, long-text spans) at
+        ``context_threshold``; a match lends its canonical id to the scope, otherwise
+        the context gets its own id (and registers it when something is stored).
+    context_threshold : float, optional
+        Cosine a context needs to match an earlier one (``context_match="semantic"``).
+        Default: the threshold calibrated for a 5% wrong-hit rate on the dev data for
+        this embedder (0.961 for the bundled model), at least ``threshold``; 0.95 for
+        an uncalibrated embedder.
     embed_timeout : float, optional
         Seconds one call to the embedder may take. A call that takes longer is an
         :class:`~semcache.errors.EmbeddingError` (a MISS under ``fail_open``); it
@@ -368,6 +386,8 @@ class SemanticCache:
         embed_timeout: float | None = None,
         confidence: float = 0.95,
         answers_match: Callable[[JSONValue, JSONValue], bool] | None = None,
+        context_match: str = "exact",
+        context_threshold: float | None = None,
     ) -> None:
         if threshold is not None and target_wrong_hit_rate is not None:
             raise ConfigError("pass threshold or target_wrong_hit_rate, not both")
@@ -411,6 +431,11 @@ class SemanticCache:
         self.target_wrong_hit_rate: float | None = None
         if target_wrong_hit_rate is not None:
             self._guarantee_setup(target_wrong_hit_rate, confidence, answers_match)
+        if context_match not in ("exact", "semantic"):
+            raise ConfigError(f"context_match must be 'exact' or 'semantic', got {context_match!r}")
+        self.context_match = context_match
+        self.context_threshold = (self._default_context_threshold() if context_threshold is None
+                                  else _check_threshold(context_threshold))
 
         self.directory: Path | None
         if store == "disk":
@@ -990,12 +1015,15 @@ class SemanticCache:
         t0 = time.perf_counter()
         norm = normalize_prompt(prompt)
         key = prompt_key(norm)
-        sid = self.scope_id(scope)
+        scope_obj = Scope.from_value(scope)
+        sid = scope_id(scope_obj, self.fingerprint)
         if threshold is not None:
             thr = _check_threshold(threshold)
         else:
             thr = self.threshold if self.target_wrong_hit_rate is None else self._g_floor
         try:
+            if self._semantic_context(scope_obj):
+                sid = scope_id(self._resolve_context(scope_obj, register=False), self.fingerprint)
             hit = self._get(norm, key, sid, thr, t0)
         except (StoreError, EmbeddingError, SerializationError) as exc:
             return self._failed("get", exc)
@@ -1014,7 +1042,52 @@ class SemanticCache:
         log.warning("semcache: %s failed, treated as a miss: %s", op, exc)
         return MISS
 
-    def _get(self, norm: str, key: str, sid: str, thr: float, t0: float) -> Hit | Miss:
+    def _semantic_context(self, scope: Scope) -> bool:
+        return self.context_match == "semantic" and scope.context is not None
+
+    def _default_context_threshold(self) -> float:
+        try:
+            from semcache.thresholds import calibrated_targets
+
+            calibrated = calibrated_targets(self.embedder.fingerprint)[0][1]
+        except ConfigError:
+            calibrated = 0.95
+        return max(self.threshold, calibrated)
+
+    def _resolve_context(self, scope: Scope, *, register: bool) -> Scope:
+        """``scope`` with its context text replaced by the id of an equivalent earlier context.
+
+        The contexts live as entries of their own scope (``scope`` without its context,
+        in a reserved namespace): prompt = the context text, completion = its id. A
+        lookup at :attr:`context_threshold` (guards, long-text checks, no guarantee
+        probe) finds an earlier equivalent; without one the context's own id (a hash
+        of its text) is used, and ``register=True`` (a put) stores it, so later
+        paraphrases of this conversation resolve to it. Only a direct match to a
+        stored context lends its id: resolution never chains paraphrase to paraphrase.
+        """
+        text = scope.context
+        assert text is not None
+        norm = normalize_prompt(text)
+        key = prompt_key(norm)
+        own = f"ctx:{key}"
+        ns = _CONTEXT_NAMESPACE if scope.namespace is None else f"{_CONTEXT_NAMESPACE}|{scope.namespace}"
+        group = scope.replace(context=None, namespace=ns)
+        gsid = scope_id(group, self.fingerprint)
+        found = self._get(norm, key, gsid, self.context_threshold, time.perf_counter(), gate=False)
+        if found and isinstance(found.completion, str) and found.completion.startswith("ctx:"):
+            return scope.replace(context=found.completion)
+        if register:
+            vec = self._embed([norm], [key])[0]
+            row = (EntryMeta(gsid, key, self.fingerprint, time.time(), None), vec, text, own)
+            with self._lock:
+                if not self._store.usable():
+                    raise StoreError(f"the store at {self._store.where} is not usable right now")
+                self._note_scope(gsid, scope.tenant)
+                self._store.put_many([row])
+                self._sync()
+        return scope.replace(context=own)
+
+    def _get(self, norm: str, key: str, sid: str, thr: float, t0: float, *, gate: bool = True) -> Hit | Miss:
         now = time.time()
         with self._lock:
             self._sync()
@@ -1041,7 +1114,7 @@ class SemanticCache:
             hit = self._verify(cand, vec, thr, norm, now)
             if part.kind != "exact":
                 hit = self._audit(sid, part, hit, vec, thr, norm, now)
-            if hit and self.target_wrong_hit_rate is not None:
+            if hit and gate and self.target_wrong_hit_rate is not None:
                 hit = self._guarantee_gate(sid, key, hit)
             self._latency["verify"].append(time.perf_counter() - t_verify)
             return hit
@@ -1358,6 +1431,13 @@ class SemanticCache:
         entry_ttl = self.ttl if ttl is None else _check_ttl(ttl)
         for p, c in zip(prompts, completions, strict=True):
             dumps_completion(p, c)  # raise on a bad completion before anything is written
+        if self._semantic_context(scope_obj):
+            try:
+                scope_obj = self._resolve_context(scope_obj, register=True)
+            except (StoreError, EmbeddingError) as exc:
+                self._failed("put", exc)
+                return []
+            sid = scope_id(scope_obj, self.fingerprint)
         if self.target_wrong_hit_rate is not None:
             self._guarantee_resolve(sid, keys, completions)
         ids: list[int] = []
