@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -43,8 +43,11 @@ from semcache.stores.base import (
     Seal,
     Store,
     StoredEntry,
+    check_counters,
     check_meta,
+    check_scope_tenants,
     check_vector,
+    counter_deltas,
     dumps_completion,
     fold_log,
     loads_completion,
@@ -65,7 +68,7 @@ DB_FILENAME: Final = "cache.db"
 #: has it but no database (deleted, truncated) is an error, never a silent empty cache.
 MARKER_FILENAME: Final = "semcache-store.json"
 #: ``PRAGMA user_version`` of the schema below.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (
@@ -91,7 +94,7 @@ CREATE TABLE IF NOT EXISTS entries (
     wrong INTEGER NOT NULL DEFAULT 0,
     right INTEGER NOT NULL DEFAULT 0,
     vhash BLOB NOT NULL,
-    rhash INTEGER NOT NULL DEFAULT 0
+    rhash INTEGER NOT NULL DEFAULT -1
 );
 CREATE TABLE IF NOT EXISTS vectors (
     id INTEGER PRIMARY KEY,
@@ -120,6 +123,19 @@ CREATE TABLE IF NOT EXISTS readers (
 );
 INSERT OR IGNORE INTO state (name, value) VALUES ('floor', 0);
 INSERT OR IGNORE INTO seal (id, agg, n, dirty) VALUES (1, 0, 0, 0);
+"""
+
+#: Side tables added after schema version 2 was released: created in an existing
+#: store too (an older semcache never reads them, so the version stays 2).
+_SIDE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scopes (
+    scope TEXT PRIMARY KEY,
+    tenant TEXT
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+)
 """
 
 _M = str(SEAL_MOD)
@@ -276,7 +292,7 @@ class SQLiteStore(Store):
                     "(or point the cache at another one) and let it refill."
                 )
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if existed and tables and version not in (2, SCHEMA_VERSION):
+            if existed and tables and version != SCHEMA_VERSION:
                 raise StoreFormatError(
                     f"{self.path} has schema version {version}; this semcache reads {SCHEMA_VERSION}. "
                     "Use another directory or delete this one."
@@ -293,53 +309,63 @@ class SQLiteStore(Store):
             # NORMAL in WAL mode: a killed process loses nothing committed; only an OS crash
             # or power loss can roll back the last transactions.
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            if not tables:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    # Statement by statement: executescript() would commit early.
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self._conn.execute(statement)
-                    for sql in _TRIGGERS.values():
-                        self._conn.execute(sql)
-                    self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-            else:
+            if tables:
                 missing = {"settings", "blobs", "state", "entries", "vectors", "completions",
                            "log"} - tables
                 if missing:
                     raise StoreError(f"{self.path} lacks tables {sorted(missing)}: not a semcache store")
-                self._upgrade(version)
+            if not tables or not {"scopes", "counters"} <= tables:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # Statement by statement: executescript() would commit early.
+                    for statement in (_SCHEMA if not tables else "").split(";") + _SIDE_SCHEMA.split(";"):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                    if not tables:
+                        for sql in _TRIGGERS.values():
+                            self._conn.execute(sql)
+                        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            if tables:
+                self._upgrade()
 
-    def _upgrade(self, version: int) -> None:
-        """Bring a version-2 database to the current schema, and the seal triggers up to date.
-
-        Version 2 had no row digests, seal or readers: the column and tables are added
-        and the seal marked dirty, so the first :meth:`load_all` computes it. Triggers
-        whose text differs from this version's (a column added since) are recreated,
-        also marking the seal dirty.
-        """
+    def _seal_ready(self) -> bool:
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(entries)")}
         have = dict(self._conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
                     .fetchall())
-        if version == SCHEMA_VERSION and all(have.get(k) == v for k, v in _TRIGGERS.items()):
+        return {"seal", "readers"} <= tables and "rhash" in columns \
+            and all(have.get(k) == v for k, v in _TRIGGERS.items())
+
+    def _upgrade(self) -> None:
+        """Add the seal (row digests, triggers) and the readers table to a store that lacks them.
+
+        A store written by an older semcache has no ``rhash`` column, ``seal`` or
+        ``readers``: they are added (the schema version stays 2: an older semcache
+        reads and writes this database as before; its writes leave ``rhash`` at -1,
+        which marks the seal dirty) and the seal is marked dirty, so the first
+        :meth:`load_all` computes it. Triggers whose text differs from this version's
+        (a column added since) are recreated, also marking the seal dirty.
+        """
+        if self._seal_ready():
             return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]  # under the lock now
-            if version == 2:
-                self._conn.execute("ALTER TABLE entries ADD COLUMN rhash INTEGER NOT NULL DEFAULT 0")
-                for statement in _SCHEMA.split(";"):
+            if not self._seal_ready():  # under the write lock now: another process may have done it
+                columns = {r[1] for r in self._conn.execute("PRAGMA table_info(entries)")}
+                if "rhash" not in columns:
+                    self._conn.execute("ALTER TABLE entries ADD COLUMN rhash INTEGER NOT NULL DEFAULT -1")
+                for statement in _SCHEMA.split(";"):  # IF NOT EXISTS: adds seal and readers
                     if statement.strip():
                         self._conn.execute(statement)
-            for name in _TRIGGERS:
-                self._conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-            for sql in _TRIGGERS.values():
-                self._conn.execute(sql)
-            self._conn.execute("UPDATE seal SET dirty = dirty + 1 WHERE id = 1")
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                for name in _TRIGGERS:
+                    self._conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+                for sql in _TRIGGERS.values():
+                    self._conn.execute(sql)
+                self._conn.execute("UPDATE seal SET dirty = dirty + 1 WHERE id = 1")
             self._conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -575,6 +601,38 @@ class SQLiteStore(Store):
         self._write(run)
         with contextlib.suppress(StoreError):
             self._vacuum(force=True)
+
+    # ------------------------------------------------ scopes and counters
+    def note_scopes(self, tenants: Mapping[str, str | None]) -> None:
+        rows = list(tenants.items())
+        if rows:
+            self._write(lambda c: c.executemany(
+                "INSERT OR IGNORE INTO scopes (scope, tenant) VALUES (?, ?)", rows))
+
+    def scope_tenants(self) -> dict[str, str | None]:
+        # CAST AS BLOB: a bad byte in a crafted row makes that row unknown, not the scan fail.
+        rows = self._read(lambda c: c.execute(
+            "SELECT CAST(scope AS BLOB), CAST(tenant AS BLOB) FROM scopes").fetchall())
+        return check_scope_tenants([(_text(s) if isinstance(s, bytes) else s,
+                                     _text(t) if isinstance(t, bytes) else t) for s, t in rows], self.where)
+
+    def add_counters(self, deltas: Mapping[str, int]) -> None:
+        add = counter_deltas(deltas)
+        if not add:
+            return
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR IGNORE INTO counters (name, value) VALUES ('since', ?)", (int(time.time()),))
+            c.executemany("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) "
+                          "DO UPDATE SET value = value + excluded.value", list(add.items()))
+
+        self._write(run)
+
+    def load_counters(self) -> tuple[dict[str, int], float | None]:
+        rows = self._read(lambda c: c.execute("SELECT CAST(name AS BLOB), value FROM counters").fetchall())
+        rows = [(_text(k) if isinstance(k, bytes) else k, v) for k, v in rows]
+        since = next((v for k, v in rows if k == "since" and isinstance(v, int) and v > 0), None)
+        return check_counters(rows), None if since is None else float(since)
 
     def close(self) -> None:
         with self._lock:
