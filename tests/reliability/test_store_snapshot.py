@@ -9,7 +9,7 @@ import pytest
 
 from semcache import Hit
 from semcache.snapshot import _META, FILENAME, _checksum
-from tests.reliability.store_tools import open_cache
+from tests.reliability.store_tools import db, open_cache
 
 N = 300
 
@@ -160,3 +160,74 @@ def test_snapshot_plus_changes_after_it(tmp_path: Path) -> None:
         assert cache.get("after the snapshot", scope="b").completion == "late"  # type: ignore[union-attr]
         assert not cache.get("a question 0", scope="a")
         assert len(cache) == 2 * N
+
+
+def _other_scope_row(directory: Path) -> tuple[int, str]:
+    con = db(directory)
+    a_id, a_scope = con.execute("SELECT id, scope FROM entries ORDER BY id LIMIT 1").fetchone()
+    b_scope = con.execute("SELECT scope FROM entries WHERE scope != ? LIMIT 1", (a_scope,)).fetchone()[0]
+    con.close()
+    return int(a_id), str(b_scope)
+
+
+@pytest.mark.parametrize("edit", ["move a row to another scope", "delete a row", "rewrite a vector",
+                                  "insert a row"])
+def test_store_edited_behind_the_snapshot(tmp_path: Path, edit: str) -> None:
+    """The database changed without semcache (no log record): the seal tells, the store wins."""
+    directory = tmp_path / "c"
+    _build(directory)
+    entry_id, other = _other_scope_row(directory)
+    con = db(directory)
+    if edit == "move a row to another scope":
+        con.execute("UPDATE entries SET scope = ? WHERE id = ?", (other, entry_id))
+    elif edit == "delete a row":
+        con.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+    elif edit == "rewrite a vector":
+        vec = np.zeros(16, np.float32)
+        vec[0] = 1.0
+        con.execute("UPDATE vectors SET vector = ? WHERE id = ?", (vec.tobytes(), entry_id))
+    else:
+        row = con.execute("SELECT scope, key, fingerprint, created, vhash FROM entries WHERE id = ?",
+                          (entry_id,)).fetchone()
+        con.execute("INSERT INTO entries (scope, key, fingerprint, created, vhash) VALUES (?, ?, ?, ?, ?)",
+                    (row[0], "f" * 32, row[2], row[3], row[4]))
+        new_id = con.execute("SELECT max(id) FROM entries").fetchone()[0]
+        blob = con.execute("SELECT vector FROM vectors WHERE id = ?", (entry_id,)).fetchone()[0]
+        con.execute("INSERT INTO vectors (id, vector) VALUES (?, ?)", (new_id, blob))
+    con.close()
+    with open_cache(directory, snapshot_min_entries=1) as cache:
+        assert cache._snapshot_seq == -1  # the snapshot was not trusted
+        meta = cache._meta.get(entry_id)
+        if edit == "move a row to another scope":
+            assert meta is not None and meta.scope == other  # what the store says now
+        elif edit == "delete a row":
+            assert meta is None
+        elif edit == "rewrite a vector":
+            assert meta is not None
+            assert float(cache._table.take(np.array([entry_id]))[0][0]) == 1.0
+        else:
+            assert len(cache) == 2 * N + 1
+    # Loading resealed the store; the snapshot written at close is trusted again.
+    with open_cache(directory, snapshot_min_entries=1) as cache:
+        assert cache._snapshot_seq > 0
+        assert (cache._meta.get(entry_id) is None) == (edit == "delete a row")
+
+
+def test_store_of_an_older_semcache_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A database without the seal (written by semcache before it): sealed on first load."""
+    directory = tmp_path / "c"
+    _build(directory)
+    con = db(directory)
+    for name in [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]:
+        con.execute(f"DROP TRIGGER {name}")
+    con.execute("DROP TABLE seal")
+    con.execute("DROP TABLE readers")
+    con.execute("ALTER TABLE entries DROP COLUMN rhash")
+    con.close()
+    with open_cache(directory, snapshot_min_entries=1) as cache:
+        assert cache._snapshot_seq == -1 and len(cache) == 2 * N
+        cache.put("new one", "n", scope="a")
+    with open_cache(directory, snapshot_min_entries=1) as cache:
+        assert cache._snapshot_seq > 0 and len(cache) == 2 * N + 1
+        assert cache.get("new one", scope="a").completion == "n"  # type: ignore[union-attr]
+    _check_all(directory)
