@@ -151,40 +151,51 @@ def _bad(row: str) -> str:
     return f"(NOT (typeof({row}.rhash) = 'integer' AND {row}.rhash >= 0 AND {row}.rhash < {_M}))"
 
 
-#: Columns a row digest covers (``rhash`` must change whenever one of them does).
+#: Columns a row digest covers (``rhash`` must change whenever one of them does): the id,
+#: every :class:`EntryMeta` field that has a column of its name, and the vector digest.
 _SEALED = ["id", *META_KINDS, "vhash"]
 
-#: The seal (sum of ``rhash`` mod 2**62, row count) kept by triggers in plain SQL, so it
-#: follows every change of ``entries``, also one made without semcache (a hand edit, a
-#: restored table). A change the store did not make itself (a column changed but not
-#: its ``rhash``, a vector rewritten or removed under a live entry) marks the seal
-#: dirty: it then proves nothing until :meth:`SQLiteStore.load_all` reseals.
-_TRIGGERS = {
-    "seal_ins": f"""CREATE TRIGGER seal_ins AFTER INSERT ON entries BEGIN
-    UPDATE seal SET agg = (agg + {_rh("NEW")}) % {_M}, n = n + 1, dirty = dirty + {_bad("NEW")}
-    WHERE id = 1;
-END""",
-    "seal_del": f"""CREATE TRIGGER seal_del AFTER DELETE ON entries BEGIN
-    UPDATE seal SET agg = (agg - {_rh("OLD")} + {_M}) % {_M}, n = n - 1 WHERE id = 1;
-END""",
-    "seal_upd": f"""CREATE TRIGGER seal_upd AFTER UPDATE ON entries BEGIN
-    UPDATE seal SET agg = ((agg - {_rh("OLD")} + {_M}) % {_M} + {_rh("NEW")}) % {_M},
-        dirty = dirty + {_bad("NEW")} + (NEW.rhash IS OLD.rhash AND ({
-            " OR ".join(f'NEW."{c}" IS NOT OLD."{c}"' for c in _SEALED)}))
-    WHERE id = 1;
-END""",
-    "seal_vec_ins": """CREATE TRIGGER seal_vec_ins AFTER INSERT ON vectors
-    WHEN EXISTS (SELECT 1 FROM entries WHERE id = NEW.id) BEGIN
-    UPDATE seal SET dirty = dirty + 1 WHERE id = 1;
-END""",
-    "seal_vec_upd": """CREATE TRIGGER seal_vec_upd AFTER UPDATE ON vectors BEGIN
-    UPDATE seal SET dirty = dirty + 1 WHERE id = 1;
-END""",
-    "seal_vec_del": """CREATE TRIGGER seal_vec_del AFTER DELETE ON vectors
-    WHEN EXISTS (SELECT 1 FROM entries WHERE id = OLD.id) BEGIN
-    UPDATE seal SET dirty = dirty + 1 WHERE id = 1;
-END""",
-}
+
+def _triggers(columns: set[str]) -> dict[str, str]:
+    """The seal's triggers for an ``entries`` table with these columns.
+
+    The seal (sum of ``rhash`` mod 2**62, row count) is kept by triggers in plain SQL,
+    so it follows every change of ``entries``, also one made without semcache (a hand
+    edit, a restored table). A change the store did not make itself (a column changed
+    but not its ``rhash``, a vector written or removed under a live entry) marks the
+    seal dirty: it then proves nothing until :meth:`SQLiteStore.load_all` reseals.
+    """
+    sealed = [col for col in _SEALED if col in columns]
+    return {
+        "seal_ins": f"""CREATE TRIGGER seal_ins AFTER INSERT ON entries BEGIN
+        UPDATE seal SET agg = (agg + {_rh("NEW")}) % {_M}, n = n + 1, dirty = dirty + {_bad("NEW")}
+        WHERE id = 1;
+    END""",
+        "seal_del": f"""CREATE TRIGGER seal_del AFTER DELETE ON entries BEGIN
+        UPDATE seal SET agg = (agg - {_rh("OLD")} + {_M}) % {_M}, n = n - 1 WHERE id = 1;
+    END""",
+        "seal_upd": f"""CREATE TRIGGER seal_upd AFTER UPDATE ON entries BEGIN
+        UPDATE seal SET agg = ((agg - {_rh("OLD")} + {_M}) % {_M} + {_rh("NEW")}) % {_M},
+            dirty = dirty + {_bad("NEW")} + (NEW.rhash IS OLD.rhash AND ({
+                " OR ".join(f'NEW."{c}" IS NOT OLD."{c}"' for c in sealed)}))
+        WHERE id = 1;
+    END""",
+        "seal_vec_ins": """CREATE TRIGGER seal_vec_ins AFTER INSERT ON vectors
+        WHEN EXISTS (SELECT 1 FROM entries WHERE id = NEW.id) BEGIN
+        UPDATE seal SET dirty = dirty + 1 WHERE id = 1;
+    END""",
+        "seal_vec_upd": """CREATE TRIGGER seal_vec_upd AFTER UPDATE ON vectors BEGIN
+        UPDATE seal SET dirty = dirty + 1 WHERE id = 1;
+    END""",
+        "seal_vec_del": """CREATE TRIGGER seal_vec_del AFTER DELETE ON vectors
+        WHEN EXISTS (SELECT 1 FROM entries WHERE id = OLD.id) BEGIN
+        UPDATE seal SET dirty = dirty + 1 WHERE id = 1;
+    END""",
+    }
+
+
+#: The trigger names (their text depends on the table's columns: :func:`_triggers`).
+_TRIGGERS = tuple(_triggers(set()))
 
 _META_COLS = "id, scope, key, fingerprint, created, expires, threshold, wrong, right"
 #: check_meta's rules as an SQL expression (1: valid), evaluated by SQLite for every row.
@@ -322,7 +333,8 @@ class SQLiteStore(Store):
                         if statement.strip():
                             self._conn.execute(statement)
                     if not tables:
-                        for sql in _TRIGGERS.values():
+                        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(entries)")}
+                        for sql in _triggers(columns).values():
                             self._conn.execute(sql)
                         self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     self._conn.execute("COMMIT")
@@ -338,7 +350,7 @@ class SQLiteStore(Store):
         have = dict(self._conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
                     .fetchall())
         return {"seal", "readers"} <= tables and "rhash" in columns \
-            and all(have.get(k) == v for k, v in _TRIGGERS.items())
+            and all(have.get(k) == v for k, v in _triggers(columns).items())
 
     def _upgrade(self) -> None:
         """Add the seal (row digests, triggers) and the readers table to a store that lacks them.
@@ -361,9 +373,10 @@ class SQLiteStore(Store):
                 for statement in _SCHEMA.split(";"):  # IF NOT EXISTS: adds seal and readers
                     if statement.strip():
                         self._conn.execute(statement)
+                columns = {r[1] for r in self._conn.execute("PRAGMA table_info(entries)")}
                 for name in _TRIGGERS:
                     self._conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-                for sql in _TRIGGERS.values():
+                for sql in _triggers(columns).values():
                     self._conn.execute(sql)
                 self._conn.execute("UPDATE seal SET dirty = dirty + 1 WHERE id = 1")
             self._conn.execute("COMMIT")
