@@ -682,7 +682,7 @@ class RequestCache:
         if plan.key is None or not plan.lookup:
             return None
         try:
-            hit = self._get(plan.key)
+            hit, _ = self._get(plan.key)
         except Exception as exc:  # the cache must never break a request
             self._failed("lookup", exc)
             return None
