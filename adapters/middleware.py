@@ -225,7 +225,7 @@ class _Flight:
     prompt: str
     stream: bool
     future: asyncio.Future[_Outcome | None]
-    vector: Any = None  # (d,) unit vector, computed when a paraphrase first asks
+    vector: Any = None  # (d,) unit vector of the prompt (from its lookup), or None
 
 
 class SemanticCacheMiddleware:
@@ -281,13 +281,16 @@ class SemanticCacheMiddleware:
         Seconds a waiter waits for the in-flight call before calling upstream itself.
     coalesce_similar : bool
     executor : concurrent.futures.Executor, optional
-        Where lookups and stores run. Default: a pool of this middleware's own
-        (``lookup_threads`` threads); exact repeats of recently seen prompts go
-        to a second small pool, so they never queue behind embeddings.
+        Where lookups that may embed run. Default: a pool of this middleware's
+        own (``lookup_threads`` threads). Exact repeats of recently seen prompts
+        go to a small pool of their own, and stores to another, so neither
+        queues behind other requests' embeddings.
     lookup_threads : int, optional
-        Default ``min(32, cpus + 4)``: with a 64-thread pool and no batching
-        embedder, concurrent model calls oversubscribed 2 cores
-        (``benchmarks/results/proxy_bench.txt``: misses 2-3x slower than main).
+        Default 32 when the cache's embedder is a
+        :class:`~semcache.batching.BatchingEmbedder` (threads waiting for a
+        batch cost nothing, and more of them make larger batches), else
+        ``min(32, cpus + 4)``: without batching every thread runs the model,
+        and more of them oversubscribe the cores.
     """
 
     def __init__(
@@ -366,7 +369,7 @@ class SemanticCacheMiddleware:
             scope = {**scope, "headers": _identity_encoding(scope.get("headers") or [])}
         if plan.key is not None and plan.lookup:
             t_look = time.perf_counter()
-            hit = await self.rc.alookup(plan)
+            hit = await self.rc.alookup(plan, vector=self.coalesce and self.coalesce_similar)
             self.metrics.looked_up(time.perf_counter() - t_look)
             if hit is not None and not await self._may_serve(scope, plan):
                 hit = None
@@ -398,7 +401,7 @@ class SemanticCacheMiddleware:
         key = (plan.key.scope.json, plan.key.prompt)
         flight = self._flights.get(key)
         if flight is None and self.coalesce_similar:
-            flight = await self._similar_flight(plan)
+            flight = self._similar_flight(plan)
         if flight is not None:
             try:
                 outcome = await asyncio.wait_for(asyncio.shield(flight.future),
@@ -413,7 +416,7 @@ class SemanticCacheMiddleware:
             await self._forward(scope, receive, send, plan, t0)
             return
         flight = _Flight(key, plan.key.prompt, plan.key.stream,
-                         asyncio.get_running_loop().create_future())
+                         asyncio.get_running_loop().create_future(), plan.vector)
         self._flights[key] = flight
         self._by_scope.setdefault(key[0], []).append(flight)
         result: _Outcome | None = None
@@ -427,28 +430,22 @@ class SemanticCacheMiddleware:
                 del self._by_scope[key[0]]
             flight.future.set_result(result)
 
-    async def _similar_flight(self, plan: Plan) -> _Flight | None:
-        """An in-flight miss in the same scope whose prompt this one would hit, if any."""
+    def _similar_flight(self, plan: Plan) -> _Flight | None:
+        """An in-flight miss in the same scope whose prompt this one would hit, if any.
+
+        Compares the vectors the lookups computed (``plan.vector``; none for a
+        prompt longer than the embedder reads), so it costs no embedding and
+        no trip through a thread pool: a (d,) dot product per flight in the scope.
+        """
         assert plan.key is not None
-        peers = [f for f in self._by_scope.get(plan.key.scope.json, ())
-                 if f.prompt != plan.key.prompt]
-        if not peers:
+        query = plan.vector
+        if query is None:
             return None
         cache = self.rc.cache
-        todo = [f for f in peers if f.vector is None]
-        texts = [plan.key.prompt] + [f.prompt for f in todo]
-        try:
-            vecs = await self.rc.run(self.rc.embed, texts)
-        except Exception as exc:  # no coalescing is still a correct answer
-            log.warning("semcache: embedding for coalescing failed: %r", exc)
-            return None
-        for f, v in zip(todo, vecs[1:], strict=True):
-            f.vector = v
-        query = vecs[0]
         threshold = cache.threshold if self.rc.threshold is None else self.rc.threshold
         best: tuple[float, _Flight] | None = None
-        for f in peers:
-            if f.vector is None or f.future.done():
+        for f in self._by_scope.get(plan.key.scope.json, ()):
+            if f.vector is None or f.prompt == plan.key.prompt or f.future.done():
                 continue
             score = float(min(1.0, max(-1.0, float(query @ f.vector))))
             if score >= threshold and (best is None or score > best[0]) and all(

@@ -19,6 +19,17 @@ transport that really talks to the API:
 - anything else (other endpoints, ``cache-control: no-store``, bodies that
   cannot be keyed) passes through untouched, marked ``x-semcache: bypass``.
 
+**Single-flight**: concurrent misses for the same prompt in the same scope
+(threads sharing a :func:`caching_client`, tasks sharing an
+:func:`async_caching_client`) make one upstream call. The others wait for it
+(at most ``coalesce_wait`` seconds) and are answered with its answer, marked
+``x-semcache: coalesced``: as JSON or as a replayed stream, whichever each
+asked for. An error answer (HTTP 4xx/5xx) reaches every waiter as it came, an
+answer that may not be stored (cut off by ``max_tokens``, a tool call) reaches
+the waiters that asked for the same shape, and neither is stored. A waiter
+whose leader failed outright (a network error) or whose answer it cannot use
+calls upstream itself.
+
 The key is built by :mod:`semcache.adapters.requests`; entries are scoped by
 the keyed hash of the request's API key, so a client shared by several keys
 never serves one key's answer to another, and a request without a key is not
@@ -31,9 +42,12 @@ The transports are plain ``httpx`` transports, which the OpenAI SDK accepts as
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
 
 from semcache import Hit, SemanticCache
 from semcache.cache import ScopeLike
@@ -57,6 +71,113 @@ __all__ = [
 
 #: The OpenAI SDK's own default: generous read timeout (long generations), quick connect.
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+
+#: Largest answer a leader keeps for its waiters (bigger: they call upstream themselves).
+_MAX_SHARED: Final = 16 * 1024 * 1024
+
+#: Response headers not copied onto an answer rebuilt for a waiter.
+_PER_RESPONSE: Final = frozenset({"content-length", "transfer-encoding", "content-encoding",
+                                  "x-semcache", "x-semcache-similarity"})
+
+
+@dataclass
+class _Outcome:
+    """What a leader's upstream call ended with, for the requests waiting on it.
+
+    ``completion``: the final answer when it may be stored (served to waiters
+    like a hit); otherwise ``status``/``headers``/``body`` as they came.
+    """
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes | None
+    completion: dict[str, Any] | None
+    stream: bool
+
+
+def _waiter_response(plan: Plan, outcome: _Outcome | None) -> httpx.Response | None:
+    """A waiter's answer from its leader's outcome; None: it calls upstream itself."""
+    if outcome is None or plan.key is None:
+        return None
+    key = plan.key
+    if outcome.completion is not None:
+        headers = [("x-semcache", "coalesced")]
+        if key.stream:
+            body = b"".join(replay(key.endpoint, outcome.completion,
+                                   include_usage=key.include_usage))
+            headers += [("content-type", "text/event-stream; charset=utf-8"),
+                        ("cache-control", "no-cache")]
+        else:
+            body = json.dumps(outcome.completion, separators=(",", ":"),
+                              ensure_ascii=False).encode()
+            headers.append(("content-type", "application/json"))
+        return httpx.Response(200, headers=headers, content=body)
+    if outcome.body is None or (outcome.status < 400 and outcome.stream != key.stream):
+        return None
+    # An error (the same for a stream and not), or an answer that may not be stored,
+    # of the shape this request asked for: passed on as it came, stored by nobody.
+    headers = [(k, v) for k, v in outcome.headers if k.lower() not in _PER_RESPONSE]
+    return httpx.Response(outcome.status, headers=[*headers, ("x-semcache", "coalesced")],
+                          content=outcome.body)
+
+
+class _SyncFlight:
+    """A miss on its way upstream that threads with the same key wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome: _Outcome | None = None
+
+
+class _Flights:
+    """The misses in flight of one transport, by (scope, normalised prompt)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sync: dict[tuple[str, str], _SyncFlight] = {}
+        self._async: dict[tuple[str, str], asyncio.Future[_Outcome | None]] = {}
+
+    @staticmethod
+    def key(plan: Plan) -> tuple[str, str]:
+        assert plan.key is not None
+        return plan.key.scope.json, plan.key.prompt
+
+    def join_sync(self, key: tuple[str, str]) -> tuple[_SyncFlight, bool]:
+        """The flight for ``key`` and whether this caller leads it (calls upstream)."""
+        with self._lock:
+            flight = self._sync.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._sync[key] = _SyncFlight()
+            return flight, True
+
+    def land_sync(self, key: tuple[str, str], flight: _SyncFlight, outcome: _Outcome | None
+                  ) -> None:
+        with self._lock:
+            if self._sync.get(key) is flight:
+                del self._sync[key]
+        if not flight.done.is_set():
+            flight.outcome = outcome
+            flight.done.set()
+
+    def join_async(self, key: tuple[str, str]
+                   ) -> tuple[asyncio.Future[_Outcome | None], bool]:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            future = self._async.get(key)
+            # A future of another event loop cannot be awaited here: lead a flight of our own.
+            if future is not None and not future.done() and future.get_loop() is loop:
+                return future, False
+            future = self._async[key] = loop.create_future()
+            return future, True
+
+    def land_async(self, key: tuple[str, str], future: asyncio.Future[_Outcome | None],
+                   outcome: _Outcome | None) -> None:
+        with self._lock:
+            if self._async.get(key) is future:
+                del self._async[key]
+        if not future.done():
+            future.set_result(outcome)
 
 
 def _header_getter(request: httpx.Request) -> Callable[[str], str | None]:
@@ -87,6 +208,28 @@ def _capturing(plan: Plan, response: httpx.Response) -> bool:
     return encoding in ("", "identity")
 
 
+def _identity(response: httpx.Response) -> bool:
+    return response.headers.get("content-encoding", "identity").lower() in ("", "identity")
+
+
+def _keep(rc: RequestCache, plan: Plan, final: Any) -> dict[str, Any] | None:
+    """Store ``final`` if it may be stored; returns it then (what waiters are served)."""
+    if not rc.should_store(plan, final):
+        return None
+    rc.store(plan, final)  # a failed put still leaves an answer for the waiters
+    assert isinstance(final, dict)
+    return final
+
+
+async def _akeep(rc: RequestCache, plan: Plan, final: Any) -> dict[str, Any] | None:
+    """:func:`_keep` without blocking the event loop."""
+    if not rc.should_store(plan, final):
+        return None
+    await rc.astore(plan, final)
+    assert isinstance(final, dict)
+    return final
+
+
 def _json_or_none(body: bytes) -> Any:
     try:
         return json.loads(body)
@@ -95,61 +238,87 @@ def _json_or_none(body: bytes) -> Any:
 
 
 class _TeeStream(httpx.SyncByteStream):
-    """Passes a streamed body on while assembling it; stores it once it is complete."""
+    """Passes a streamed body on while assembling it; stores it once it is complete.
 
-    def __init__(self, inner: Any, capture: StreamCapture, on_done: Callable[[Any], object]
-                 ) -> None:
+    ``on_end(final, raw)`` is called exactly once: at the terminal event, at the
+    end of the body, or when the caller closes the stream early (then ``final``
+    is None: the answer was not seen whole). ``raw`` is the body so far (None
+    past :data:`_MAX_SHARED`).
+    """
+
+    def __init__(self, inner: Any, capture: StreamCapture,
+                 on_end: Callable[[Any, bytes | None], object]) -> None:
         self._inner = inner
         self._capture = capture
-        self._on_done = on_done
+        self._on_end = on_end
+        self._raw: bytearray | None = bytearray()
         self._finished = False
 
-    def _finish(self) -> None:
+    def _keep(self, chunk: bytes) -> None:
+        if self._raw is not None:
+            self._raw += chunk
+            if len(self._raw) > _MAX_SHARED:
+                self._raw = None
+
+    def _finish(self, seen: bool) -> None:
         if not self._finished:
             self._finished = True
-            result = self._capture.finish()
-            if result is not None:
-                self._on_done(result)
+            result = self._capture.finish() if seen else None
+            # Closed early: the answer was not seen whole, the waiters call upstream.
+            raw = None if self._raw is None or not seen else bytes(self._raw)
+            self._on_end(result, raw)
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
+            self._keep(chunk)
             # Store before handing over the chunk holding the terminal event: the SDK
             # stops reading at [DONE] and may never ask for the rest.
             if self._capture.feed(chunk):
-                self._finish()
+                self._finish(True)
             yield chunk
-        self._finish()
+        self._finish(True)
 
     def close(self) -> None:
-        self._inner.close()
+        try:
+            self._inner.close()
+        finally:
+            self._finish(False)
 
 
 class _AsyncTeeStream(httpx.AsyncByteStream):
     """The async twin of :class:`_TeeStream`."""
 
-    def __init__(self, inner: Any, capture: StreamCapture, on_done: Callable[[Any], Any]
-                 ) -> None:
+    def __init__(self, inner: Any, capture: StreamCapture,
+                 on_end: Callable[[Any, bytes | None], Awaitable[object]]) -> None:
         self._inner = inner
         self._capture = capture
-        self._on_done = on_done
+        self._on_end = on_end
+        self._raw: bytearray | None = bytearray()
         self._finished = False
 
-    async def _finish(self) -> None:
+    async def _finish(self, seen: bool) -> None:
         if not self._finished:
             self._finished = True
-            result = self._capture.finish()
-            if result is not None:
-                await self._on_done(result)
+            result = self._capture.finish() if seen else None
+            raw = None if self._raw is None or not seen else bytes(self._raw)
+            await self._on_end(result, raw)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
+            if self._raw is not None:
+                self._raw += chunk
+                if len(self._raw) > _MAX_SHARED:
+                    self._raw = None
             if self._capture.feed(chunk):
-                await self._finish()
+                await self._finish(True)
             yield chunk
-        await self._finish()
+        await self._finish(True)
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        try:
+            await self._inner.aclose()
+        finally:
+            await self._finish(False)
 
 
 class CachingTransport(httpx.BaseTransport):
@@ -178,6 +347,12 @@ class CachingTransport(httpx.BaseTransport):
         Entries are scoped by the tenant header alone, shared by every API key
         naming that tenant. By default they are scoped by the keyed hash of the
         API key (see :mod:`semcache.adapters.requests`, "Entitlement").
+    coalesce : bool
+        Single-flight of concurrent misses for the same prompt in the same
+        scope (see the module docstring). A ``cache-control: no-cache`` request
+        never waits for another.
+    coalesce_wait : float
+        Seconds a waiter waits for the call in flight before calling upstream itself.
     """
 
     def __init__(
@@ -193,12 +368,17 @@ class CachingTransport(httpx.BaseTransport):
         cache_tool_calls: bool = False,
         allow_anonymous: bool = False,
         trust_tenant_header: bool = False,
+        coalesce: bool = True,
+        coalesce_wait: float = 60.0,
     ) -> None:
         self.rc = RequestCache(
             cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
             cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
             allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
         )
+        self.coalesce = coalesce
+        self.coalesce_wait = float(coalesce_wait)
+        self._flights = _Flights()
         self.inner: httpx.BaseTransport = transport or httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -212,16 +392,51 @@ class CachingTransport(httpx.BaseTransport):
         hit = self.rc.lookup(plan)
         if hit is not None:
             return _hit_response(self.rc, plan, hit)
+        if not (self.coalesce and plan.lookup):
+            return self._forward(request, plan, None)
+        key = _Flights.key(plan)
+        flight, lead = self._flights.join_sync(key)
+        if not lead:
+            if flight.done.wait(self.coalesce_wait):
+                answer = _waiter_response(plan, flight.outcome)
+                if answer is not None:
+                    return answer
+            return self._forward(request, plan, None)  # too slow, failed, or unusable
+
+        def land(outcome: _Outcome | None) -> None:
+            self._flights.land_sync(key, flight, outcome)
+
+        try:
+            return self._forward(request, plan, land)
+        except BaseException:
+            land(None)
+            raise
+
+    def _forward(self, request: httpx.Request, plan: Plan,
+                 land: Callable[[_Outcome | None], None] | None) -> httpx.Response:
+        """Send a miss upstream and store a complete answer; ``land`` gets the outcome."""
+        assert plan.key is not None
+        key = plan.key
         request.headers["accept-encoding"] = "identity"
         response = self.inner.handle_request(request)
         response.headers["x-semcache"] = "miss"
         if not _capturing(plan, response):
+            if land is not None:
+                if response.status_code >= 400 and _identity(response):
+                    raw = response.read()
+                    land(_Outcome(response.status_code, list(response.headers.multi_items()),
+                                  raw, None, key.stream))
+                else:
+                    land(None)
             return response
-        if plan.key.stream:
-            capture = StreamCapture(plan.key.endpoint)
-            response.stream = _TeeStream(
-                response.stream, capture, lambda final: self.rc.store(plan, final)
-            )
+        headers = list(response.headers.multi_items())
+        if key.stream:
+            def on_end(final: Any, raw: bytes | None) -> None:
+                completion = None if final is None else _keep(self.rc, plan, final)
+                if land is not None:
+                    land(_Outcome(200, headers, raw, completion, True))
+
+            response.stream = _TeeStream(response.stream, StreamCapture(key.endpoint), on_end)
             return response
         stream = response.stream
         assert isinstance(stream, httpx.SyncByteStream)
@@ -229,7 +444,9 @@ class CachingTransport(httpx.BaseTransport):
             raw = b"".join(stream)
         finally:
             stream.close()
-        self.rc.store(plan, _json_or_none(raw))
+        completion = _keep(self.rc, plan, _json_or_none(raw))
+        if land is not None:
+            land(_Outcome(200, headers, raw, completion, False))
         return httpx.Response(
             response.status_code,
             headers=response.headers,
@@ -262,12 +479,17 @@ class AsyncCachingTransport(httpx.AsyncBaseTransport):
         cache_tool_calls: bool = False,
         allow_anonymous: bool = False,
         trust_tenant_header: bool = False,
+        coalesce: bool = True,
+        coalesce_wait: float = 60.0,
     ) -> None:
         self.rc = RequestCache(
             cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
             cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
             allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
         )
+        self.coalesce = coalesce
+        self.coalesce_wait = float(coalesce_wait)
+        self._flights = _Flights()
         self.inner: httpx.AsyncBaseTransport = transport or httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -281,16 +503,55 @@ class AsyncCachingTransport(httpx.AsyncBaseTransport):
         hit = await self.rc.alookup(plan)
         if hit is not None:
             return _hit_response(self.rc, plan, hit)
+        if not (self.coalesce and plan.lookup):
+            return await self._forward(request, plan, None)
+        key = _Flights.key(plan)
+        future, lead = self._flights.join_async(key)
+        if not lead:
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(future), self.coalesce_wait)
+            except TimeoutError:
+                outcome = None
+            answer = _waiter_response(plan, outcome)
+            if answer is not None:
+                return answer
+            return await self._forward(request, plan, None)  # too slow, failed, or unusable
+
+        def land(outcome: _Outcome | None) -> None:
+            self._flights.land_async(key, future, outcome)
+
+        try:
+            return await self._forward(request, plan, land)
+        except BaseException:
+            land(None)
+            raise
+
+    async def _forward(self, request: httpx.Request, plan: Plan,
+                       land: Callable[[_Outcome | None], None] | None) -> httpx.Response:
+        """Send a miss upstream and store a complete answer; ``land`` gets the outcome."""
+        assert plan.key is not None
+        key = plan.key
         request.headers["accept-encoding"] = "identity"
         response = await self.inner.handle_async_request(request)
         response.headers["x-semcache"] = "miss"
         if not _capturing(plan, response):
+            if land is not None:
+                if response.status_code >= 400 and _identity(response):
+                    raw = await response.aread()
+                    land(_Outcome(response.status_code, list(response.headers.multi_items()),
+                                  raw, None, key.stream))
+                else:
+                    land(None)
             return response
-        if plan.key.stream:
-            capture = StreamCapture(plan.key.endpoint)
-            response.stream = _AsyncTeeStream(
-                response.stream, capture, lambda final: self.rc.astore(plan, final)
-            )
+        headers = list(response.headers.multi_items())
+        if key.stream:
+            async def on_end(final: Any, raw: bytes | None) -> None:
+                completion = None if final is None else await _akeep(self.rc, plan, final)
+                if land is not None:
+                    land(_Outcome(200, headers, raw, completion, True))
+
+            response.stream = _AsyncTeeStream(response.stream, StreamCapture(key.endpoint),
+                                              on_end)
             return response
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
@@ -298,7 +559,9 @@ class AsyncCachingTransport(httpx.AsyncBaseTransport):
             raw = b"".join([chunk async for chunk in stream])
         finally:
             await stream.aclose()
-        await self.rc.astore(plan, _json_or_none(raw))
+        completion = await _akeep(self.rc, plan, _json_or_none(raw))
+        if land is not None:
+            land(_Outcome(200, headers, raw, completion, False))
         return httpx.Response(
             response.status_code,
             headers=response.headers,
@@ -323,6 +586,8 @@ def caching_client(
     cache_tool_calls: bool = False,
     allow_anonymous: bool = False,
     trust_tenant_header: bool = False,
+    coalesce: bool = True,
+    coalesce_wait: float = 60.0,
     **client_kwargs: Any,
 ) -> httpx.Client:
     """An ``httpx.Client`` for ``OpenAI(http_client=...)`` that caches through ``cache``.
@@ -334,7 +599,7 @@ def caching_client(
         What reaches the API (proxies, retries, TLS settings); default
         ``httpx.HTTPTransport()``.
     scope, threshold, ttl, tenant_header, cache_truncated, cache_tool_calls
-    allow_anonymous, trust_tenant_header
+    allow_anonymous, trust_tenant_header, coalesce, coalesce_wait
         See :class:`CachingTransport`.
     **client_kwargs
         Passed to ``httpx.Client`` (default timeout: the SDK's, 600 s read, 5 s connect).
@@ -351,6 +616,7 @@ def caching_client(
         cache, transport, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
         cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
         allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
+        coalesce=coalesce, coalesce_wait=coalesce_wait,
     )
     client: httpx.Client = httpx.Client(transport=wrapped, **client_kwargs)
     return client
@@ -368,6 +634,8 @@ def async_caching_client(
     cache_tool_calls: bool = False,
     allow_anonymous: bool = False,
     trust_tenant_header: bool = False,
+    coalesce: bool = True,
+    coalesce_wait: float = 60.0,
     **client_kwargs: Any,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` for ``AsyncOpenAI(http_client=...)``; see :func:`caching_client`."""
@@ -377,6 +645,7 @@ def async_caching_client(
         cache, transport, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
         cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
         allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
+        coalesce=coalesce, coalesce_wait=coalesce_wait,
     )
     client: httpx.AsyncClient = httpx.AsyncClient(transport=wrapped, **client_kwargs)
     return client

@@ -117,6 +117,7 @@ __all__ = [
     "Plan",
     "RequestCache",
     "cache_control",
+    "default_lookup_threads",
     "endpoint_of",
     "load_secret",
     "request_key",
@@ -501,6 +502,9 @@ class Plan:
     started: float = field(default_factory=time.perf_counter)
     #: Keyed hash of the caller's credential (never the credential), if any.
     credential: str | None = None
+    #: (d,) unit vector of the prompt, set by ``alookup(plan, vector=True)`` on a miss
+    #: when the embedder reads the whole prompt (paraphrase coalescing compares it).
+    vector: Any = None
 
 
 class RequestCache:
@@ -555,7 +559,8 @@ class RequestCache:
         self.errors = 0
         self._executor: Executor | None = None
         self._fast: Executor | None = None
-        self._threads = min(32, (os.cpu_count() or 1) + 4)
+        self._store: Executor | None = None
+        self._threads = default_lookup_threads(cache)
         #: (scope, prompt) of recent exact entries: their lookups need no embedding.
         self._exact_hint: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._hint_lock = threading.Lock()
@@ -571,7 +576,7 @@ class RequestCache:
             Runs lookups that may embed, and stores. Default: a pool of
             ``threads`` threads of this adapter.
         threads : int, optional
-            Default ``min(32, cpus + 4)``.
+            Default :func:`default_lookup_threads`.
         """
         self._executor = executor
         if threads is not None:
@@ -592,14 +597,21 @@ class RequestCache:
     def fast_executor(self) -> Executor:
         """A small pool for exact repeats, so they never wait behind embeddings."""
         if self._fast is None:
-            self._fast = ThreadPoolExecutor(8, thread_name_prefix="semcache-exact")
+            self._fast = ThreadPoolExecutor(4, thread_name_prefix="semcache-exact")
         return self._fast
 
-    async def run(self, fn: Callable[..., T], *args: Any, fast: bool = False) -> T:
-        """``fn(*args)`` in one of the adapter's pools, awaited."""
+    @property
+    def store_executor(self) -> Executor:
+        """The pool stores run in: a miss's answer is stored before its last byte is sent,
+        so its put must not queue behind other requests' lookups (their embeddings)."""
+        if self._store is None:
+            self._store = ThreadPoolExecutor(2, thread_name_prefix="semcache-store")
+        return self._store
+
+    async def run(self, fn: Callable[..., T], *args: Any, pool: Executor | None = None) -> T:
+        """``fn(*args)`` in ``pool`` (default: the lookup pool), awaited."""
         loop = asyncio.get_running_loop()
-        pool = self.fast_executor if fast else self.executor
-        return await loop.run_in_executor(pool, functools.partial(fn, *args))
+        return await loop.run_in_executor(pool or self.executor, functools.partial(fn, *args))
 
     def embed(self, texts: list[str]) -> Any:
         """Unit-length embeddings of normalised prompts, ``(n, d)``, as the cache's lookups see
@@ -676,29 +688,48 @@ class RequestCache:
         if plan.key is None or not plan.lookup:
             return None
         try:
-            hit = self._get(plan.key)
+            hit, _ = self._get(plan.key)
         except Exception as exc:  # the cache must never break a request
             self._failed("lookup", exc)
             return None
         return self._usable(plan.key, hit)
 
-    async def alookup(self, plan: Plan) -> Hit | None:
-        """:meth:`lookup` without blocking the event loop."""
+    async def alookup(self, plan: Plan, *, vector: bool = False) -> Hit | None:
+        """:meth:`lookup` without blocking the event loop.
+
+        Exact repeats of recent entries run in a small pool of their own, other
+        lookups in the lookup pool. With ``vector``, a miss also sets
+        ``plan.vector`` (the prompt's unit vector, from the cache's memo of what
+        the lookup just embedded) in the same job, so comparing it with other
+        requests in flight costs no second trip through the pool.
+        """
         if plan.key is None or not plan.lookup:
             return None
         key = plan.key
+        pool = self.fast_executor if self._hinted(key) else self.executor
         try:
-            hit = await self.run(self._get, key, fast=self._hinted(key))
+            hit, plan.vector = await self.run(self._get, key, vector, pool=pool)
         except Exception as exc:
             self._failed("lookup", exc)
             return None
         return self._usable(key, hit)
 
-    def _get(self, key: CacheKey) -> Hit | Any:
+    def _get(self, key: CacheKey, vector: bool = False) -> tuple[Hit | Any, Any]:
         hit = self.cache.get(key.prompt, scope=key.scope, threshold=self.threshold)
-        if isinstance(hit, Hit) and hit.exact:
-            self._hint(key)
-        return hit
+        if isinstance(hit, Hit):
+            if hit.exact:
+                self._hint(key)
+            return hit, None
+        vec = None
+        if vector:
+            try:
+                # A long prompt's vector shows only its end: two long prompts with the
+                # same end are not the same request, so they are not compared this way.
+                if self.cache.reads_whole(key.prompt):
+                    vec = self.cache.embed([key.prompt])[0]  # the memo: what get embedded
+            except Exception as exc:  # no paraphrase coalescing is still correct
+                log.info("semcache: no vector for coalescing: %r", exc)
+        return hit, vec
 
     def _usable(self, key: CacheKey, hit: Hit | Any) -> Hit | None:
         if hit is MISS or not isinstance(hit, Hit):
@@ -742,7 +773,7 @@ class RequestCache:
         assert plan.key is not None
         key = plan.key
         try:
-            entry = await self.run(self._put, key, completion)
+            entry = await self.run(self._put, key, completion, pool=self.store_executor)
         except Exception as exc:
             self._failed("store", exc)
             return False
@@ -757,6 +788,17 @@ class RequestCache:
     def _failed(self, what: str, exc: Exception) -> None:
         self.errors += 1
         log.warning("semcache: cache %s failed; the request is served without it: %r", what, exc)
+
+
+def default_lookup_threads(cache: SemanticCache) -> int:
+    """Threads of an adapter's lookup pool: 32 with a :class:`~semcache.batching.BatchingEmbedder`
+    (its waiting threads cost nothing, and more of them make larger batches), else
+    ``min(32, cpus + 4)`` (each thread runs the model, and more oversubscribe the cores)."""
+    from semcache.batching import BatchingEmbedder
+
+    if isinstance(cache.embedder, BatchingEmbedder):
+        return 32
+    return min(32, (os.cpu_count() or 1) + 4)
 
 
 def hit_headers(hit: Hit, stream: bool) -> list[tuple[str, str]]:

@@ -599,6 +599,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also store answers that call tools")
     parser.add_argument("--max-body", type=int, default=MAX_BODY,
                         help=f"largest request body in bytes (413 beyond; default {MAX_BODY})")
+    parser.add_argument("--embed-batch", type=int, default=32, metavar="N",
+                        help="embed concurrent lookups together, up to N prompts a model call "
+                             "(default 32; 0: each lookup calls the model itself)")
     parser.add_argument("--graceful-timeout", type=float, default=1.5,
                         help="seconds requests in flight may finish after SIGTERM (default 1.5)")
     parser.add_argument("--log-level", default="warning",
@@ -632,6 +635,9 @@ def run(args: argparse.Namespace) -> int:
         print("semcache serve: --keys and --share-across-keys are two different ways to share; "
               "choose one", file=sys.stderr)
         return 2
+    if args.embed_batch < 0:
+        print("semcache serve: --embed-batch must be 0 or positive", file=sys.stderr)
+        return 2
     if args.max_body <= 0:
         print("semcache serve: --max-body must be positive", file=sys.stderr)
         return 2
@@ -642,6 +648,13 @@ def run(args: argparse.Namespace) -> int:
         from semcache import SemanticCache, default_directory
 
         kwargs: dict[str, Any] = {"ttl": args.ttl}
+        if args.embed_batch > 0:
+            from semcache.batching import BatchingEmbedder
+            from semcache.embedding import default_embedder
+
+            # Concurrent lookups share model calls: one call at a time, never one per
+            # thread fighting for the cores (see docs/adapters.md, "Throughput").
+            kwargs["embedder"] = BatchingEmbedder(default_embedder(), max_batch=args.embed_batch)
         if args.threshold is not None:
             kwargs["threshold"] = args.threshold
         if args.memory:

@@ -7,6 +7,7 @@ seconds, JSON or SSE):
 - ``pass``: a plain forwarding proxy (this tree's ``ForwardingApp`` alone, no cache);
 - ``main``: ``semcache serve`` from ``git archive <--base>`` (default ``main``),
   unpacked into a temporary directory, i.e. the code before this change;
+- ``before`` (with ``--before REV``): a second old revision, the same way;
 - ``new``: ``semcache serve`` from this tree.
 
 The load is the real ``openai`` async client, ``--clients`` concurrent callers
@@ -19,7 +20,7 @@ cache (not measured); then, per round and concurrency,
   duplicate's other question, labelled a duplicate by Quora), 25% new questions;
 - ``hits``: 70% repeats and 30% paraphrases, i.e. what a cache can answer.
 
-The three proxies are measured alternately (the order rotates every round), so
+The proxies are measured alternately (the order rotates every round), so
 a slow spell of the shared machine hits all of them. Each request's outcome is
 the proxy's ``x-semcache`` header (``hit``, ``miss``, ``coalesced``...); for the
 pass-through every request is an upstream call.
@@ -195,7 +196,7 @@ def base_tree(rev: str, where: Path) -> Path:
     data = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True,
                           capture_output=True).stdout
     tree = where / "base"
-    tree.mkdir()
+    tree.mkdir(parents=True)
     with tempfile.TemporaryFile() as f:
         f.write(data)
         f.seek(0)
@@ -306,11 +307,18 @@ def main() -> int:
     ap.add_argument("--seed-prompts", type=int, default=300)
     ap.add_argument("--stream-share", type=float, default=0.3)
     ap.add_argument("--base", default="main", help="git revision of the 'main' proxy")
+    ap.add_argument("--before", default=None,
+                    help="a second old revision, measured as proxy 'before' (adds it to --systems)")
     ap.add_argument("--systems", default="pass,main,new")
+    ap.add_argument("--backend", default=None,
+                    help="SEMCACHE_BACKEND of both cached proxies (torch, onnx-fp32, onnx-int8; "
+                         "default: the library's default)")
     ap.add_argument("--out", default=str(RESULTS / "proxy_bench.txt"))
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     systems = args.systems.split(",")
+    if args.before and "before" not in systems:
+        systems.insert(systems.index("new") if "new" in systems else len(systems), "before")
     rng = random.Random(20)
     phases = ["mixed", "hits"]
     per_round = len(clients) * len(phases) * args.requests
@@ -322,6 +330,8 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if args.backend:
+        env["SEMCACHE_BACKEND"] = args.backend
     procs: dict[str, Proc] = {}
     try:
         up = Proc("upstream", [sys.executable, "-c", UPSTREAM, str(free_port()), str(args.delay)],
@@ -333,8 +343,8 @@ def main() -> int:
             if name == "pass":
                 cmd = [sys.executable, "-c", PASS_THROUGH, up.url, str(free_port())]
                 procs[name] = Proc(name, cmd, env, cwd=str(REPO))
-            elif name == "main":
-                tree = base_tree(args.base, tmp)
+            elif name in ("main", "before"):
+                tree = base_tree(args.base if name == "main" else args.before, tmp / name)
                 procs[name] = Proc(name, [sys.executable, *serve],
                                    {**env, "PYTHONPATH": str(tree)}, cwd=str(tree))
             elif name == "new":
@@ -343,8 +353,9 @@ def main() -> int:
             print(f"starting {name}...", flush=True)
             procs[name].start()
         # The 'main' proxy must really be the old code.
-        if "main" in procs:
-            assert str(tmp) in procs["main"].env["PYTHONPATH"]
+        for old in ("main", "before"):
+            if old in procs:
+                assert str(tmp) in procs[old].env["PYTHONPATH"]
         seeded = [Req(a, "seed", False) for a, _ in seeds]
         for name in systems:
             asyncio.run(drive(procs[name].url, seeded, 32))
@@ -370,7 +381,7 @@ def main() -> int:
     lines = [
         f"proxy_bench: {args.rounds} rounds x {args.requests} requests per proxy, phase and "
         f"concurrency; upstream delay {args.delay}s; {args.stream_share:.0%} streamed; "
-        f"base={args.base}; {os.cpu_count()} cpus",
+        f"base={args.base}; before={args.before}; backend={args.backend or 'default'}; {os.cpu_count()} cpus",
         "cmd: " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "hit = answered by the proxy's cache (x-semcache: hit); pass = every request upstream",
         "",
@@ -387,7 +398,8 @@ def main() -> int:
         errs = [o for _, o, _ in res if o.startswith("error") or o == "wrong"]
         alls = [t for _, _, t in res]
         s = {"rps": len(res) / wall, "hps": len(hits) / wall, "hit50": pct(hits, 50),
-             "hit99": pct(hits, 99), "all50": pct(alls, 50), "all99": pct(alls, 99)}
+             "hit99": pct(hits, 99), "all50": pct(alls, 50), "all99": pct(alls, 99),
+             "miss50": pct(misses, 50), "miss99": pct(misses, 99)}
         summary[(name, ph, c)] = s
         lines.append(
             f"{name:6} {ph:6} {c:7d} {s['rps']:8.1f} {s['hps']:8.1f} {len(hits):6d} "
@@ -396,14 +408,27 @@ def main() -> int:
     lines.append("")
     lines.append("latencies in ms; req/s over the wall time of the phase's requests")
     for c in clients:
-        n, m, p = (summary.get((k, "hits", c)) for k in ("new", "main", "pass"))
-        if n and m:
-            lines.append(f"{c} clients, hits phase: hit/s new/main = {n['hps'] / max(m['hps'], 1e-9):.2f}x"
-                         f" (new {n['hps']:.1f}, main {m['hps']:.1f}); hit p99 new "
-                         f"{n['hit99']:.1f} ms, main {m['hit99']:.1f} ms")
-        if n and p:
-            lines.append(f"{c} clients, hits phase: new hit p50/p99 {n['hit50']:.1f}/{n['hit99']:.1f}"
-                         f" ms vs pass-through p50/p99 {p['all50']:.1f}/{p['all99']:.1f} ms")
+        for ph in phases:
+            n, m, p = (summary.get((k, ph, c)) for k in ("new", "main", "pass"))
+            b = summary.get(("before", ph, c))
+            if n and b:
+                lines.append(
+                    f"{c} clients, {ph}: before -> new: req/s {b['rps']:.1f} -> {n['rps']:.1f}; "
+                    f"hit p50/p99 {b['hit50']:.1f}/{b['hit99']:.1f} -> {n['hit50']:.1f}/"
+                    f"{n['hit99']:.1f} ms; miss p50/p99 {b['miss50']:.0f}/{b['miss99']:.0f} -> "
+                    f"{n['miss50']:.0f}/{n['miss99']:.0f} ms")
+            if n and m:
+                lines.append(
+                    f"{c} clients, {ph}: req/s new {n['rps']:.1f} / main {m['rps']:.1f}; hit/s new "
+                    f"{n['hps']:.1f} / main {m['hps']:.1f} ({n['hps'] / max(m['hps'], 1e-9):.2f}x); "
+                    f"hit p50/p99 new {n['hit50']:.1f}/{n['hit99']:.1f} ms, main "
+                    f"{m['hit50']:.1f}/{m['hit99']:.1f} ms; miss p50/p99 new "
+                    f"{n['miss50']:.0f}/{n['miss99']:.0f} ms, main {m['miss50']:.0f}/{m['miss99']:.0f} ms")
+            if n and p:
+                lines.append(
+                    f"{c} clients, {ph}: new hit p50/p99 {n['hit50']:.1f}/{n['hit99']:.1f} ms, miss "
+                    f"p50 {n['miss50']:.0f} ms vs pass-through p50/p99 {p['all50']:.1f}/"
+                    f"{p['all99']:.1f} ms ({p['rps']:.1f} req/s)")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out)
@@ -420,13 +445,14 @@ def plot(summary: dict[tuple[str, str, int], dict[str, float]], clients: list[in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.5))
     width = 0.8 / len(systems)
     x = np.arange(len(clients))
     for i, name in enumerate(systems):
         for ax, ph, key, label in ((axes[0], "mixed", "rps", "mixed stream: req/s"),
                                    (axes[1], "hits", "rps", "hits stream: req/s"),
-                                   (axes[2], "hits", "all99", "hits stream: p99 latency (ms)")):
+                                   (axes[2], "hits", "all99", "hits stream: p99 latency (ms)"),
+                                   (axes[3], "mixed", "miss50", "mixed stream: miss p50 (ms)")):
             vals = [summary.get((name, ph, c), {}).get(key, np.nan) for c in clients]
             ax.bar(x + i * width, vals, width, label=name)
             ax.set_title(label)

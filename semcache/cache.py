@@ -44,6 +44,7 @@ import numpy as np
 
 from semcache._deadline import Deadline, DeadlineExceeded
 from semcache._types import FloatArray, IdArray, JSONValue
+from semcache.batching import BatchingEmbedder
 from semcache.embedding import Embedder, SentenceTransformerEmbedder, as_embedder, check_embeddings
 from semcache.errors import (
     ConfigError,
@@ -430,7 +431,10 @@ class SemanticCache:
         self.snapshot_min_entries = _positive_int(snapshot_min_entries, "snapshot_min_entries")
         self.embedder = as_embedder(embedder)
         #: What the embedder reads of a text; decides how long prompts are embedded and matched.
-        self._window = Window(self.embedder)
+        # A BatchingEmbedder reads what its inner model reads (a sentence-transformers
+        # model is asked for its tokenizer), so the window is the inner embedder's.
+        self._window = Window(getattr(self.embedder, "inner", self.embedder)
+                              if isinstance(self.embedder, BatchingEmbedder) else self.embedder)
         self._deadline: Deadline | None = None
         if embed_timeout is not None:
             if isinstance(embed_timeout, bool) or not isinstance(embed_timeout, int | float) or not (
@@ -1019,6 +1023,15 @@ class SemanticCache:
         if not norms:
             return np.zeros((0, self._table.dim or 0), dtype=np.float32)
         return self._embed(norms, [prompt_key(n) for n in norms])
+
+    def reads_whole(self, prompt: str) -> bool:
+        """Whether the embedder reads all of ``prompt`` (after normalisation).
+
+        A longer prompt is embedded by its end, so its vector alone does not
+        decide a hit (see :meth:`get`); callers comparing vectors themselves
+        (the adapters' paraphrase coalescing) leave such prompts out.
+        """
+        return self._window.fits(normalize_prompt(prompt))
 
     def _encode(self, texts: list[str]) -> FloatArray:
         """The embedder's vectors for ``texts``, validated; any failure is an EmbeddingError.

@@ -260,3 +260,81 @@ def test_exact_repeats_do_not_queue_behind_embeddings(stub: UpstreamStub) -> Non
     # 150 slow lookups hold every lookup thread for 1 s or more; the repeat does not wait.
     assert took < 0.5, took
     cache.close()
+
+
+def test_a_miss_is_stored_without_queueing_behind_other_lookups(stub: UpstreamStub) -> None:
+    """The store of a miss (before its last byte) runs in its own pool: with every lookup
+    thread busy embedding other requests, the miss still ends right after the upstream."""
+    from tests.conftest import HashEmbedder
+
+    class SlowEmbedder(HashEmbedder):
+        def encode(self, texts: list[str]) -> Any:
+            import time
+
+            time.sleep(0.5)  # the GIL released, like a model call
+            return super().encode(texts)
+
+    cache = SemanticCache(store="memory", embedder=SlowEmbedder())
+    app = SemanticCacheMiddleware(stub.app, cache, coalesce_similar=False, lookup_threads=2)
+
+    def body(content: str) -> dict[str, Any]:
+        return {**BODY, "messages": [{"role": "user", "content": content}]}
+
+    async def go(url: str) -> tuple[float, str, list[int]]:
+        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60,
+                                     limits=httpx.Limits(max_connections=100)) as c:
+            # A first entry, so the scope exists and every later lookup embeds.
+            assert (await c.post("/v1/chat/completions", json=body("Seed question?"))
+                    ).headers["x-semcache"] == "miss"
+            stub.delay = 0.5
+            t0 = asyncio.get_running_loop().time()
+            miss = asyncio.create_task(c.post("/v1/chat/completions", json=body(Q)))
+            await asyncio.sleep(0.2)  # its lookup is running; now fill the lookup pool
+            flood = [asyncio.create_task(c.post("/v1/chat/completions", json=body(
+                f"Unrelated question number {i}?"))) for i in range(12)]
+            r = await miss
+            took = asyncio.get_running_loop().time() - t0
+            codes = [(await f).status_code for f in flood]
+            again = await c.post("/v1/chat/completions", json=body(Q))
+            return took, f"{r.headers['x-semcache']}/{again.headers['x-semcache']}", codes
+
+    with ThreadServer(app) as server:
+        took, outcomes, codes = asyncio.run(go(server.url))
+    assert codes == [200] * 12
+    assert outcomes == "miss/hit"  # stored, and found by the next request
+    # Lookup 0.5 s + upstream 0.5 s; the 12 lookups queued meanwhile hold both lookup
+    # threads for 3 s, which a store waiting for a lookup thread would have added.
+    assert took < 1.8, took
+    cache.close()
+
+
+def test_long_prompts_with_the_same_end_are_not_coalesced_as_paraphrases(
+        mw_url: str, stub: UpstreamStub) -> None:
+    """Prompts longer than the embedder reads are embedded by their end: two such prompts
+    with another beginning embed alike, yet they are different requests."""
+    tail = " ".join(f"Section {i} of the shared manual describes part {i} of the machine."
+                    for i in range(40))
+    first = "Context: the history of the Roman Empire and its emperors. " + tail + " " + Q
+    second = "Context: a recipe for sourdough bread with rye flour. " + tail + " " + Q
+    stub.delay = 0.6
+    answers = asyncio.run(_ask_many(mw_url, 2, stream=False, contents=[first, second],
+                                    stagger=0.2))
+    assert stub.count == 2
+    assert {a.split(":")[0] for a in answers if isinstance(a, str)} == {"Answer 1", "Answer 2"}
+
+
+def test_a_batching_embedder_reads_what_its_model_reads(embedder: Any) -> None:
+    """``semcache serve`` wraps its model in a BatchingEmbedder: long prompts must still be
+    windowed and matched by the model's own token count."""
+    from semcache.batching import BatchingEmbedder
+
+    long_prompt = "word " * 400 + Q
+    plain = SemanticCache(store="memory", embedder=embedder)
+    batched = SemanticCache(store="memory", embedder=BatchingEmbedder(embedder))
+    try:
+        assert plain.reads_whole(Q) and batched.reads_whole(Q)
+        assert not plain.reads_whole(long_prompt) and not batched.reads_whole(long_prompt)
+        assert float(plain.embed([long_prompt])[0] @ batched.embed([long_prompt])[0]) > 0.9999
+    finally:
+        plain.close()
+        batched.close()
