@@ -623,7 +623,8 @@ class ScopeFilters:
     m, L : int
         Arrays and hashes per array (see :class:`DistanceSensitiveBloomFilter`).
     bits_per_entry : int
-        Memory the arrays are sized for at a rebuild, per entry (>= 1).
+        Memory budget of the arrays per entry at a rebuild (>= 1); the arrays
+        are a power of two, so they take between half and all of it.
     min_calibrate : int
         Entries a scope needs before :meth:`needs_rebuild` asks for the first
         calibration (smaller scopes always ask the engine).
@@ -650,7 +651,7 @@ class ScopeFilters:
     ) -> None:
         if not isinstance(target_loss, float) or not 0.0 < target_loss < 1.0:
             raise ConfigError(f"target_loss must be a float in (0, 1), got {target_loss!r}")
-        for name, val in (("bits_per_entry", bits_per_entry), ("min_calibrate", min_calibrate)):
+        for name, val in (("m", m), ("bits_per_entry", bits_per_entry), ("min_calibrate", min_calibrate)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ConfigError(f"{name} must be a positive int, got {val!r}")
         self.dim = dim
@@ -669,7 +670,9 @@ class ScopeFilters:
     # -- internals --------------------------------------------------------------
 
     def _new_filter(self, capacity: int) -> DistanceSensitiveBloomFilter:
-        log_bits = min(30, max(6, math.ceil(math.log2(max(1, capacity) * self.bits_per_entry / self.m))))
+        # floor: the arrays never take more than bits_per_entry per entry at a
+        # rebuild (between half and all of it).
+        log_bits = min(30, max(6, math.floor(math.log2(max(1, capacity) * self.bits_per_entry / self.m))))
         kw: dict[str, object] = {"log_bits": log_bits, "threshold": self.threshold}
         if self.projection is not None:
             return DistanceSensitiveBloomFilter.from_projection(
@@ -759,8 +762,9 @@ class ScopeFilters:
         if not len(ids):
             self._scopes.pop(key, None)
             return
-        capacity = max(self.min_calibrate, 2 * len(ids))
-        filt = self._new_filter(capacity)
+        filt = self._new_filter(max(self.min_calibrate, len(ids)))
+        # Sized for the rebuild's count; growth past twice that asks for the next rebuild.
+        capacity = 2 * max(self.min_calibrate, len(ids))
         filt.add(a)
         st = _Scope(filt, capacity)
         st.ids = {int(i) for i in ids}
