@@ -142,7 +142,8 @@ def build_sets(size: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     q_idx += [pos[t] for t in rng.choice(np.array(test, dtype=object), 1000, replace=False)]
     qset = set(q_idx)
     part = [i for i in dict.fromkeys(partners) if i not in qset]
-    rest = np.array([i for i in rng.permutation(len(allt)) if i not in qset and i not in set(part)])
+    taken = qset | set(part)
+    rest = np.array([i for i in rng.permutation(len(allt)) if i not in taken])
     n_real = 10_000 if size == "10k" else 100_000
     stored_idx = np.array(part + list(rest[: n_real - len(part)]))
     x, q = vec[stored_idx], vec[np.array(q_idx)]
