@@ -89,14 +89,13 @@ CONFIGS: dict[str, list[tuple[str, int, int, int]]] = {
         ("learned", 64, 16, 64),
         ("learned", 128, 14, 64),
         ("simhash", 256, 20, 1024),
-        ("simhash", 256, 20, 4096),
     ],
     "1m": [
         ("simhash", 64, 16, 64),
         ("learned", 64, 16, 64),
     ],
 }
-THM_PLOT = {("simhash", 32, 12, 64), ("learned", 64, 16, 64), ("simhash", 256, 20, 4096)}
+THM_PLOT = {("simhash", 32, 12, 64), ("learned", 64, 16, 64), ("simhash", 256, 20, 1024)}
 
 
 # -- data ---------------------------------------------------------------------
