@@ -186,3 +186,81 @@ def test_bad_input_is_typed() -> None:
     with pytest.raises(ConfigError):
         f.set_t(5)
     assert DistanceSensitiveBloomFilter(8, m=4, L=8).might_contain(good).sum() == 0  # empty filter
+
+
+def test_learned_family_hashes_signs_of_rotated_projection() -> None:
+    from semcache.projection import LearnedProjection
+
+    stored, queries = split()
+    proj = LearnedProjection(n_components=16).fit(stored)
+    f = DistanceSensitiveBloomFilter.from_projection(proj, m=4, L=10, log_bits=12, seed=2)
+    assert f.family == "learned" and f.planes.shape == (384, 40)
+    f.add(stored[:300])
+    # Reference: SimHash codes in the projection's output space, by hand.
+    g = np.random.default_rng(2).standard_normal((16, 40))
+    ps, pq = proj.transform(stored[:300]) @ g, proj.transform(queries[:50]) @ g
+    want = np.zeros(50, dtype=np.int32)
+    for j in range(4):
+        codes = {tuple(r[j * 10 : (j + 1) * 10] >= 0) for r in ps}
+        want += np.array([tuple(r[j * 10 : (j + 1) * 10] >= 0) in codes for r in pq], dtype=np.int32)
+    got = f.scores(queries[:50])
+    # float32 folding may flip a sign that sits within rounding of zero.
+    assert np.mean(got == want) >= 0.96
+    with pytest.raises(ConfigError):
+        DistanceSensitiveBloomFilter.from_projection(LearnedProjection(n_components=4), m=2, L=8)
+
+
+def test_scope_filters_against_exact_search() -> None:
+    from semcache.index.dsbf import ScopeFilters
+
+    stored, queries = split()
+    sf = ScopeFilters(384, m=32, L=12, bits_per_entry=64, min_calibrate=256)
+    ids = np.arange(len(stored))
+    for i in ids[:300]:
+        sf.add("a", int(i), stored[i])
+    # Entries but no calibration yet: always ask the engine.
+    assert sf.maybe_near("a", queries[0]) is True
+    assert sf.needs_rebuild("a")
+    sf.rebuild("a", ids, stored)
+    st = sf.stats("a")
+    assert st["calibrated"] and st["entries"] == len(stored)
+    assert 32 <= st["bits_per_entry"] <= 64
+    # Every stored vector is found (its own bits are set in every array).
+    assert all(sf.maybe_near("a", v) for v in stored[::7])
+    # Held-out real queries and near copies, truth by exact search.
+    near_copies = np.concatenate([at_cosine(stored[:300], c, i) for i, c in enumerate((0.92, 0.96))])
+    q = np.concatenate([queries, near_copies])
+    best = (q @ stored.T).max(axis=1)
+    near = best >= THRESHOLD
+    said = np.array([sf.maybe_near("a", v) for v in q])
+    assert float(np.mean(~said[near])) <= TARGET + 3 * math.sqrt(TARGET / near.sum())
+    # Another scope never sees scope "a"'s entries: exactly nothing there.
+    assert sf.maybe_near("b", stored[0]) is False
+    sf.add("b", 0, stored[0])
+    assert sf.maybe_near("b", stored[0]) is True  # uncalibrated, non-empty: engine
+    sf.remove("b", 0)
+    assert sf.maybe_near("b", stored[0]) is False  # nothing live
+    with pytest.raises(IndexStateError):
+        sf.remove("b", 0)
+    with pytest.raises(IndexStateError):
+        sf.add("a", 0, stored[0])  # already live
+    with pytest.raises(IndexStateError):
+        sf.add("a", 10**9, stored[:2])  # one vector per entry
+    with pytest.raises(IndexStateError):
+        sf.maybe_near("a", np.ones(7, np.float32))
+    with pytest.raises(IndexStateError):
+        sf.maybe_near("zzz", np.ones(7, np.float32))
+    # Deletes leave bits (never hide a live entry) until a rebuild.
+    for i in ids[: len(ids) // 2]:
+        sf.remove("a", int(i))
+    assert sf.needs_rebuild("a")
+    assert all(sf.maybe_near("a", v) for v in stored[len(ids) // 2 :: 5])
+    sf.rebuild("a", ids[len(ids) // 2 :], stored[len(ids) // 2 :])
+    assert not sf.needs_rebuild("a")
+    assert all(sf.maybe_near("a", v) for v in stored[len(ids) // 2 :: 5])
+    sf.rebuild("a", [], np.zeros((0, 384), np.float32))
+    assert sf.maybe_near("a", stored[0]) is False and "a" not in sf.scopes()
+    with pytest.raises(ConfigError):
+        ScopeFilters(384, target_loss=0.5 * 2)
+    with pytest.raises(ConfigError):
+        ScopeFilters(384, m=0)

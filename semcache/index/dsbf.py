@@ -63,9 +63,11 @@ import numpy.typing as npt
 from semcache._types import FloatArray
 from semcache.errors import ConfigError, IndexStateError
 from semcache.index import dsbf_kernels as K
+from semcache.projection.base import BaseProjection
 
 __all__ = [
     "DistanceSensitiveBloomFilter",
+    "ScopeFilters",
     "simhash_collision",
     "theorem1_bounds",
     "theorem1_t",
@@ -155,8 +157,11 @@ class DistanceSensitiveBloomFilter:
     seed : int
         Seed of the random projections.
     planes : ndarray of float32, shape (dim, m * L), optional
-        The projection directions (e.g. rows of the cache's learned
-        projection); default Gaussian (SimHash).
+        The projection directions; default Gaussian (SimHash). See
+        :meth:`from_projection` for the cache's learned projection.
+    offsets : ndarray of float32, shape (m * L,), optional
+        Subtracted from the projected coordinates before their sign is taken
+        (a projection's centring); default zeros.
     """
 
     def __init__(
@@ -172,6 +177,7 @@ class DistanceSensitiveBloomFilter:
         deletes: str = "rebuild",
         seed: int = 0,
         planes: FloatArray | None = None,
+        offsets: FloatArray | None = None,
     ) -> None:
         for name, val, lo, hi in (("dim", dim, 1, 1 << 20), ("m", m, 1, 4096), ("L", L, 1, 64)):
             if isinstance(val, bool) or not isinstance(val, int) or not lo <= val <= hi:
@@ -194,6 +200,7 @@ class DistanceSensitiveBloomFilter:
         self.deletes = deletes
         self.t = 1
         self.set_t(t)
+        planes_given = planes is not None
         if planes is None:
             rng = np.random.default_rng(seed)
             planes = rng.standard_normal((dim, m * L)).astype(np.float32)
@@ -202,6 +209,14 @@ class DistanceSensitiveBloomFilter:
             if planes.shape != (dim, m * L):
                 raise ConfigError(f"planes must have shape ({dim}, {m * L}), got {planes.shape}")
         self.planes: FloatArray = planes
+        if offsets is None:
+            offsets = np.zeros(m * L, dtype=np.float32)
+        offsets = np.ascontiguousarray(offsets, dtype=np.float32)
+        if offsets.shape != (m * L,) or not np.isfinite(offsets).all():
+            raise ConfigError(f"offsets must be finite with shape ({m * L},), got {offsets.shape}")
+        self.offsets: FloatArray = offsets
+        #: Name of the LSH family (``"simhash"``, ``"learned"`` or ``"custom"``).
+        self.family = "custom" if planes_given else "simhash"
         self._words = np.zeros((0, 0), dtype=np.uint64)
         self._counts = np.zeros((0, 0), dtype=np.uint8)
         self._clear_arrays()
@@ -267,7 +282,72 @@ class DistanceSensitiveBloomFilter:
 
     def _project(self, a: FloatArray) -> FloatArray:
         proj: FloatArray = np.ascontiguousarray(a @ self.planes)
+        if self.offsets.any():
+            proj -= self.offsets
         return proj
+
+    def _addresses(self, a: FloatArray) -> npt.NDArray[np.int64]:
+        """Addresses (n, m) of rows ``a``, projected a block at a time.
+
+        The (rows, m * L) float32 projection of a whole 100k-row rebuild with
+        m * L = 5120 would take 2 GB at once; blocks keep it near 64 MB.
+        """
+        step = max(1, (1 << 24) // (self.m * self.L))
+        out = np.empty((len(a), self.m), dtype=np.int64)
+        for s in range(0, len(a), step):
+            proj = self._project(a[s : s + step])
+            out[s : s + step] = K.dsbf_addresses(proj, self.m, self.L, self.log_bits)
+        return out
+
+    def _score_into(self, a: FloatArray, counts: npt.NDArray[np.uint8] | None, own: int, out: I32) -> None:
+        """Scores of rows ``a`` into ``out``, a block at a time (``counts``: score counters, not bits)."""
+        step = max(1, (1 << 24) // (self.m * self.L))
+        for s in range(0, len(a), step):
+            proj = self._project(a[s : s + step])
+            part = out[s : s + step]
+            if counts is not None:
+                K.dsbf_score_counts(proj, self.m, self.L, self.log_bits, self.probes, counts, own, part)
+            else:
+                K.dsbf_score_bits(proj, self.m, self.L, self.log_bits, self.probes, self._words, part)
+
+    @classmethod
+    def from_projection(
+        cls,
+        projection: BaseProjection,
+        *,
+        m: int = 16,
+        L: int = 20,
+        seed: int = 0,
+        **kwargs: object,
+    ) -> DistanceSensitiveBloomFilter:
+        """A filter hashing the signs of random rotations of a fitted projection's output.
+
+        Array bits are ``sign(((v - mean) @ C.T) @ g)`` for Gaussian ``g`` in
+        the projection's output space: SimHash in the space where the cache's
+        learned projection keeps paraphrases close. Folded into one
+        ``(dim, m * L)`` matrix and offset, so a query still costs one BLAS call.
+
+        Parameters
+        ----------
+        projection : BaseProjection
+            A fitted projection (``mean_`` (dim,), ``components_`` (k, dim)).
+        m, L, seed
+            As in the constructor (``seed`` draws the rotations).
+        **kwargs
+            Other constructor arguments (``log_bits``, ``threshold``, ``t``,
+            ``probes``, ``deletes``).
+        """
+        if not projection.is_fitted():
+            raise ConfigError("from_projection needs a fitted projection")
+        comp = np.asarray(projection.components_, dtype=np.float64)
+        mean = np.asarray(projection.mean_, dtype=np.float64)
+        rng = np.random.default_rng(seed)
+        g = rng.standard_normal((comp.shape[0], m * L))
+        planes = (comp.T @ g).astype(np.float32)
+        offsets = (mean @ comp.T @ g).astype(np.float32)
+        f = cls(comp.shape[1], m=m, L=L, seed=seed, planes=planes, offsets=offsets, **kwargs)  # type: ignore[arg-type]
+        f.family = "learned"
+        return f
 
     # -- updates --------------------------------------------------------------
 
@@ -281,7 +361,7 @@ class DistanceSensitiveBloomFilter:
         a = self._check(vectors)
         if not len(a):
             return
-        addr = K.dsbf_addresses(self._project(a), self.m, self.L, self.log_bits)
+        addr = self._addresses(a)
         if self.deletes == "counting":
             K.dsbf_count_add(addr, self._counts)
         else:
@@ -307,7 +387,7 @@ class DistanceSensitiveBloomFilter:
         if self.deletes == "rebuild":
             self.removed = min(self.n, self.removed + len(a))
             return
-        addr = K.dsbf_addresses(self._project(a), self.m, self.L, self.log_bits)
+        addr = self._addresses(a)
         # Check first so a bad call changes nothing.
         if np.any(self._counts[np.arange(self.m)[None, :], addr] == 0):
             raise IndexStateError("remove() of a vector that was never added (a counter is zero)")
@@ -338,11 +418,7 @@ class DistanceSensitiveBloomFilter:
         a = self._check(vectors)
         out = np.zeros(len(a), dtype=np.int32)
         if len(a):
-            proj = self._project(a)
-            if self.deletes == "counting":
-                K.dsbf_score_counts(proj, self.m, self.L, self.log_bits, self.probes, self._counts, 0, out)
-            else:
-                K.dsbf_score_bits(proj, self.m, self.L, self.log_bits, self.probes, self._words, out)
+            self._score_into(a, self._counts if self.deletes == "counting" else None, 0, out)
         return out
 
     def might_contain(self, vectors: FloatArray) -> BoolArray:
@@ -402,8 +478,7 @@ class DistanceSensitiveBloomFilter:
         x = self._check(stored)
         n = len(x)
         rng = np.random.default_rng(seed)
-        proj_all = self._project(x)
-        addr = K.dsbf_addresses(proj_all, self.m, self.L, self.log_bits)
+        addr = self._addresses(x)
         # Counters of everything stored, so each sampled row's own
         # contribution can be left out (bits cannot tell how many set them).
         counts = np.zeros((self.m, 1 << self.log_bits), dtype=np.uint8)
@@ -419,8 +494,7 @@ class DistanceSensitiveBloomFilter:
         near_idx = idx[has_near]
         real = np.zeros(len(near_idx), dtype=np.int32)
         if len(near_idx):
-            sub = np.ascontiguousarray(proj_all[near_idx])
-            K.dsbf_score_counts(sub, self.m, self.L, self.log_bits, self.probes, counts, 1, real)
+            self._score_into(np.ascontiguousarray(x[near_idx]), counts, 1, real)
         k = max(0, min_near - len(real)) if perturbed is None else perturbed
         synth = np.zeros(0, dtype=np.int32)
         if k and n:
@@ -432,8 +506,7 @@ class DistanceSensitiveBloomFilter:
             c = self.threshold
             q = (c * base + math.sqrt(max(0.0, 1.0 - c * c)) * noise).astype(np.float32)
             synth = np.zeros(k, dtype=np.int32)
-            proj_q = self._project(q)
-            K.dsbf_score_counts(proj_q, self.m, self.L, self.log_bits, self.probes, counts, 0, synth)
+            self._score_into(q, counts, 0, synth)
         return real, synth
 
     def calibrate(
@@ -498,3 +571,262 @@ class DistanceSensitiveBloomFilter:
             f"DistanceSensitiveBloomFilter(m={self.m}, L={self.L}, log_bits={self.log_bits}, "
             f"t={self.t}, probes={self.probes}, deletes={self.deletes!r}, n={self.n})"
         )
+
+
+class _Scope:
+    """One scope's filter and the ids it holds."""
+
+    __slots__ = ("calibrated", "capacity", "filter", "ids")
+
+    def __init__(self, filt: DistanceSensitiveBloomFilter, capacity: int) -> None:
+        self.filter = filt
+        self.capacity = capacity
+        self.ids: set[int] = set()
+        self.calibrated = False
+
+
+class ScopeFilters:
+    """Per-scope distance-sensitive Bloom filters for a search-in-engine mode.
+
+    Meant to sit in front of a remote vector search (``index="pgvector"``):
+    before a lookup crosses the network, :meth:`maybe_near` says whether the
+    scope may hold a vector within the threshold. ``False`` is answered
+    locally as a miss; ``True`` means "ask the engine". It never answers a hit.
+
+    What ``False`` promises:
+
+    * the scope is unknown or holds no live entry: exactly true;
+    * otherwise, the scope's filter was calibrated (:meth:`rebuild`) and the
+      query scored under its ``t``: true except for at most about
+      ``target_loss`` of true hits (the calibrated rate, measured on the
+      scope's own near pairs at :meth:`rebuild`).
+
+    A scope that has entries but no calibrated filter yet always answers
+    ``True``. Adds after a rebuild only set more bits, so they can only turn
+    answers to ``True`` (never hide an entry); removes leave their bits (a
+    stale bit costs an engine query, never a wrong answer) until the owner
+    calls :meth:`rebuild` with the live vectors, which :meth:`needs_rebuild`
+    suggests when the scope has grown past the size its arrays were built for,
+    a quarter of it is stale, or it has enough entries to calibrate.
+
+    Not thread-safe: the owner serialises calls per instance (as it already
+    does for the log it follows).
+
+    Parameters
+    ----------
+    dim : int
+        Embedding width.
+    threshold : float
+        The cache's similarity threshold (cosine), in (-1, 1].
+    target_loss : float
+        Share of true hits a calibrated filter may reject, in (0, 1).
+    m, L : int
+        Arrays and hashes per array (see :class:`DistanceSensitiveBloomFilter`).
+    bits_per_entry : int
+        Memory budget of the arrays per entry at a rebuild (>= 1); the arrays
+        are a power of two, so they take between half and all of it.
+    min_calibrate : int
+        Entries a scope needs before :meth:`needs_rebuild` asks for the first
+        calibration (smaller scopes always ask the engine).
+    projection : BaseProjection, optional
+        A fitted projection: hash signs of random rotations of its output
+        (:meth:`DistanceSensitiveBloomFilter.from_projection`) instead of
+        SimHash on the embeddings.
+    seed : int
+        Seed of the hash functions (each scope uses the same functions).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        threshold: float = 0.9,
+        target_loss: float = 0.005,
+        m: int = 32,
+        L: int = 12,
+        bits_per_entry: int = 64,
+        min_calibrate: int = 256,
+        projection: BaseProjection | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(target_loss, float) or not 0.0 < target_loss < 1.0:
+            raise ConfigError(f"target_loss must be a float in (0, 1), got {target_loss!r}")
+        for name, val in (("m", m), ("bits_per_entry", bits_per_entry), ("min_calibrate", min_calibrate)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ConfigError(f"{name} must be a positive int, got {val!r}")
+        self.dim = dim
+        self.threshold = float(threshold)
+        self.target_loss = target_loss
+        self.m = m
+        self.L = L
+        self.bits_per_entry = bits_per_entry
+        self.min_calibrate = min_calibrate
+        self.projection = projection
+        self.seed = seed
+        self._scopes: dict[str, _Scope] = {}
+        # Fail on bad settings now, not at a scope's first add.
+        self._new_filter(min_calibrate)
+
+    # -- internals --------------------------------------------------------------
+
+    def _new_filter(self, capacity: int) -> DistanceSensitiveBloomFilter:
+        # floor: the arrays never take more than bits_per_entry per entry at a
+        # rebuild (between half and all of it).
+        log_bits = min(30, max(6, math.floor(math.log2(max(1, capacity) * self.bits_per_entry / self.m))))
+        kw: dict[str, object] = {"log_bits": log_bits, "threshold": self.threshold}
+        if self.projection is not None:
+            return DistanceSensitiveBloomFilter.from_projection(
+                self.projection, m=self.m, L=self.L, seed=self.seed, **kw
+            )
+        return DistanceSensitiveBloomFilter(self.dim, m=self.m, L=self.L, seed=self.seed, **kw)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _scope_key(scope: str) -> str:
+        if not isinstance(scope, str):
+            raise IndexStateError(f"scope must be a str, got {type(scope).__name__}")
+        return scope
+
+    @staticmethod
+    def _entry_id(entry_id: int) -> int:
+        if isinstance(entry_id, bool) or not isinstance(entry_id, (int, np.integer)):
+            raise IndexStateError(f"entry_id must be an int, got {entry_id!r}")
+        return int(entry_id)
+
+    # -- updates ----------------------------------------------------------------
+
+    def add(self, scope: str, entry_id: int, vector: FloatArray) -> None:
+        """Record a stored entry: ``O(m)`` bit writes after one projection.
+
+        Parameters
+        ----------
+        scope : str
+        entry_id : int
+            The store's id of the entry (unique within the scope).
+        vector : ndarray of float, shape (dim,)
+            The entry's unit embedding.
+
+        Raises
+        ------
+        IndexStateError
+            Bad vector, or ``entry_id`` already live in ``scope``.
+        """
+        key = self._scope_key(scope)
+        eid = self._entry_id(entry_id)
+        st = self._scopes.get(key)
+        if st is not None and eid in st.ids:
+            raise IndexStateError(f"entry {eid} is already in scope {key!r}")
+        if np.shape(vector) != (self.dim,):
+            raise IndexStateError(f"vector must have shape ({self.dim},), got {np.shape(vector)}")
+        if st is None:
+            st = _Scope(self._new_filter(self.min_calibrate), self.min_calibrate)
+        st.filter.add(np.asarray(vector).reshape(1, -1))
+        self._scopes[key] = st
+        st.ids.add(eid)
+
+    def remove(self, scope: str, entry_id: int) -> None:
+        """Forget a deleted entry (its bits stay until :meth:`rebuild`).
+
+        Raises
+        ------
+        IndexStateError
+            ``entry_id`` is not live in ``scope``.
+        """
+        key = self._scope_key(scope)
+        eid = self._entry_id(entry_id)
+        st = self._scopes.get(key)
+        if st is None or eid not in st.ids:
+            raise IndexStateError(f"entry {eid} is not in scope {key!r}")
+        st.ids.discard(eid)
+        st.filter.removed = min(st.filter.n, st.filter.removed + 1)
+
+    def rebuild(self, scope: str, entry_ids: npt.ArrayLike, vectors: FloatArray) -> None:
+        """Rebuild a scope's filter from its live entries and calibrate ``t`` on them.
+
+        Parameters
+        ----------
+        scope : str
+        entry_ids : array-like of int, shape (n,)
+            Every live entry of the scope (from the store).
+        vectors : ndarray of float, shape (n, dim)
+            Their unit embeddings.
+        """
+        key = self._scope_key(scope)
+        ids = np.asarray(entry_ids).reshape(-1)
+        if not np.issubdtype(ids.dtype, np.integer) and ids.size:
+            raise IndexStateError(f"entry_ids must be integers, got {ids.dtype}")
+        a = np.asarray(vectors)
+        if a.ndim != 2 or len(a) != len(ids):
+            raise IndexStateError(f"vectors must have shape ({len(ids)}, {self.dim}), got {a.shape}")
+        if len(np.unique(ids)) != len(ids):
+            raise IndexStateError("entry_ids must be unique")
+        if not len(ids):
+            self._scopes.pop(key, None)
+            return
+        filt = self._new_filter(max(self.min_calibrate, len(ids)))
+        # Sized for the rebuild's count; growth past twice that asks for the next rebuild.
+        capacity = 2 * max(self.min_calibrate, len(ids))
+        filt.add(a)
+        st = _Scope(filt, capacity)
+        st.ids = {int(i) for i in ids}
+        if len(ids) >= self.min_calibrate:
+            filt.calibrate(np.ascontiguousarray(a, dtype=np.float32), target_loss=self.target_loss)
+            # A filter whose even t = 1 rejects more near pairs than allowed
+            # stays uncalibrated: it always asks the engine.
+            st.calibrated = filt.calibrated_loss is not None and filt.calibrated_loss <= self.target_loss
+        self._scopes[key] = st
+
+    # -- queries ----------------------------------------------------------------
+
+    def maybe_near(self, scope: str, query: FloatArray) -> bool:
+        """``False`` when ``scope`` holds no entry within the threshold of ``query``.
+
+        Parameters
+        ----------
+        scope : str
+        query : ndarray of float, shape (dim,)
+            Unit query embedding.
+
+        Returns
+        -------
+        bool
+            ``False``: answer the lookup as a miss without the engine.
+            ``True``: ask the engine.
+        """
+        st = self._scopes.get(self._scope_key(scope))
+        q = np.asarray(query)
+        if st is None or not st.ids:
+            if q.shape != (self.dim,):
+                raise IndexStateError(f"query must have shape ({self.dim},), got {q.shape}")
+            return False
+        if not st.calibrated:
+            st.filter._check(q)  # same input errors whatever the state
+            return True
+        return bool(st.filter.might_contain(q.reshape(1, -1) if q.ndim == 1 else q)[0])
+
+    def needs_rebuild(self, scope: str) -> bool:
+        """Whether :meth:`rebuild` would help the scope (first calibration, growth, deletes)."""
+        st = self._scopes.get(self._scope_key(scope))
+        if st is None:
+            return False
+        live = len(st.ids)
+        if not st.calibrated:
+            return live >= self.min_calibrate
+        return st.filter.n > st.capacity or st.filter.stale_fraction > 0.25
+
+    def stats(self, scope: str) -> dict[str, float | int | bool]:
+        """Live entries, calibrated ``t`` and loss, bits per entry of one scope."""
+        st = self._scopes.get(self._scope_key(scope))
+        if st is None:
+            return {"entries": 0, "calibrated": False}
+        f = st.filter
+        return {
+            "entries": len(st.ids),
+            "calibrated": st.calibrated,
+            "t": f.t,
+            "calibrated_loss": float("nan") if f.calibrated_loss is None else f.calibrated_loss,
+            "bits_per_entry": 8.0 * f.nbytes / max(1, len(st.ids)),
+        }
+
+    def scopes(self) -> list[str]:
+        """Scopes with a filter."""
+        return list(self._scopes)
