@@ -373,8 +373,9 @@ class SemanticCache:
         self.threshold = _check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
         self.ttl = _check_ttl(ttl)
         self.max_entries = None if max_entries is None else _positive_int(max_entries, "max_entries")
-        if index != "auto" and index not in INDEXES:
-            raise ConfigError(f"unknown index {index!r}; choose 'auto' or one of {sorted(INDEXES)}")
+        if index not in ("auto", "pgvector") and index not in INDEXES:
+            raise ConfigError(f"unknown index {index!r}; choose 'auto', 'pgvector' (a PostgreSQL store) "
+                              f"or one of {sorted(INDEXES)}")
         self.index_kind = index
         self.index_params = dict(index_params or {})
         self.projection_dims = _positive_int(projection_dims, "projection_dims")
@@ -422,6 +423,9 @@ class SemanticCache:
             # Another backend: a directory, if given, holds only the local snapshot.
             self.directory = Path(directory).expanduser().absolute() if directory is not None else None
         self._store: Store = make_store(store, self.directory, timeout=timeout)
+        if index == "pgvector" and not hasattr(self._store, "engine_search"):
+            self._store.close()
+            raise ConfigError("index='pgvector' searches in PostgreSQL: it needs store='postgresql://...'")
 
         self._lock = threading.RLock()
         self._closed = False
@@ -493,8 +497,11 @@ class SemanticCache:
         paused = gc.isenabled()
         gc.disable()
         try:
-            loaded = self._load_snapshot() or self._store.load_all(
-                dim=self._known_dim(), fingerprint=self.fingerprint)
+            if self.index_kind == "pgvector":  # search in the engine: metadata only, no vectors
+                loaded = self._store.load_meta(fingerprint=self.fingerprint)  # type: ignore[attr-defined]
+            else:
+                loaded = self._load_snapshot() or self._store.load_all(
+                    dim=self._known_dim(), fingerprint=self.fingerprint)
             self._seq = loaded.head
             self._add_bulk(loaded)
         finally:
@@ -553,7 +560,7 @@ class SemanticCache:
 
     def _save_snapshot(self) -> None:
         """On close: write a snapshot when the cache is large and changed, remove a stale one."""
-        if self.directory is None or self._seq == self._snapshot_seq:
+        if self.directory is None or self._seq == self._snapshot_seq or self.index_kind == "pgvector":
             return
         from semcache.snapshot import delete_snapshot, save_snapshot
 
@@ -627,7 +634,8 @@ class SemanticCache:
             if meta.expires is not None:
                 self._expiry.append((meta.expires, entry_id))
         heapq.heapify(self._expiry)
-        self._table.add(ids, vecs, vecs)
+        if self.index_kind != "pgvector":  # engine search keeps no vectors here
+            self._table.add(ids, vecs, vecs)
         _, inverse = np.unique(np.array([m.scope for m in metas]), return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         bounds = np.flatnonzero(np.diff(inverse[order])) + 1
@@ -694,7 +702,8 @@ class SemanticCache:
             return
         all_ids = np.array([i for rows_ in by_scope.values() for i, _ in rows_], dtype=np.int64)
         all_vecs = np.stack([v for rows_ in by_scope.values() for _, v in rows_]).astype(np.float32)
-        self._table.add(all_ids, all_vecs, all_vecs)
+        if self.index_kind != "pgvector":  # engine search keeps no vectors here
+            self._table.add(all_ids, all_vecs, all_vecs)
         largest = 0
         for sid, items in by_scope.items():
             ids = np.array([i for i, _ in items], dtype=np.int64)
@@ -755,7 +764,7 @@ class SemanticCache:
         return cls()
 
     def _needs_projection(self) -> bool:
-        return self.index_kind != "exact" and self._approx_kind() is not None
+        return self.index_kind not in ("exact", "pgvector") and self._approx_kind() is not None
 
     def _approx_kind(self) -> str | None:
         """The approximate index to use: forced by ``index=``, else by projection width."""
@@ -767,6 +776,8 @@ class SemanticCache:
         return kind if kind in INDEXES else None
 
     def _wanted_kind(self, n: int) -> str:
+        if self.index_kind == "pgvector":
+            return "pgvector"
         approx = self._approx_kind()
         if approx is None or self._projection is None:
             return "exact"
@@ -780,6 +791,10 @@ class SemanticCache:
         return self._projection.transform(vecs)
 
     def _make_index(self, kind: str) -> Index:
+        if kind == "pgvector":
+            from semcache.stores.pgvector import EngineIndex
+
+            return EngineIndex()
         return make_index(kind, **(self.index_params if kind != "exact" else {}))
 
     def _rebuild_partition(self, sid: str) -> None:
@@ -1023,6 +1038,8 @@ class SemanticCache:
         t_embed = time.perf_counter()
         vec = self._embed([norm], [key])[0]
         t_index = time.perf_counter()
+        if self.index_kind == "pgvector":
+            return self._engine_get(sid, vec, thr, norm, key, now, t_embed, t_index)
         with self._lock:
             self._latency["embed"].append(t_index - t_embed)
             part = self._parts.get(sid)
@@ -1035,6 +1052,47 @@ class SemanticCache:
             hit = self._verify(cand, vec, thr, norm, now)
             if part.kind != "exact":
                 hit = self._audit(sid, part, hit, vec, thr, norm, now)
+            if hit and self.target_wrong_hit_rate is not None:
+                hit = self._guarantee_gate(sid, key, hit)
+            self._latency["verify"].append(time.perf_counter() - t_verify)
+            return hit
+
+    def _engine_get(self, sid: str, vec: FloatArray, thr: float, norm: str, key: str, now: float,
+                    t_embed: float, t_index: float) -> Hit | Miss:
+        """``index="pgvector"``: candidates from the engine, re-ranked and verified here.
+
+        The engine query runs outside the cache lock (a round trip); the scope's size as
+        this replica counts it picks the exact scan for small scopes. Candidates come with
+        their stored vector and completion, so a hit costs no second fetch.
+        """
+        with self._lock:
+            self._latency["embed"].append(t_index - t_embed)
+            part = self._parts.get(sid)
+            if part is None:
+                return MISS
+            size = part.size
+        engine = self._store.engine_search(  # type: ignore[attr-defined]
+            vec.shape[0], **self.index_params)
+        cands = [c for c in engine.search(sid, vec, now, size)
+                 if c.meta.scope == sid and c.meta.fingerprint == self.fingerprint]
+        t_verify = time.perf_counter()
+        with self._lock:
+            self._latency["index"].append(t_verify - t_index)
+            hit: Hit | Miss = MISS
+            if cands:
+                scores = np.clip(np.stack([c.vector for c in cands]) @ vec, -1.0, 1.0)
+                for j in np.argsort(-scores, kind="stable").tolist():
+                    score = float(scores[j])
+                    if score < thr:
+                        break
+                    own = cands[j].meta.threshold
+                    if own is not None and score < own:
+                        continue  # feedback raised this entry's bar
+                    hit = self._serve(cands[j].entry_id, score, exact=False, now=now, query=norm,
+                                      threshold=thr, row=cands[j])
+                    if hit:
+                        engine.store.note_hit(cands[j].entry_id)
+                        break
             if hit and self.target_wrong_hit_rate is not None:
                 hit = self._guarantee_gate(sid, key, hit)
             self._latency["verify"].append(time.perf_counter() - t_verify)
@@ -1107,16 +1165,20 @@ class SemanticCache:
             part.trusted = True
 
     def _serve(self, entry_id: int, score: float, *, exact: bool, now: float, query: str | None,
-               threshold: float = -1.0) -> Hit | Miss:
-        """Load an entry for a hit, unless expired, vetoed by a guard or the long-prompt check, or gone."""
-        meta = self._meta.get(entry_id)
+               threshold: float = -1.0, row: Any = None) -> Hit | Miss:
+        """Load an entry for a hit, unless expired, vetoed by a guard or the long-prompt check, or gone.
+
+        ``row``: an :class:`~semcache.stores.pgvector.EngineCandidate` the engine just read
+        (its metadata and completion are used as they are: no second fetch).
+        """
+        meta = self._meta.get(entry_id) if row is None else row.meta
         if meta is None:
             return MISS
         if meta.expires is not None and meta.expires <= now:
             self._delete_ids([entry_id], counter="expirations")
             return MISS
         try:
-            stored = self._store.get_completion(entry_id)
+            stored = self._store.get_completion(entry_id) if row is None else (row.prompt, row.completion)
         except SerializationError as exc:
             # A corrupt record is never served; it counts as an error and, failing open,
             # the next candidate may still be served.
@@ -1140,7 +1202,8 @@ class SemanticCache:
             for guard in self.guards:
                 if not guard(query, stored_prompt, score):
                     return MISS
-        self._lru.move_to_end(entry_id)
+        if entry_id in self._lru:  # an engine row this replica has not read yet is not in it
+            self._lru.move_to_end(entry_id)
         return Hit(
             completion=completion,
             score=min(score, 1.0),
@@ -1372,6 +1435,8 @@ class SemanticCache:
                 with self._lock:
                     if not self._store.usable():
                         raise StoreError(f"the store at {self._store.where} is not usable right now")
+                    if self.index_kind == "pgvector":  # the engine's column and index exist first
+                        self._store.engine_search(vecs.shape[1], **self.index_params)  # type: ignore[attr-defined]
                     ids.extend(self._store.put_many(rows))
                     self._sync()
                     self._counters["puts"] += len(rows)

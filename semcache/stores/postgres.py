@@ -83,6 +83,8 @@ except ImportError as _exc:  # pragma: no cover - depends on the installation
         "the PostgreSQL store needs psycopg 3 and psycopg_pool: pip install 'semcache-llm[postgres]'"
     ) from _exc
 
+from semcache.stores.pgvector import EngineSearch, vector_text  # after psycopg: it needs it
+
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("semcache")
@@ -276,7 +278,7 @@ class PostgresStore(Store):
         #: Counters for monitoring (read with :meth:`stats`).
         self.counters = dict.fromkeys(
             ("errors", "timeouts", "resyncs", "fetches", "records", "listener_reconnects",
-             "janitor_runs", "janitor_deleted", "hits_reported", "compacted"), 0)
+             "janitor_runs", "janitor_deleted", "hits_reported", "compacted", "backfilled"), 0)
         self._count_lock = threading.Lock()
         self._watchdog = _Watchdog()
         self._closed = False
@@ -295,17 +297,13 @@ class PostgresStore(Store):
         self._hits: dict[int, float] = {}
         self._hits_lock = threading.Lock()
 
-        def pool(timeout_s: float, name: str) -> psycopg_pool.ConnectionPool[Any]:
-            return psycopg_pool.ConnectionPool(
-                self.conninfo,
-                kwargs={"autocommit": True, "connect_timeout": 2, "application_name": "semcache",
-                        "options": f"-c statement_timeout={_ms(timeout_s)}"},
-                min_size=1, max_size=pool_size, open=False, timeout=timeout_s, name=name,
-                num_workers=1, reconnect_timeout=3600.0,
-            )
-
-        self._lookup_pool = pool(self.lookup_timeout, f"semcache-lookup-{schema}")
-        self._write_pool = pool(self.write_timeout, f"semcache-write-{schema}")
+        self.pool_size = pool_size
+        #: Engine search per vector width (``index="pgvector"``), made by :meth:`engine_search`.
+        self._engines: dict[int, EngineSearch] = {}
+        #: Whether ``entries.embedding`` exists: puts then fill it (for the engine's index).
+        self._embedded = False
+        self._lookup_pool = self._pool(self.lookup_timeout, f"semcache-lookup-{schema}")
+        self._write_pool = self._pool(self.write_timeout, f"semcache-write-{schema}")
         try:
             for p in (self._write_pool, self._lookup_pool):
                 p.open(wait=True, timeout=connect_timeout)
@@ -314,6 +312,7 @@ class PostgresStore(Store):
             raise StoreError(f"cannot connect to PostgreSQL at {self.where}: {exc}") from exc
         try:
             self._ensure_schema()
+            self._check_embedded()
             row = self._write(lambda c: c.execute(sql.render(sql.HEAD, schema)).fetchone())
             if row is None:
                 raise StoreError(f"the store at {self.where} has no head row (tables emptied by hand?)")
@@ -384,6 +383,23 @@ class PostgresStore(Store):
             self._count("errors")
             raise StoreError(f"PostgreSQL at {self.where} failed: {exc}") from exc
 
+    def _pool(self, timeout_s: float, name: str, options: str = "",
+              configure: Callable[[psycopg.Connection[Any]], None] | None = None,
+              ) -> psycopg_pool.ConnectionPool[Any]:
+        """A pool of autocommit connections whose statements time out after ``timeout_s``."""
+        pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+            self.conninfo,
+            kwargs={"autocommit": True, "connect_timeout": 2, "application_name": "semcache",
+                    "options": f"-c statement_timeout={_ms(timeout_s)} {options}".strip()},
+            min_size=1, max_size=self.pool_size, open=False, timeout=timeout_s, name=name,
+            num_workers=1, reconnect_timeout=3600.0, configure=configure,
+        )
+        return pool
+
+    def _close_pool(self, pool: psycopg_pool.ConnectionPool[Any]) -> None:
+        with contextlib.suppress(Exception):
+            pool.close(timeout=1.0)
+
     def _write(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._call(self._write_pool, self.write_timeout, fn)
 
@@ -404,6 +420,137 @@ class PostgresStore(Store):
         except StoreError as exc:
             raise StoreError(f"cannot create the tables of {head} at {self.where} (the role needs "
                              f"CREATE on the database or the schema, or pre-created tables): {exc}") from exc
+
+    # ------------------------------------------------------- search in the engine
+    def _check_embedded(self) -> bool:
+        """Read whether ``entries.embedding`` exists (another process may have added it)."""
+        if not self._embedded:
+            row = self._write(lambda c: c.execute(sql.HAS_EMBEDDING,
+                                                  {"entries": f'"{self.schema}".entries'}).fetchone())
+            self._embedded = bool(row and row[0])
+        return self._embedded
+
+    def engine_search(self, dim: int, *, m: int = 16, ef_construction: int = 64,
+                      **params: Any) -> EngineSearch:
+        """Search of ``dim``-wide vectors in the engine (``index="pgvector"``), set up once.
+
+        Adds the ``embedding`` column, the scope b-tree and the HNSW cosine index of this
+        width when missing (one DDL transaction under the schema's advisory lock, bounded
+        by ``load_timeout``: building the index over many existing rows takes that long
+        once). Rows without an embedding are backfilled by this process's background thread.
+
+        Parameters
+        ----------
+        dim : int
+            Vector width.
+        m, ef_construction : int
+            HNSW build parameters (used only when this call creates the index).
+        **params
+            :class:`~semcache.stores.pgvector.EngineSearch` options (``k``, ``ef_search``,
+            ``max_scan_tuples``, ``iterative_scan``, ``exact_below``).
+
+        Raises
+        ------
+        StoreError
+            The engine failed, or the role may not create the extension/column/index.
+        ConfigError
+            Bad parameters.
+        """
+        engine = self._engines.get(dim)
+        if engine is not None:
+            return engine
+        for name, value in (("m", m), ("ef_construction", ef_construction)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 1000:
+                raise ConfigError(f"{name} must be an int in 2..1000, got {value!r}")
+        engine = EngineSearch(self, dim, **params)
+        index_sql = sql.render_dim(sql.ENGINE_INDEX, self.schema, dim)
+
+        def run(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL statement_timeout = {_ms(self.load_timeout)}")
+                conn.execute(sql.DDL_LOCK, {"key": self._ddl_key})
+                for stmt in sql.ENGINE_CREATE:
+                    conn.execute(self._q(stmt))
+                conn.execute(index_sql.replace("%(m)s", str(m)).replace("%(efc)s", str(ef_construction)))
+
+        try:
+            self._call(self._write_pool, self.load_timeout, run)
+        except StoreError as exc:
+            engine.close()
+            raise StoreError(f"cannot set up search in the engine at {self.where} (the role needs the "
+                             f"vector extension, or the right to create it, and CREATE on the schema): "
+                             f"{exc}") from exc
+        self._embedded = True
+        self._engines[dim] = engine
+        return engine
+
+    def backfill(self, limit: int = 2_000) -> int:
+        """Fill ``embedding`` of up to ``limit`` rows written without it; return how many."""
+        def run(conn: psycopg.Connection[Any]) -> int:
+            rows = conn.execute(self._q(sql.UNEMBEDDED), {"limit": limit}).fetchall()
+            ids, texts = [], []
+            for entry_id, raw in rows:
+                raw = bytes(raw)
+                if not raw or len(raw) % 4:
+                    continue  # corrupt: never served (load and search validate it)
+                ids.append(int(entry_id))
+                texts.append(vector_text(np.frombuffer(raw, dtype="<f4")))
+            if ids:
+                conn.execute(self._q(sql.BACKFILL), {"ids": ids, "emb": texts})
+            return len(ids)
+
+        n = self._write(run)
+        self._count("backfilled", n)
+        return n
+
+    def load_meta(self, fingerprint: str | None = None) -> Loaded:
+        """:meth:`load_all` without the vectors (``vectors`` has shape (n, 0)).
+
+        What an engine-search replica keeps. Rows are kept when their vector is as wide as
+        the majority of ``fingerprint``'s rows (the same rule as :meth:`load_all`).
+        """
+        def run(conn: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                conn.execute(f"SET LOCAL statement_timeout = {_ms(self.load_timeout)}")
+                head_row = conn.execute(self._q(sql.HEAD)).fetchone()
+                with conn.cursor(binary=True) as cur:
+                    rows = cur.execute(self._q(sql.LOAD_META)).fetchall()
+            return head_row, rows
+
+        with self._fetch_lock:
+            head_row, rows = self._call(self._write_pool, self.load_timeout, run)
+            if head_row is None:
+                raise StoreError(f"the store at {self.where} has no head row (tables emptied by hand?)")
+            own = [r[9] // 4 for r in rows if r[9] and r[9] % 4 == 0 and r[3] == fingerprint]
+            dim = majority_dim(own or [r[9] // 4 for r in rows if r[9] and r[9] % 4 == 0])
+            ids: list[int] = []
+            metas: list[EntryMeta] = []
+            skipped = 0
+            for r in rows:
+                if r[9] != 4 * (dim or 0):
+                    if fingerprint is not None and r[3] != fingerprint and r[9]:
+                        continue  # another embedder's rows: foreign, not corrupt
+                    self._skip(r[0], SerializationError(f"vector of {r[9]} bytes, expected {4 * (dim or 0)}"))
+                    skipped += 1
+                    continue
+                try:
+                    metas.append(check_meta(EntryMeta(scope=r[1], key=r[2], fingerprint=r[3], created=r[4],
+                                                      expires=r[5], threshold=r[6], wrong=r[7], right=r[8])))
+                except SerializationError as exc:
+                    self._skip(r[0], exc)
+                    skipped += 1
+                    continue
+                ids.append(int(r[0]))
+            head = int(head_row[0])
+            with self._buf_lock:
+                self._epoch = str(head_row[2])
+                self._buf.clear()
+                self._buf_start = self._seen = head
+                self._resync = False
+                self._last_ok = time.monotonic()
+        return Loaded(head, np.array(ids, dtype=np.int64), metas, np.empty((len(ids), 0), np.float32),
+                      skipped)
 
     # ------------------------------------------------------------ settings, blobs
     def load_settings(self) -> dict[str, Any] | None:
@@ -450,7 +597,11 @@ class PostgresStore(Store):
             "vector": [v.astype("<f4").tobytes() for v in vecs], "record": records,
             "channel": self.channel,
         }
-        row = self._write(lambda c: c.execute(self._q(sql.PUT), params).fetchone())
+        statement = sql.PUT
+        if self._embedded:  # engine search is on for this store: fill its column too
+            statement = sql.PUT_EMBEDDED
+            params["emb"] = [vector_text(v) for v in vecs]
+        row = self._write(lambda c: c.execute(self._q(statement), params).fetchone())
         assert row is not None
         hi, epoch = int(row[0]), str(row[1])
         lo = hi - len(rows) + 1
@@ -549,6 +700,11 @@ class PostgresStore(Store):
         with self._hits_lock:
             self._hits[int(entry_id)] = time.time()
         return loads_completion(row[0], entry_id)
+
+    def note_hit(self, entry_id: int) -> None:
+        """Record a hit served without :meth:`get_completion` (engine search), for the LRU."""
+        with self._hits_lock:
+            self._hits[int(entry_id)] = time.time()
 
     def head(self) -> int:
         return self._seen
@@ -876,6 +1032,9 @@ class PostgresStore(Store):
                 if now >= next_janitor:
                     next_janitor = now + random.uniform(0.8, 1.2) * self.janitor_interval
                     self.janitor()
+                    self._check_embedded()  # engine search enabled by another process?
+                    if self._engines:
+                        self.backfill()
                 if now >= next_compact:
                     next_compact = now + 60.0
                     self.compact()
@@ -897,9 +1056,10 @@ class PostgresStore(Store):
 
     # ---------------------------------------------------------------- lifetime
     def _close_pools(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
         for p in (self._lookup_pool, self._write_pool):
-            with contextlib.suppress(Exception):
-                p.close(timeout=1.0)
+            self._close_pool(p)
 
     def close(self) -> None:
         if self._closed:
