@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -105,10 +105,14 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "max_entries": int,
     "janitor_interval": float,
     "log_retention": float,
+    "completion_cache": int,
+    "completion_staleness": float,
 }
 
 #: Records read per round trip when tailing the log.
 _FETCH_LIMIT = 5_000
+#: Characters of cached completions a process keeps at most (besides ``completion_cache``).
+_RECORD_CHARS_MAX = 64 * 1024 * 1024
 #: Buffered records beyond which a replica the cache does not drain reloads instead.
 _BUFFER_MAX = 1_000_000
 
@@ -234,6 +238,12 @@ class PostgresStore(Store):
         Seconds a log record is kept; a replica cut off for longer reloads everything.
     connect_timeout : float
         Seconds to wait for the first connections when opening.
+    completion_cache : int
+        Completions kept in this process after a hit (0: fetch every hit's completion);
+        see :meth:`get_completion`.
+    completion_staleness : float
+        Seconds after the replica's last complete sync during which a cached completion
+        is served (the replica then polls at least twice per this period).
     """
 
     def __init__(
@@ -251,6 +261,8 @@ class PostgresStore(Store):
         janitor_interval: float = 5.0,
         log_retention: float = 3600.0,
         connect_timeout: float = 10.0,
+        completion_cache: int = 10_000,
+        completion_staleness: float = 0.5,
     ) -> None:
         super().__init__()
         if not isinstance(schema, str) or not _SCHEMA.fullmatch(schema):
@@ -269,6 +281,11 @@ class PostgresStore(Store):
                                         or max_entries < 1):
             raise ConfigError(f"max_entries must be a positive int or None, got {max_entries!r}")
         self.max_entries = max_entries
+        if isinstance(completion_cache, bool) or not isinstance(completion_cache, int) \
+                or completion_cache < 0:
+            raise ConfigError(f"completion_cache must be an int >= 0, got {completion_cache!r}")
+        self.completion_cache = completion_cache
+        self.completion_staleness = _positive("completion_staleness", completion_staleness)
         self.conninfo, self.where = _split_url(url)
         self.channel = f"semcache_{schema}"
         # Advisory lock keys: per database and schema (crc32 is stable across processes).
@@ -296,6 +313,11 @@ class PostgresStore(Store):
         self._failing = False
         self._hits: dict[int, float] = {}
         self._hits_lock = threading.Lock()
+        # Completion cache: entry id -> record JSON text, least recently used first.
+        self._rec_lock = threading.Lock()
+        self._records: OrderedDict[int, str] = OrderedDict()
+        self._rec_chars = 0
+        self._rec_gen = 0
 
         self.pool_size = pool_size
         #: Engine search per vector width (``index="pgvector"``), made by :meth:`engine_search`.
@@ -549,6 +571,7 @@ class PostgresStore(Store):
                 self._buf_start = self._seen = head
                 self._resync = False
                 self._last_ok = time.monotonic()
+            self._drop_records(None)  # a reload: deletes may have been missed
         return Loaded(head, np.array(ids, dtype=np.int64), metas, np.empty((len(ids), 0), np.float32),
                       skipped)
 
@@ -676,6 +699,9 @@ class PostgresStore(Store):
         the buffer; otherwise other writers committed in between and the log is read up to
         ``hi`` (a round trip), so nothing before our write is skipped.
         """
+        gone = [i for i, e in items if e is None]
+        if gone:
+            self._drop_records(None if CLEARED in gone else gone)
         with self._fetch_lock:
             with self._buf_lock:
                 if self._resync or epoch != self._epoch or self._seen >= hi:
@@ -693,13 +719,59 @@ class PostgresStore(Store):
 
     # -------------------------------------------------------------------- reads
     def get_completion(self, entry_id: int) -> tuple[str, JSONValue] | None:
-        row = self._call(self._lookup_pool, self.lookup_timeout,
-                         lambda c: c.execute(self._q(sql.GET_RECORD), {"id": int(entry_id)}).fetchone())
-        if row is None:
-            return None
+        """(prompt, completion) of an entry: from this process's completion cache, else by key.
+
+        Entries never change their completion (feedback rewrites metadata only) and ids are
+        never reused, so a cached record stays right until the entry is deleted; the replica
+        drops it when its log read sees the delete (or a clear, or a reload). A cached record
+        is served only while the replica's last complete sync is at most
+        ``completion_staleness`` old (it polls twice per that period), so an entry deleted
+        elsewhere, even while this node is cut off, is served at most that long after the
+        node last heard from the engine; otherwise the record is fetched (and a cut-off
+        engine makes that a MISS). ``completion_cache=0`` fetches every time: a delete is
+        then seen at once, including a row deleted *behind the log's back* (by hand).
+        """
+        entry_id = int(entry_id)
+        fresh = time.monotonic() - self._last_ok <= self.completion_staleness
+        with self._rec_lock:
+            text = self._records.get(entry_id) if fresh else None
+            if text is not None:
+                self._records.move_to_end(entry_id)
+            gen = self._rec_gen
+        if text is None:
+            row = self._call(self._lookup_pool, self.lookup_timeout,
+                             lambda c: c.execute(self._q(sql.GET_RECORD), {"id": entry_id}).fetchone())
+            if row is None:
+                return None
+            text = str(row[0])
+            out = loads_completion(text, entry_id)  # validated before it is cached
+            if self.completion_cache:
+                with self._rec_lock:
+                    if gen == self._rec_gen:  # no delete was applied while we read it
+                        self._records[entry_id] = text
+                        self._rec_chars += len(text)
+                        while len(self._records) > self.completion_cache or \
+                                self._rec_chars > _RECORD_CHARS_MAX:
+                            _, old = self._records.popitem(last=False)
+                            self._rec_chars -= len(old)
+        else:
+            out = loads_completion(text, entry_id)  # a fresh object per caller: they may mutate it
         with self._hits_lock:
-            self._hits[int(entry_id)] = time.time()
-        return loads_completion(row[0], entry_id)
+            self._hits[entry_id] = time.time()
+        return out
+
+    def _drop_records(self, ids: Sequence[int] | None) -> None:
+        """Forget cached completions of ``ids`` (None: all of them)."""
+        with self._rec_lock:
+            self._rec_gen += 1
+            if ids is None:
+                self._records.clear()
+                self._rec_chars = 0
+                return
+            for i in ids:
+                old = self._records.pop(i, None)
+                if old is not None:
+                    self._rec_chars -= len(old)
 
     def note_hit(self, entry_id: int) -> None:
         """Record a hit served without :meth:`get_completion` (engine search), for the LRU."""
@@ -746,6 +818,7 @@ class PostgresStore(Store):
                                                {"since": since, "limit": _FETCH_LIMIT}).fetchall())
         self._count("fetches")
         if not rows:  # the head row is gone: the tables were emptied by hand
+            self._drop_records(None)
             with self._buf_lock:
                 self._resync = True
             return 0
@@ -767,6 +840,10 @@ class PostgresStore(Store):
                     records.append((seq, entry_id, entry))
         n_log = sum(1 for r in rows if r[3] is not None)
         complete = n_log < _FETCH_LIMIT
+        # Deletes and clears drop cached completions before the replica moves past them.
+        gone = [i for _, i, e in records if e is None]
+        if gone:
+            self._drop_records(None if CLEARED in gone else gone)
         with self._buf_lock:
             if self._seen != since:  # a load_all replaced the replica meanwhile
                 return 0
@@ -779,12 +856,14 @@ class PostgresStore(Store):
                 self._resync = True
                 self._buf.clear()
                 self._last_ok = time.monotonic()
+                self._drop_records(None)
                 return 0
             self._buf.extend(records)
             self._seen = head if complete else last
             if len(self._buf) > _BUFFER_MAX:
                 self._resync = True
                 self._buf.clear()
+                self._drop_records(None)
             if complete:
                 self._last_ok = time.monotonic()
         self._count("records", n_log)
@@ -824,6 +903,7 @@ class PostgresStore(Store):
                 self._buf_start = self._seen = loaded.head
                 self._resync = False
                 self._last_ok = time.monotonic()
+            self._drop_records(None)  # a reload: deletes may have been missed
         return loaded
 
     def _decode_all(self, head: int, rows: list[Any], dim: int | None,
@@ -999,6 +1079,10 @@ class PostgresStore(Store):
         next_janitor = time.monotonic() + random.uniform(0.5, 1.0) * self.janitor_interval
         next_compact = time.monotonic() + 60.0
         backoff = 0.05
+        # Polls keep the completion cache's freshness (see get_completion) when it is on.
+        every = min(self.poll_interval, self.completion_staleness / 2) if self.completion_cache \
+            else self.poll_interval
+        unannounced = 0
         while not self._stop.is_set():
             try:
                 if self._listener is None:
@@ -1018,10 +1102,16 @@ class PostgresStore(Store):
                             got = self._fetch_locked()
                             n += got
                     if polled and n and not notified:
-                        # The poll found commits nobody announced: the listener may be dead.
-                        self._count("listener_reconnects")
-                        self._drop_listener()
-                    next_poll = time.monotonic() + self.poll_interval
+                        # Twice in a row a poll found commits nobody announced (once may be a
+                        # notification still on its way): the listener may be dead.
+                        unannounced += 1
+                        if unannounced >= 2:
+                            unannounced = 0
+                            self._count("listener_reconnects")
+                            self._drop_listener()
+                    elif notified:
+                        unannounced = 0
+                    next_poll = time.monotonic() + every
                 if self._failing:
                     log.warning("semcache: PostgreSQL at %s reachable again; replica in sync", self.where)
                     self._failing = False
