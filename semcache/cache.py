@@ -21,6 +21,7 @@ step with other processes through the store's change log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import heapq
@@ -422,8 +423,16 @@ class SemanticCache:
         else:
             # Another backend: a directory, if given, holds only the local snapshot.
             self.directory = Path(directory).expanduser().absolute() if directory is not None else None
-        self._store: Store = make_store(store, self.directory, timeout=timeout)
-        if index == "pgvector" and not hasattr(self._store, "engine_search"):
+        # A remote store connects and loads in the background (see _warm_up): the caller
+        # is not held up, and the cache answers MISS until it is ready.
+        background = self.fail_open and isinstance(store, str) and "://" in store
+        if background:
+            from semcache.stores.warming import WarmingStore
+
+            self._store: Store = WarmingStore(str(store))
+        else:
+            self._store = make_store(store, self.directory, timeout=timeout)
+        if index == "pgvector" and not background and not hasattr(self._store, "engine_search"):
             self._store.close()
             raise ConfigError("index='pgvector' searches in PostgreSQL: it needs store='postgresql://...'")
 
@@ -439,12 +448,96 @@ class SemanticCache:
         self._memo_lock = threading.Lock()
 
         self._skipped_base = 0
+        #: True while a remote store connects/loads in the background: lookups MISS at once.
+        self._warming = background
+        self._warm_stop = threading.Event()
+        if background:
+            self._warm_up(str(store), timeout)
+            return
         try:
             self._check_settings()
             self._reload()
         except Exception:
             self._store.close()
             raise
+        self._warn_foreign()
+
+    def _warm_up(self, spec: str, timeout: float) -> None:
+        """Connect, check the settings and load in a daemon thread, retrying with backoff.
+
+        The constructor waits for the first attempt at most ``timeout`` seconds: a store
+        that answers in time is ready when it returns; a bad URL, option or store format
+        (:class:`ConfigError`) raises here; an engine that is down or slow leaves the cache
+        answering MISS (``put`` returns None) until a later attempt succeeds.
+        """
+        first = threading.Event()
+        errors: list[ConfigError] = []
+        placeholder = self._store
+
+        def run() -> None:
+            backoff = 0.1
+            warned = False
+            while not self._warm_stop.is_set():
+                store: Store | None = None
+                try:
+                    store = make_store(spec, self.directory, timeout=timeout)
+                    if self.index_kind == "pgvector" and not hasattr(store, "engine_search"):
+                        raise ConfigError("index='pgvector' searches in PostgreSQL: it needs "
+                                          "store='postgresql://...'")
+                    with self._lock:
+                        if self._closed:
+                            store.close()
+                            return
+                        self._store = store
+                        self._check_settings()
+                        self._reload()
+                        self._warming = False
+                    if warned:
+                        log.warning("semcache: the store at %s is connected and loaded", store.where)
+                    self._warn_foreign()
+                    first.set()
+                    return
+                except ConfigError as exc:
+                    errors.append(exc)
+                    log.error("semcache: cannot open the store at %s: %s", placeholder.where, exc)
+                    self._drop_store(store, placeholder)
+                    first.set()
+                    return
+                except Exception as exc:  # StoreError and the like: retry
+                    self._drop_store(store, placeholder)
+                    if not warned:
+                        log.warning("semcache: the store at %s is not reachable yet (%s); answering "
+                                    "MISS while connecting in the background", placeholder.where, exc)
+                        warned = True
+                    first.set()
+                self._warm_stop.wait(backoff)
+                backoff = min(2 * backoff, 5.0)
+
+        threading.Thread(target=run, name="semcache-warm-up", daemon=True).start()
+        first.wait(timeout)
+        if errors:
+            raise errors[0]
+
+    def _warming_miss(self, counter: str | None = None) -> Miss:
+        """Count a call answered while warming up (the warm-up thread logs the cause once).
+
+        Without the cache lock, which the warm-up holds while it indexes what it loaded:
+        the counts may be off by a few under concurrent calls, never the answer.
+        """
+        self._counters["errors"] += 1
+        if counter is not None:
+            self._counters[counter] += 1
+        return MISS
+
+    def _drop_store(self, store: Store | None, placeholder: Store) -> None:
+        with self._lock:
+            if self._store is store:
+                self._store = placeholder
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.close()
+
+    def _warn_foreign(self) -> None:
         if self._foreign:
             log.warning(
                 "semcache: %d entries in %s were written with another embedder and will not be "
@@ -998,6 +1091,8 @@ class SemanticCache:
         self._check_open()
         t0 = time.perf_counter()
         norm = normalize_prompt(prompt)
+        if self._warming:  # a remote store still connecting/loading: MISS without waiting
+            return self._warming_miss("misses")
         key = prompt_key(norm)
         sid = self.scope_id(scope)
         if threshold is not None:
@@ -1414,6 +1509,9 @@ class SemanticCache:
         entry_ttl = self.ttl if ttl is None else _check_ttl(ttl)
         for p, c in zip(prompts, completions, strict=True):
             dumps_completion(p, c)  # raise on a bad completion before anything is written
+        if self._warming:  # a remote store still connecting/loading: None without waiting
+            self._warming_miss()
+            return []
         if self.target_wrong_hit_rate is not None:
             self._guarantee_resolve(sid, keys, completions)
         ids: list[int] = []
@@ -1631,13 +1729,15 @@ class SemanticCache:
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:
         """Close the store. Further calls raise :class:`ConfigError`; closing twice is fine."""
+        self._warm_stop.set()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             try:
-                self._sync()
-                self._save_snapshot()
+                if not self._warming:
+                    self._sync()
+                    self._save_snapshot()
             except SemcacheError as exc:
                 log.warning("semcache: no snapshot written at close: %s", exc)
             self._store.close()

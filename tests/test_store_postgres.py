@@ -639,3 +639,27 @@ def test_completion_cache_drops_what_the_log_deletes(pg_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_open_with_the_engine_down_answers_miss_then_serves() -> None:
+    srv = PgServer()  # initialised, not started: nothing listens on its port yet
+    try:
+        t0 = time.monotonic()
+        cache = SemanticCache(store=srv.url() + "?poll_interval=0.2", embedder=HashEmbedder())
+        assert time.monotonic() - t0 < 1.5  # neither raised nor held the caller
+        try:
+            assert cache.get("anything") is MISS
+            assert cache.put("anything", "answer") is None
+            assert cache.stats().errors >= 2
+            srv.start()
+            wait_for(lambda: cache.put("anything", "answer") is not None, timeout=15.0, step=0.05)
+            hit = cache.get("anything")
+            assert hit and hit.completion == "answer"
+        finally:
+            cache.close()
+    finally:
+        srv.cleanup()
+    from semcache.errors import ConfigError
+
+    with pytest.raises(ConfigError):  # a bad option is still a clear error at open
+        SemanticCache(store=srv.url() + "?schema=Bad-Name", embedder=HashEmbedder())

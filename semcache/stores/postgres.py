@@ -324,6 +324,12 @@ class PostgresStore(Store):
         self._engines: dict[int, EngineSearch] = {}
         #: Whether ``entries.embedding`` exists: puts then fill it (for the engine's index).
         self._embedded = False
+        try:  # one plain connection first: an engine that refuses fails here at once, not
+            # after the pools have retried for connect_timeout
+            psycopg.connect(self.conninfo, connect_timeout=max(1, math.ceil(min(connect_timeout, 2.0))),
+                            application_name="semcache").close()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {self.where}: {exc}") from exc
         self._lookup_pool = self._pool(self.lookup_timeout, f"semcache-lookup-{schema}")
         self._write_pool = self._pool(self.write_timeout, f"semcache-write-{schema}")
         try:
