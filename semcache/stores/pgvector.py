@@ -95,6 +95,14 @@ def _wire(vector: FloatArray) -> bytes:
     return struct.pack(">HH", v.shape[0], 0) + v.tobytes()
 
 
+def _unwire(raw: Any, dim: int) -> FloatArray:
+    """A pgvector binary value (int16 width, int16 unused, big-endian float32s) as float32 (d,)."""
+    data = bytes(raw)
+    if len(data) != 4 + 4 * dim or struct.unpack(">H", data[:2])[0] != dim:
+        raise SerializationError(f"an engine vector of {len(data)} bytes is not {dim}-d")
+    return np.frombuffer(data, dtype=">f4", offset=4).astype(np.float32)
+
+
 class EngineIndex:
     """The per-scope index slot of an engine-search cache: holds nothing.
 
@@ -216,7 +224,7 @@ class EngineSearch:
             try:
                 meta = check_meta(EntryMeta(scope=r[1], key=r[2], fingerprint=r[3], created=r[4],
                                             expires=r[5], threshold=r[6], wrong=r[7], right=r[8]))
-                vec = check_vector(bytes(r[9]), self.dim)
+                vec = check_vector(_unwire(r[9], self.dim), self.dim)
                 prompt, completion = loads_completion(r[10], entry_id)
             except SerializationError as exc:
                 self.store._skip(entry_id, exc)
