@@ -9,7 +9,7 @@ call raises :class:`~semcache.errors.StoreError`. See ``docs/postgres.md``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,4 +76,16 @@ class WarmingStore(Store):
         self._fail()
 
     def load_all(self, dim: int | None = None, fingerprint: str | None = None) -> Loaded:
+        self._fail()
+
+    def note_scopes(self, tenants: Mapping[str, str | None]) -> None:
+        self._fail()
+
+    def scope_tenants(self) -> dict[str, str | None]:
+        self._fail()
+
+    def add_counters(self, deltas: Mapping[str, int]) -> None:
+        self._fail()
+
+    def load_counters(self) -> tuple[dict[str, int], float | None]:
         self._fail()
