@@ -64,8 +64,12 @@ class TableVectors:
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), DIM), np.float32)
         for k, t in enumerate(texts):
+            head = t[1:].split()[0] if len(t) > 1 and t[0] in "eq" else ""
+            if not head.isdigit():  # not a table key (e.g. the embedder's fingerprint probe)
+                out[k] = np.full(DIM, DIM**-0.5, np.float32)
+                continue
             table = self.entries if t[0] == "e" else self.queries
-            out[k] = table[int(t[1:].split()[0])]
+            out[k] = table[int(head)]
         return out
 
     def embedder(self) -> FunctionEmbedder:
