@@ -294,6 +294,7 @@ class PostgresStore(Store):
         # Advisory lock keys: per database and schema (crc32 is stable across processes).
         self._ddl_key = zlib.crc32(f"semcache-ddl:{schema}".encode())
         self._janitor_key = zlib.crc32(f"semcache-janitor:{schema}".encode())
+        self._build_key = zlib.crc32(f"semcache-hnsw-build:{schema}".encode())
 
         #: Counters for monitoring (read with :meth:`stats`).
         self.counters = dict.fromkeys(
@@ -466,10 +467,11 @@ class PostgresStore(Store):
                       build_mem_mb: int | None = None, **params: Any) -> EngineSearch:
         """Search of ``dim``-wide vectors in the engine (``index="pgvector"``), set up once.
 
-        Adds the ``embedding`` column, the scope b-tree and the HNSW cosine index of this
-        width when missing (one DDL transaction under the schema's advisory lock, bounded
-        by ``load_timeout``: building the index over many existing rows takes that long
-        once). Rows without an embedding are backfilled by this process's background thread.
+        Adds the ``embedding`` column and the scope b-tree when missing (one short DDL
+        transaction under the schema's advisory lock), then the HNSW cosine index of this
+        width with ``CREATE INDEX CONCURRENTLY`` (other nodes keep reading and writing; over
+        many existing rows the build takes a while once, bounded by ``load_timeout``).
+        Rows without an embedding are backfilled by this process's background thread.
 
         Parameters
         ----------
@@ -499,15 +501,45 @@ class PostgresStore(Store):
         engine = EngineSearch(self, dim, **params)
         index_sql = sql.render_dim(sql.ENGINE_INDEX, self.schema, dim)
 
+        index_sql = index_sql.replace("%(m)s", str(m)).replace("%(efc)s", str(ef_construction))
+        index_name = f'"{self.schema}".entries_hnsw_{dim}'
+
         def run(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                conn.execute(f"SET LOCAL statement_timeout = {_ms(self.load_timeout)}")
+            state = conn.execute(sql.ENGINE_STATE, {"entries": f'"{self.schema}".entries',
+                                                    "index": index_name}).fetchone()
+            has_column, valid = (bool(state[0]), state[1]) if state else (False, None)
+            if not has_column:
+                # Short: ADD COLUMN without a default rewrites nothing (its ACCESS EXCLUSIVE
+                # lock is held for milliseconds); the b-trees are built here too.
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL statement_timeout = {_ms(self.load_timeout)}")
+                    conn.execute(sql.DDL_LOCK, {"key": self._ddl_key})
+                    for stmt in sql.ENGINE_CREATE:
+                        conn.execute(self._q(stmt))
+            if valid is True:
+                return
+            # The HNSW build can take minutes on a filled table: CONCURRENTLY lets every node
+            # read and write meanwhile (queries scan without it until it is valid). A build
+            # that failed leaves an invalid index, which is dropped and built again.
+            # One builder at a time (session-level lock): another process's build in progress
+            # also reads as invalid and must not be dropped.
+            got = conn.execute("SELECT pg_try_advisory_lock(%(key)s)", {"key": self._build_key}).fetchone()
+            if not got or not got[0]:
+                return  # another process is building it; searches scan without it meanwhile
+            conn.execute(f"SET statement_timeout = {_ms(self.load_timeout)}")
+            try:
                 if build_mem_mb is not None:
-                    conn.execute(f"SET LOCAL maintenance_work_mem = '{int(build_mem_mb)}MB'")
-                conn.execute(sql.DDL_LOCK, {"key": self._ddl_key})
-                for stmt in sql.ENGINE_CREATE:
-                    conn.execute(self._q(stmt))
-                conn.execute(index_sql.replace("%(m)s", str(m)).replace("%(efc)s", str(ef_construction)))
+                    conn.execute(f"SET maintenance_work_mem = '{int(build_mem_mb)}MB'")
+                again = conn.execute(sql.ENGINE_STATE, {"entries": f'"{self.schema}".entries',
+                                                        "index": index_name}).fetchone()
+                if again is not None and again[1] is False:
+                    conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index_name}")
+                if again is None or again[1] is not True:
+                    conn.execute(index_sql)
+            finally:
+                conn.execute("RESET maintenance_work_mem")
+                conn.execute(f"SET statement_timeout = {_ms(self.write_timeout)}")
+                conn.execute("SELECT pg_advisory_unlock(%(key)s)", {"key": self._build_key})
 
         try:
             self._call(self._write_pool, self.load_timeout, run)

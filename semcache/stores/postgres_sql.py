@@ -236,6 +236,13 @@ LISTEN: Final = "LISTEN {channel}"
 HAS_EMBEDDING: Final = """SELECT EXISTS (SELECT 1 FROM pg_attribute
     WHERE attrelid = to_regclass(%(entries)s) AND attname = 'embedding' AND NOT attisdropped)"""
 
+#: Whether ``entries.embedding`` exists, and whether the HNSW index of a width is valid
+#: (NULL: no such index; false: a concurrent build failed or is still running).
+ENGINE_STATE: Final = """SELECT
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%(entries)s)
+            AND attname = 'embedding' AND NOT attisdropped),
+    (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%(index)s))"""
+
 ENGINE_CREATE: Final = (
     "CREATE EXTENSION IF NOT EXISTS vector",
     "ALTER TABLE {s}.entries ADD COLUMN IF NOT EXISTS embedding vector",
@@ -249,7 +256,7 @@ ENGINE_CREATE: Final = (
 )
 
 #: The HNSW cosine index of one width.
-ENGINE_INDEX: Final = """CREATE INDEX IF NOT EXISTS entries_hnsw_{d} ON {s}.entries
+ENGINE_INDEX: Final = """CREATE INDEX CONCURRENTLY IF NOT EXISTS entries_hnsw_{d} ON {s}.entries
     USING hnsw ((embedding::vector({d})) vector_cosine_ops) WITH (m = %(m)s, ef_construction = %(efc)s)
     WHERE vector_dims(embedding) = {d}"""
 
