@@ -170,7 +170,13 @@ class EngineSearch:
         self._pool = store._pool(
             store.lookup_timeout, f"semcache-search-{store.schema}-{dim}",
             f"-c hnsw.ef_search={self.ef_search} -c hnsw.iterative_scan={iterative_scan} "
-            f"-c hnsw.max_scan_tuples={max_scan_tuples}",
+            f"-c hnsw.max_scan_tuples={max_scan_tuples} "
+            # The graph query must walk the graph, and the exact scan of a small scope must
+            # read it through the (scope, key) b-tree: with stale statistics (right after a
+            # bulk load) the planner would rather sort, or scan, the whole table, which at
+            # 100k rows takes longer than a lookup may. Both settings only penalise a plan,
+            # so a query with no other plan still runs.
+            "-c enable_sort=off -c enable_seqscan=off",
             configure=_configure)
         try:
             self._pool.open(wait=True, timeout=store.write_timeout)

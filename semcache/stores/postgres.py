@@ -536,6 +536,7 @@ class PostgresStore(Store):
                     conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index_name}")
                 if again is None or again[1] is not True:
                     conn.execute(index_sql)
+                    conn.execute(self._q("ANALYZE {s}.entries"))  # the planner's row estimates
             finally:
                 conn.execute("RESET maintenance_work_mem")
                 conn.execute(f"SET statement_timeout = {_ms(self.write_timeout)}")
