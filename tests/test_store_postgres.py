@@ -413,7 +413,7 @@ def test_cut_off_node_never_serves_an_entry_purged_meanwhile(pg_server: PgServer
     opts = "?max_staleness=1&lookup_timeout=0.2&write_timeout=0.3&poll_interval=0.2"
     # Without the completion cache a purge is never served once committed; with it, at most
     # completion_staleness after the node last heard from the engine.
-    opts += "&completion_staleness=0.3" if cached else "&completion_cache=0"
+    opts += "&completion_cache=1000&completion_staleness=0.3" if cached else "&completion_cache=0"
     a = SemanticCache(store=pg_url, embedder=HashEmbedder())
     b = SemanticCache(store=proxy.url(dbname) + opts, embedder=HashEmbedder())
     scope = {"tenant": "acme"}
@@ -618,7 +618,7 @@ def test_invalid_records_are_skipped_and_counted(pg_url: str, stores: list[Postg
 
 def test_completion_cache_drops_what_the_log_deletes(pg_url: str) -> None:
     a = SemanticCache(store=pg_url, embedder=HashEmbedder())
-    b = SemanticCache(store=pg_url, embedder=HashEmbedder())
+    b = SemanticCache(store=pg_url + "?completion_cache=1000", embedder=HashEmbedder())
     try:
         ids = a.put_many(["kept one", "deleted one", "cleared one"], [{"n": 1}, {"n": 2}, {"n": 3}])
         for p in ("kept one", "deleted one"):

@@ -242,8 +242,9 @@ class PostgresStore(Store):
     connect_timeout : float
         Seconds to wait for the first connections when opening.
     completion_cache : int
-        Completions kept in this process after a hit (0: fetch every hit's completion);
-        see :meth:`get_completion`.
+        Completions kept in this process after a hit (0, the default: fetch every hit's
+        completion, so a delete committed anywhere is a miss at once); see
+        :meth:`get_completion` for the bounded staleness a cache brings.
     completion_staleness : float
         Seconds after the replica's last complete sync during which a cached completion
         is served (the replica then polls at least twice per this period).
@@ -264,7 +265,7 @@ class PostgresStore(Store):
         janitor_interval: float = 5.0,
         log_retention: float = 3600.0,
         connect_timeout: float = 10.0,
-        completion_cache: int = 10_000,
+        completion_cache: int = 0,
         completion_staleness: float = 0.5,
     ) -> None:
         super().__init__()
