@@ -64,8 +64,12 @@ class TableVectors:
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), DIM), np.float32)
         for k, t in enumerate(texts):
+            head = t[1:].split()[0] if len(t) > 1 and t[0] in "eq" else ""
+            if not head.isdigit():  # not a table key (e.g. the embedder's fingerprint probe)
+                out[k] = np.full(DIM, DIM**-0.5, np.float32)
+                continue
             table = self.entries if t[0] == "e" else self.queries
-            out[k] = table[int(t[1:].split()[0])]
+            out[k] = table[int(head)]
         return out
 
     def embedder(self) -> FunctionEmbedder:
@@ -101,8 +105,35 @@ class RealVectors(TableVectors):
             if len(stored) >= n and len(misses) >= n_queries - half:
                 break
         texts = list(stored)
+        self.query_texts = hit_queries + misses
         self.entries = embed_cached(texts, f"shared-store-entries-{n}")
         self.queries = embed_cached(hit_queries + misses, f"shared-store-queries-{n_queries}")
+
+
+class LiveQueries:
+    """The table's embedder, except that queries are embedded by all-MiniLM-L6-v2 for real.
+
+    Same fingerprint as the table (``bench-table``), so the cache serves the stored entries;
+    with ``--vectors real`` the live vectors equal the table's (same model, same texts).
+    """
+
+    def __init__(self, vec: TableVectors, n_queries: int) -> None:
+        from semcache.embedding import default_embedder
+
+        self.vec = vec
+        self.model = default_embedder()
+        self.texts = getattr(vec, "query_texts", None) or [f"question number {i}" for i in range(n_queries)]
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = self.vec.encode(texts)
+        for k, t in enumerate(texts):
+            if t[0] == "q":
+                live = self.model.encode([self.texts[int(t[1:].split()[0])]])[0]
+                out[k] = live if live.shape[0] == DIM else out[k]
+        return out
+
+    def embedder(self) -> FunctionEmbedder:
+        return FunctionEmbedder(self.encode, "bench-table")
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -117,11 +148,11 @@ def fill(cache: SemanticCache, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def lookups(cache: SemanticCache, n_queries: int) -> tuple[list[float], int]:
+def lookups(cache: SemanticCache, n_queries: int, start: int = 0) -> tuple[list[float], int]:
     for q in range(min(50, n_queries)):  # warm up
         cache.get(f"q{q}")
     times, hits = [], 0
-    for q in range(n_queries):
+    for q in range(start, start + n_queries):
         t0 = time.perf_counter()
         hit = cache.get(f"q{q}")
         times.append(time.perf_counter() - t0)
@@ -207,66 +238,197 @@ def replication(url: str, n_procs: int = 3, rounds: int = 300) -> tuple[np.ndarr
     return np.array(delays), missed
 
 
-def catchup(n: int, url: str, tmp: Path) -> list[list[object]]:
-    """Fill each store with ``n`` entries through the store API, then time a new process's open.
+def open_ready(emb: FunctionEmbedder, spec: dict[str, Any]) -> SemanticCache:
+    """Open a cache and wait until a remote store has connected and loaded (background warm-up);
+    for ``index="pgvector"`` also until the engine's HNSW index exists (built over a filled
+    table on first use): what a new node pays before its first hit."""
+    cache = SemanticCache(embedder=emb, guards=(), **spec)
+    while cache._warming:
+        time.sleep(0.005)
+    if spec.get("index") == "pgvector":
+        cache._store.engine_search(DIM, **spec.get("index_params", {}))  # type: ignore[attr-defined]
+    return cache
 
-    Filling bypasses the cache (no index, no projection), so ``open`` here includes fitting the
-    projection; ``load_all`` is the store's share of it.
-    """
+
+STORES = {"disk": "local disk", "replica": "PostgreSQL replica", "pgvector": "PostgreSQL index=pgvector"}
+
+
+def spec_for(kind: str, tmp: Path, url: str) -> dict[str, Any]:
+    """``SemanticCache`` keyword arguments of one store kind (``url``: a fresh database)."""
+    if kind == "disk":
+        return {"directory": tmp / "disk"}
+    if kind == "replica":  # with the opt-in completion cache (docs/postgres.md)
+        return {"store": url + "?completion_cache=10000"}
+    # The HNSW build over a filled table may take minutes on a busy 2-core machine.
+    return {"store": url + "?load_timeout=1800", "index": "pgvector", "index_params": {"build_mem_mb": 1024}}
+
+
+def fill_store(kind: str, spec: dict[str, Any], vec: TableVectors, n: int) -> float:
+    """Write entries ``e0..e<n-1>`` through the store API (no cache, no index): what a new
+    node finds. For ``pgvector`` the engine column exists first, so the puts fill it and the
+    new node's open builds the HNSW index over the filled table (timed there)."""
+    from semcache.prompts import normalize_prompt, prompt_key
     from semcache.stores import make_store
+    from semcache.stores import postgres_sql as sql
     from semcache.stores.base import EntryMeta
 
-    rng = np.random.default_rng(3)
-    out: list[list[object]] = []
-    scope = SemanticCache(store="memory", embedder=TableVectors(1, 0).embedder()).scope_id(None)
-    for name in ("local disk", "PostgreSQL replica"):
-        store = make_store("disk", tmp / "catchup") if name == "local disk" else make_store(url, None)
-        t0 = time.perf_counter()
-        for s in tqdm(range(0, n, 5000), desc=f"filling {name}", unit="batch", leave=False):
-            k = min(n, s + 5000) - s
-            vecs = _unit(rng.standard_normal((k, DIM)).astype(np.float32))
-            now = time.time()
-            store.put_many([(EntryMeta(scope, f"{s + i:032x}", "fn:bench-table/l2", now, None), vecs[i],
-                             f"e{s + i}", f"answer {s + i}") for i in range(k)])
-        fill_s = time.perf_counter() - t0
-        store.close()
-        fresh = make_store("disk", tmp / "catchup") if name == "local disk" else make_store(url, None)
-        t0 = time.perf_counter()
-        loaded = fresh.load_all()
-        load_s = time.perf_counter() - t0
-        fresh.close()
-        spec = {"directory": tmp / "catchup"} if name == "local disk" else {"store": url}
-        opens = []
-        for _ in range(2):  # the first open fits the projection and stores it; the next reuse it
-            t0 = time.perf_counter()
-            cache = SemanticCache(embedder=TableVectors(1, 0).embedder(), guards=(), **spec)  # type: ignore[arg-type]
-            opens.append(time.perf_counter() - t0)
-            size = len(cache)
-            cache.close()
-        out.append([name, n, f"{load_s:.2f}", f"{opens[0]:.2f}", f"{opens[1]:.2f}", size, len(loaded.ids),
-                    f"{fill_s:.1f}"])
-        print(out[-1], flush=True)
-    return out
+    emb = vec.embedder()
+    scope = SemanticCache(store="memory", embedder=emb).scope_id(None)
+    store = make_store("disk" if kind == "disk" else spec["store"], spec.get("directory"))
+    if kind == "pgvector":
+        store._write(lambda c: [c.execute(sql.render(q, store.schema)) for q in sql.ENGINE_CREATE])  # type: ignore[attr-defined]
+        store._embedded = True  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    for s in tqdm(range(0, n, 2000), desc=f"filling {kind}", unit="batch", leave=False):
+        k = min(n, s + 2000) - s
+        now = time.time()
+        store.put_many([(EntryMeta(scope, prompt_key(normalize_prompt(f"e{s + i}")), emb.fingerprint, now,
+                                   None), vec.entries[s + i], f"e{s + i}", f"answer e{s + i}")
+                        for i in range(k)])
+    store.close()
+    return time.perf_counter() - t0
+
+
+def throughput_role(spec_json: str, secs: float, offset: int, n_queries: int, vectors: str, n: int) -> None:
+    """A worker: open the cache, then look up as fast as it can for ``secs`` (JSON count out)."""
+    spec = json.loads(spec_json)
+    vec = (RealVectors(n, n_queries) if vectors == "real" else TableVectors(n, n_queries))
+    cache = open_ready(vec.embedder(), spec)
+    for q in range(n_queries):  # warm: every process measured with its completion cache filled
+        cache.get(f"q{q}")
+    print("READY", flush=True)
+    assert sys.stdin.readline().strip() == "GO"
+    done = 0
+    end = time.perf_counter() + secs
+    while time.perf_counter() < end:
+        cache.get(f"q{(offset + done) % n_queries}")
+        done += 1
+    cache.close()
+    print(json.dumps({"lookups": done}), flush=True)
+
+
+def throughput(spec: dict[str, Any], procs: int, args: argparse.Namespace, n: int,
+               secs: float = 5.0) -> float:
+    """Lookups per second of ``procs`` processes together on one store."""
+    spec_json = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in spec.items()})
+    ps = [subprocess.Popen([sys.executable, __file__, "--role", "throughput", "--spec", spec_json,
+                            "--secs", str(secs), "--index", str(i * 397), "--queries", str(args.queries),
+                            "--vectors", args.vectors, "--sizes", str(n + args.puts)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(procs)]
+    for p in ps:
+        assert p.stdout is not None and p.stdout.readline().strip() == "READY"
+    for p in ps:
+        assert p.stdin is not None
+        p.stdin.write("GO\n")
+        p.stdin.flush()
+    total = 0
+    for p in ps:
+        out, _ = p.communicate(timeout=600)
+        total += json.loads(out.strip().splitlines()[-1])["lookups"]
+    return total / secs
+
+
+def recall(url: str, args: argparse.Namespace) -> list[list[object]]:
+    """Threshold hits of ``index="pgvector"`` vs exact search, per scope size, in one table.
+
+    Entries (real QQP embeddings unless ``--vectors random``) are split into scopes of the
+    sizes asked for plus one scope holding the rest; each query asks in the scope of the
+    stored question it paraphrases (misses: a random scope). The reference is exact search
+    over that scope's vectors at the cache's threshold.
+    """
+    total = args.recall
+    vec = (RealVectors(total, args.queries) if args.vectors == "real" else TableVectors(total, args.queries))
+    rng = np.random.default_rng(5)
+    sizes = [s for s in args.scope_sizes if s < total]
+    labels = np.full(total, len(sizes), dtype=np.int64)  # the rest: the last scope
+    perm = rng.permutation(total)
+    at = 0
+    for k, sz in enumerate(sizes):
+        labels[perm[at:at + sz]] = k
+        at += sz
+    names = [f"s{k}" for k in range(len(sizes) + 1)]
+    sizes_all = [*sizes, total - at]
+    from semcache.prompts import normalize_prompt, prompt_key
+    from semcache.stores import make_store
+    from semcache.stores import postgres_sql as sql
+    from semcache.stores.base import EntryMeta
+
+    emb = vec.embedder()
+    mem = SemanticCache(store="memory", embedder=emb)
+    sids = [mem.scope_id(nm) for nm in names]
+    thr = mem.threshold
+    mem.close()
+    spec = spec_for("pgvector", Path("/nonexistent"), url)
+    store = make_store(spec["store"], None)
+    store._write(lambda c: [c.execute(sql.render(q, store.schema)) for q in sql.ENGINE_CREATE])  # type: ignore[attr-defined]
+    store._embedded = True  # type: ignore[attr-defined]
+    ids = np.zeros(total, dtype=np.int64)
+    for s in tqdm(range(0, total, 2000), desc="filling (recall)", unit="batch", leave=False):
+        k = min(total, s + 2000) - s
+        now = time.time()
+        got = store.put_many([(EntryMeta(sids[labels[s + i]], prompt_key(normalize_prompt(f"e{s + i}")),
+                                         emb.fingerprint, now, None), vec.entries[s + i], f"e{s + i}", "x")
+                              for i in range(k)])
+        ids[s:s + k] = got
+    store.close()
+    cache = open_ready(emb, spec)
+    half = args.queries // 2
+    q_scope = np.concatenate([labels[:half], rng.integers(0, len(names), args.queries - half)])
+    stats = {k: [0, 0, 0, 0] for k in range(len(names))}  # queries, expected hits, found, wrong
+    for qi in tqdm(range(args.queries), desc="recall lookups", leave=False):
+        k = int(q_scope[qi])
+        members = np.flatnonzero(labels == k)
+        scores = vec.entries[members] @ vec.queries[qi]
+        best = int(np.argmax(scores))
+        expected = int(ids[members[best]]) if scores[best] >= thr else None
+        hit = cache.get(f"q{qi}", scope=names[k])
+        got = hit.entry_id if hit else None
+        st = stats[k]
+        st[0] += 1
+        st[1] += expected is not None
+        st[2] += expected is not None and got == expected
+        st[3] += got is not None and got != expected
+    engine = cache._store._engines[vec.entries.shape[1]]  # type: ignore[attr-defined]
+    errors = cache.stats().errors
+    cache.close()
+    rows = []
+    for k in range(len(names)):
+        q, e, f, w = stats[k]
+        path = "exact scan" if sizes_all[k] < engine.exact_below else "HNSW + iterative scan"
+        rows.append([f"{sizes_all[k]:,} of {total:,}", path, q, e, f, f"{f / e:.4f}" if e else "-", w])
+    rows.append(["all", f"{errors} lookups failed open (timeout)", args.queries, "", "", "", ""])
+    # "other entry": a hit above the threshold, but not exact search's best (the graph missed it).
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000])
+    ap.add_argument("--stores", nargs="*", default=list(STORES), choices=list(STORES))
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--puts", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=300, help="replication rounds (3 processes)")
+    ap.add_argument("--rounds", type=int, default=300, help="replication rounds (3 processes; 0: skip)")
     ap.add_argument("--vectors", choices=("real", "random"), default="real",
                     help="QQP questions embedded by all-MiniLM-L6-v2, or random unit vectors")
-    ap.add_argument("--catchup", type=int, default=100_000,
-                    help="entries for the catch-up measurement (0: skip)")
+    ap.add_argument("--embed-queries", type=int, default=0,
+                    help="lookups with the real embedder in the loop (first size, every store)")
+    ap.add_argument("--throughput", type=float, default=0.0,
+                    help="seconds of lookups by 1 then 3 processes per PostgreSQL store (0: skip)")
+    ap.add_argument("--recall", type=int, default=0, help="table size for the pgvector recall test (0: skip)")
+    ap.add_argument("--scope-sizes", type=int, nargs="*", default=[300, 2000, 5000])
     ap.add_argument("--url", help="an existing PostgreSQL (default: start the embedded one)")
     ap.add_argument("--out", default="shared_store_bench", help="results/<out>.txt and .png")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--procs", type=int, default=3, help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--secs", type=float, default=5.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "replicate":
         replication_role(args.url, args.index, args.procs, args.rounds)
+        return
+    if args.role == "throughput":
+        throughput_role(args.spec, args.secs, args.index, args.queries, args.vectors, args.sizes[0])
         return
 
     server = None
@@ -291,62 +453,79 @@ def run(args: argparse.Namespace, server: object) -> None:
         return str(args.url)
 
     rows = []
-    plot: dict[str, dict[int, tuple[float, float]]] = {"local disk": {}, "PostgreSQL replica": {}}
+    extra: list[str] = []
+    plot: dict[str, dict[int, tuple[float, float]]] = {STORES[k]: {} for k in args.stores}
     for n in args.sizes:
         vec = (RealVectors(n + args.puts, args.queries) if args.vectors == "real"
                else TableVectors(n + args.puts, args.queries))
         with tempfile.TemporaryDirectory() as tmp:
-            for name in ("local disk", "PostgreSQL replica"):
-                spec = {"directory": Path(tmp) / "disk"} if name == "local disk" else {"store": new_url()}
-                # No guards: the prompts are table keys ("e12", "q7"), not language.
-                cache = SemanticCache(embedder=vec.embedder(), guards=(), **spec)  # type: ignore[arg-type]
-                fill_s = fill(cache, n)
+            for kind in args.stores:
+                name = STORES[kind]
+                spec = spec_for(kind, Path(tmp), new_url())
+                fill_s = fill_store(kind, spec, vec, n)
+                # A new node: load + index build (+ projection fit, or the HNSW build in the engine).
+                t0 = time.perf_counter()
+                cache = open_ready(vec.embedder(), spec)
+                first_open = time.perf_counter() - t0
                 lk, hits = lookups(cache, args.queries)
                 pt = puts(cache, n, args.puts)
+                if args.embed_queries and n == args.sizes[0]:
+                    live = LiveQueries(vec, args.queries)
+                    cache.embedder = live.embedder()  # same fingerprint: the table's vectors, computed live
+                    t_emb, _ = lookups(cache, min(args.embed_queries, args.queries), start=args.queries // 4)
+                    e50, e99 = percentiles(t_emb)
+                    extra.append(f"{name} {n}: get with all-MiniLM-L6-v2 in the loop ({len(t_emb)} lookups): "
+                                 f"p50 {e50:.2f} ms, p99 {e99:.2f} ms")
+                    print(extra[-1], flush=True)
                 cache.close()
                 t0 = time.perf_counter()
-                again = SemanticCache(embedder=vec.embedder(), guards=(), **spec)  # type: ignore[arg-type]
-                open_s = time.perf_counter() - t0
+                again = open_ready(vec.embedder(), spec)
+                next_open = time.perf_counter() - t0
                 size = len(again)
-                t0 = time.perf_counter()
-                again._store.load_all()
-                load_s = time.perf_counter() - t0
                 again.close()
+                if args.throughput and kind != "disk":
+                    one = throughput(spec, 1, args, n, args.throughput)
+                    three = throughput(spec, 3, args, n, args.throughput)
+                    extra.append(f"{name} {n}: lookups/s, 1 process {one:.0f}, 3 processes {three:.0f} "
+                                 f"({three / one:.2f}x; 2 cores)")
+                    print(extra[-1], flush=True)
                 l50, l99 = percentiles(lk)
                 p50, p99 = percentiles(pt)
                 plot[name][n] = (l50, l99)
                 rows.append([name, n, f"{l50:.3f}", f"{l99:.3f}", f"{hits}/{len(lk)}", f"{p50:.2f}",
-                             f"{p99:.2f}", f"{open_s:.2f}", f"{load_s:.2f}", size, f"{fill_s:.1f}"])
+                             f"{p99:.2f}", f"{first_open:.2f}", f"{next_open:.2f}", size, f"{fill_s:.1f}"])
                 print(rows[-1], flush=True)
     headers = ["store", "entries", "get p50 ms", "get p99 ms", "hits", "put p50 ms", "put p99 ms",
-               "open s", "load_all s", "size", "fill s"]
+               "first open s", "next open s", "size", "fill s"]
     table = print_table(headers, rows) if rows else ""
     ratios = []
     for n in args.sizes:
-        loc, pg = plot["local disk"][n], plot["PostgreSQL replica"][n]
-        ratios.append(f"{n}: replica/local lookup p50 {pg[0] / loc[0]:.2f}x, p99 {pg[1] / loc[1]:.2f}x")
+        loc = plot.get("local disk", {}).get(n)
+        for name, vals in plot.items():
+            if loc and name != "local disk" and n in vals:
+                ratios.append(f"{n}: {name}/local lookup p50 {vals[n][0] / loc[0]:.2f}x, "
+                              f"p99 {vals[n][1] / loc[1]:.2f}x")
     delays, missed = replication(new_url(), 3, args.rounds) if args.rounds else (np.zeros(1), 0)
     d50, d99 = percentiles(delays)
     rep = (f"replication delay, 1 writer -> 2 other processes ({len(delays)} deliveries; {missed} entries "
            f"not a hit afterwards): p50 {d50:.2f} ms, p99 {d99:.2f} ms, "
-           f"max {1e3 * float(delays.max()):.2f} ms")
-    if not args.rounds:
-        rep = ""
+           f"max {1e3 * float(delays.max()):.2f} ms") if args.rounds else ""
     print("\n".join(ratios))
     print(rep)
-    parts = [table, "", *ratios, rep] if rows or rep else []
-    if args.catchup:
-        with tempfile.TemporaryDirectory() as tmp:
-            cu = catchup(args.catchup, new_url(), Path(tmp))
-        parts += ["", "catch-up of a new process (filled through the store API, random vectors; first open = "
-                  "load + index build + projection fit, next open = load + index build with the stored "
-                  "projection)", print_table(["store", "entries", "load_all s", "first open s", "next open s",
-                                              "size", "loaded", "fill s"], cu)]
+    parts = [table, "", *ratios, *extra, rep]
+    if args.recall:
+        rec = recall(new_url(), args)
+        parts += ["", f"index=pgvector: threshold hits vs exact search per scope, one table of "
+                  f"{args.recall:,} ({args.vectors} vectors; hit queries ask in the scope of the "
+                  "question they paraphrase)",
+                  print_table(["scope size", "path", "queries", "exact hits", "found", "recall",
+                               "other entry served"], rec),
+                  "found: the hit is exact search's best entry; other entry served: a hit at or above the "
+                  "threshold, but not the best one (the graph missed the best)"]
+        print(parts[-2], flush=True)
     text = "\n".join(parts)
-    command = ("flock /work/coord/heavy.lock .venv/bin/python benchmarks/shared_store_bench.py --sizes "
-               + " ".join(map(str, args.sizes))
-               + f" --catchup {args.catchup} --vectors {args.vectors} --rounds {args.rounds}"
-               + f" --out {args.out}")
+    command = ("flock /work/coord/heavy.lock .venv/bin/python benchmarks/shared_store_bench.py "
+               + " ".join(sys.argv[1:]))
     save_text(f"{args.out}.txt", command, text)
     if not rows:
         return
@@ -357,21 +536,22 @@ def run(args: argparse.Namespace, server: object) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.35
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / max(1, len(plot))
     xs = np.arange(len(args.sizes))
     for k, (name, vals) in enumerate(plot.items()):
         ax1.bar(xs + k * width, [vals[n][0] for n in args.sizes], width, label=f"{name} p50")
         ax1.scatter(xs + k * width, [vals[n][1] for n in args.sizes], marker="_", s=300, color="k")
-    ax1.set_xticks(xs + width / 2, [f"{n:,}" for n in args.sizes])
+    ax1.set_xticks(xs + width * (len(plot) - 1) / 2, [f"{n:,}" for n in args.sizes])
     ax1.set_ylabel("get() ms, embedding excluded (bar p50, dash p99)")
     ax1.set_xlabel("entries")
-    ax1.legend()
-    ax2.hist(delays * 1e3, bins=50)
-    ax2.axvline(d99, color="r", linestyle="--", label=f"p99 {d99:.1f} ms")
-    ax2.set_xlabel("replication delay, ms (put returned -> in another process's replica)")
-    ax2.set_ylabel("hits")
-    ax2.legend()
+    ax1.legend(fontsize=8)
+    if args.rounds:
+        ax2.hist(delays * 1e3, bins=50)
+        ax2.axvline(d99, color="r", linestyle="--", label=f"p99 {d99:.1f} ms")
+        ax2.set_xlabel("replication delay, ms (put returned -> in another process's replica)")
+        ax2.set_ylabel("deliveries")
+        ax2.legend()
     fig.tight_layout()
     fig.savefig(RESULTS_DIR / f"{args.out}.png", dpi=110)
 

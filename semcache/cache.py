@@ -405,8 +405,9 @@ class SemanticCache:
         self.threshold = _check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
         self.ttl = _check_ttl(ttl)
         self.max_entries = None if max_entries is None else _positive_int(max_entries, "max_entries")
-        if index != "auto" and index not in INDEXES:
-            raise ConfigError(f"unknown index {index!r}; choose 'auto' or one of {sorted(INDEXES)}")
+        if index not in ("auto", "pgvector") and index not in INDEXES:
+            raise ConfigError(f"unknown index {index!r}; choose 'auto', 'pgvector' (a PostgreSQL store) "
+                              f"or one of {sorted(INDEXES)}")
         self.index_kind = index
         self.index_params = dict(index_params or {})
         self.projection_dims = _positive_int(projection_dims, "projection_dims")
@@ -461,7 +462,18 @@ class SemanticCache:
         else:
             # Another backend: a directory, if given, holds only the local snapshot.
             self.directory = Path(directory).expanduser().absolute() if directory is not None else None
-        self._store: Store = make_store(store, self.directory, timeout=timeout)
+        # A remote store connects and loads in the background (see _warm_up): the caller
+        # is not held up, and the cache answers MISS until it is ready.
+        background = self.fail_open and isinstance(store, str) and "://" in store
+        if background:
+            from semcache.stores.warming import WarmingStore
+
+            self._store: Store = WarmingStore(str(store))
+        else:
+            self._store = make_store(store, self.directory, timeout=timeout)
+        if index == "pgvector" and not background and not hasattr(self._store, "engine_search"):
+            self._store.close()
+            raise ConfigError("index='pgvector' searches in PostgreSQL: it needs store='postgresql://...'")
 
         self._lock = threading.RLock()
         self._closed = False
@@ -480,12 +492,96 @@ class SemanticCache:
         self._flushed_at = time.monotonic()
 
         self._skipped_base = 0
+        #: True while a remote store connects/loads in the background: lookups MISS at once.
+        self._warming = background
+        self._warm_stop = threading.Event()
+        if background:
+            self._warm_up(str(store), timeout)
+            return
         try:
             self._check_settings()
             self._reload()
         except Exception:
             self._store.close()
             raise
+        self._warn_foreign()
+
+    def _warm_up(self, spec: str, timeout: float) -> None:
+        """Connect, check the settings and load in a daemon thread, retrying with backoff.
+
+        The constructor waits for the first attempt at most ``timeout`` seconds: a store
+        that answers in time is ready when it returns; a bad URL, option or store format
+        (:class:`ConfigError`) raises here; an engine that is down or slow leaves the cache
+        answering MISS (``put`` returns None) until a later attempt succeeds.
+        """
+        first = threading.Event()
+        errors: list[ConfigError] = []
+        placeholder = self._store
+
+        def run() -> None:
+            backoff = 0.1
+            warned = False
+            while not self._warm_stop.is_set():
+                store: Store | None = None
+                try:
+                    store = make_store(spec, self.directory, timeout=timeout)
+                    if self.index_kind == "pgvector" and not hasattr(store, "engine_search"):
+                        raise ConfigError("index='pgvector' searches in PostgreSQL: it needs "
+                                          "store='postgresql://...'")
+                    with self._lock:
+                        if self._closed:
+                            store.close()
+                            return
+                        self._store = store
+                        self._check_settings()
+                        self._reload()
+                        self._warming = False
+                    if warned:
+                        log.warning("semcache: the store at %s is connected and loaded", store.where)
+                    self._warn_foreign()
+                    first.set()
+                    return
+                except ConfigError as exc:
+                    errors.append(exc)
+                    log.error("semcache: cannot open the store at %s: %s", placeholder.where, exc)
+                    self._drop_store(store, placeholder)
+                    first.set()
+                    return
+                except Exception as exc:  # StoreError and the like: retry
+                    self._drop_store(store, placeholder)
+                    if not warned:
+                        log.warning("semcache: the store at %s is not reachable yet (%s); answering "
+                                    "MISS while connecting in the background", placeholder.where, exc)
+                        warned = True
+                    first.set()
+                self._warm_stop.wait(backoff)
+                backoff = min(2 * backoff, 5.0)
+
+        threading.Thread(target=run, name="semcache-warm-up", daemon=True).start()
+        first.wait(timeout)
+        if errors:
+            raise errors[0]
+
+    def _warming_miss(self, counter: str | None = None) -> Miss:
+        """Count a call answered while warming up (the warm-up thread logs the cause once).
+
+        Without the cache lock, which the warm-up holds while it indexes what it loaded:
+        the counts may be off by a few under concurrent calls, never the answer.
+        """
+        self._counters["errors"] += 1
+        if counter is not None:
+            self._counters[counter] += 1
+        return MISS
+
+    def _drop_store(self, store: Store | None, placeholder: Store) -> None:
+        with self._lock:
+            if self._store is store:
+                self._store = placeholder
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.close()
+
+    def _warn_foreign(self) -> None:
         if self._foreign:
             log.warning(
                 "semcache: %d entries in %s were written with another embedder and will not be "
@@ -538,8 +634,11 @@ class SemanticCache:
         paused = gc.isenabled()
         gc.disable()
         try:
-            loaded = self._load_snapshot() or self._store.load_all(
-                dim=self._known_dim(), fingerprint=self.fingerprint)
+            if self.index_kind == "pgvector":  # search in the engine: metadata only, no vectors
+                loaded = self._store.load_meta(fingerprint=self.fingerprint)  # type: ignore[attr-defined]
+            else:
+                loaded = self._load_snapshot() or self._store.load_all(
+                    dim=self._known_dim(), fingerprint=self.fingerprint)
             self._seq = loaded.head
             self._add_bulk(loaded)
         finally:
@@ -636,7 +735,7 @@ class SemanticCache:
 
     def _save_snapshot(self) -> None:
         """On close: write a snapshot when the cache is large and changed, remove a stale one."""
-        if self.directory is None or self._seq == self._snapshot_seq:
+        if self.directory is None or self._seq == self._snapshot_seq or self.index_kind == "pgvector":
             return
         from semcache.snapshot import delete_snapshot, save_snapshot
 
@@ -740,7 +839,9 @@ class SemanticCache:
         # own), the table adopts the loaded array. Memory traffic, not arithmetic, is what
         # a 200k-entry open costs (each 300 MB copy ~0.2-0.5 s on a shared machine).
         by_scope, ids_by_scope = vecs[order], ids[order]
-        if len(self._table):
+        if self.index_kind == "pgvector":
+            pass  # engine search keeps no vectors here
+        elif len(self._table):
             self._table.add(ids, vecs, vecs)
         else:
             self._table = ExactIndex.adopt(ids, vecs)
@@ -812,7 +913,8 @@ class SemanticCache:
             return
         all_ids = np.array([i for rows_ in by_scope.values() for i, _ in rows_], dtype=np.int64)
         all_vecs = np.stack([v for rows_ in by_scope.values() for _, v in rows_]).astype(np.float32)
-        self._table.add(all_ids, all_vecs, all_vecs)
+        if self.index_kind != "pgvector":  # engine search keeps no vectors here
+            self._table.add(all_ids, all_vecs, all_vecs)
         largest = 0
         for sid, items in by_scope.items():
             ids = np.array([i for i, _ in items], dtype=np.int64)
@@ -873,7 +975,7 @@ class SemanticCache:
         return cls()
 
     def _needs_projection(self) -> bool:
-        return self.index_kind != "exact" and self._approx_kind() is not None
+        return self.index_kind not in ("exact", "pgvector") and self._approx_kind() is not None
 
     def _approx_kind(self) -> str | None:
         """The approximate index to use: forced by ``index=``, else by projection width."""
@@ -885,6 +987,8 @@ class SemanticCache:
         return kind if kind in INDEXES else None
 
     def _wanted_kind(self, n: int) -> str:
+        if self.index_kind == "pgvector":
+            return "pgvector"
         approx = self._approx_kind()
         if approx is None or self._projection is None:
             return "exact"
@@ -898,6 +1002,10 @@ class SemanticCache:
         return self._projection.transform(vecs)
 
     def _make_index(self, kind: str) -> Index:
+        if kind == "pgvector":
+            from semcache.stores.pgvector import EngineIndex
+
+            return EngineIndex()
         return make_index(kind, **(self.index_params if kind != "exact" else {}))
 
     def _rebuild_partition(self, sid: str) -> None:
@@ -1110,6 +1218,8 @@ class SemanticCache:
         self._check_open()
         t0 = time.perf_counter()
         norm = normalize_prompt(prompt)
+        if self._warming:  # a remote store still connecting/loading: MISS without waiting
+            return self._warming_miss("misses")
         key = prompt_key(norm)
         scope_obj = Scope.from_value(scope)
         sid = scope_id(scope_obj, self.fingerprint)
@@ -1198,6 +1308,8 @@ class SemanticCache:
         t_embed = time.perf_counter()
         vec = self._embed([norm], [key])[0]
         t_index = time.perf_counter()
+        if self.index_kind == "pgvector":
+            return self._engine_get(sid, vec, thr, norm, key, now, t_embed, t_index)
         with self._lock:
             self._latency["embed"].append(t_index - t_embed)
             part = self._parts.get(sid)
@@ -1211,6 +1323,47 @@ class SemanticCache:
             if part.kind != "exact":
                 hit = self._audit(sid, part, hit, vec, thr, norm, now)
             if hit and gate and self.target_wrong_hit_rate is not None:
+                hit = self._guarantee_gate(sid, key, hit)
+            self._latency["verify"].append(time.perf_counter() - t_verify)
+            return hit
+
+    def _engine_get(self, sid: str, vec: FloatArray, thr: float, norm: str, key: str, now: float,
+                    t_embed: float, t_index: float) -> Hit | Miss:
+        """``index="pgvector"``: candidates from the engine, re-ranked and verified here.
+
+        The engine query runs outside the cache lock (a round trip); the scope's size as
+        this replica counts it picks the exact scan for small scopes. Candidates come with
+        their stored vector and completion, so a hit costs no second fetch.
+        """
+        with self._lock:
+            self._latency["embed"].append(t_index - t_embed)
+            part = self._parts.get(sid)
+            if part is None:
+                return MISS
+            size = part.size
+        engine = self._store.engine_search(  # type: ignore[attr-defined]
+            vec.shape[0], **self.index_params)
+        cands = [c for c in engine.search(sid, vec, now, size)
+                 if c.meta.scope == sid and c.meta.fingerprint == self.fingerprint]
+        t_verify = time.perf_counter()
+        with self._lock:
+            self._latency["index"].append(t_verify - t_index)
+            hit: Hit | Miss = MISS
+            if cands:
+                scores = np.clip(np.stack([c.vector for c in cands]) @ vec, -1.0, 1.0)
+                for j in np.argsort(-scores, kind="stable").tolist():
+                    score = float(scores[j])
+                    if score < thr:
+                        break
+                    own = cands[j].meta.threshold
+                    if own is not None and score < own:
+                        continue  # feedback raised this entry's bar
+                    hit = self._serve(cands[j].entry_id, score, exact=False, now=now, query=norm,
+                                      threshold=thr, row=cands[j])
+                    if hit:
+                        engine.store.note_hit(cands[j].entry_id)
+                        break
+            if hit and self.target_wrong_hit_rate is not None:
                 hit = self._guarantee_gate(sid, key, hit)
             self._latency["verify"].append(time.perf_counter() - t_verify)
             return hit
@@ -1282,16 +1435,20 @@ class SemanticCache:
             part.trusted = True
 
     def _serve(self, entry_id: int, score: float, *, exact: bool, now: float, query: str | None,
-               threshold: float = -1.0) -> Hit | Miss:
-        """Load an entry for a hit, unless expired, vetoed by a guard or the long-prompt check, or gone."""
-        meta = self._meta.get(entry_id)
+               threshold: float = -1.0, row: Any = None) -> Hit | Miss:
+        """Load an entry for a hit, unless expired, vetoed by a guard or the long-prompt check, or gone.
+
+        ``row``: an :class:`~semcache.stores.pgvector.EngineCandidate` the engine just read
+        (its metadata and completion are used as they are: no second fetch).
+        """
+        meta = self._meta.get(entry_id) if row is None else row.meta
         if meta is None:
             return MISS
         if meta.expires is not None and meta.expires <= now:
             self._delete_ids([entry_id], counter="expirations")
             return MISS
         try:
-            stored = self._store.get_completion(entry_id)
+            stored = self._store.get_completion(entry_id) if row is None else (row.prompt, row.completion)
         except SerializationError as exc:
             # A corrupt record is never served; it counts as an error and, failing open,
             # the next candidate may still be served.
@@ -1315,7 +1472,8 @@ class SemanticCache:
             for guard in self.guards:
                 if not guard(query, stored_prompt, score):
                     return MISS
-        self._lru.move_to_end(entry_id)
+        if entry_id in self._lru:  # an engine row this replica has not read yet is not in it
+            self._lru.move_to_end(entry_id)
         return Hit(
             completion=completion,
             score=min(score, 1.0),
@@ -1527,6 +1685,9 @@ class SemanticCache:
         entry_ttl = self.ttl if ttl is None else _check_ttl(ttl)
         for p, c in zip(prompts, completions, strict=True):
             dumps_completion(p, c)  # raise on a bad completion before anything is written
+        if self._warming:  # a remote store still connecting/loading: None without waiting
+            self._warming_miss()
+            return []
         if self._semantic_context(scope_obj):
             try:
                 scope_obj = self._resolve_context(scope_obj, register=True)
@@ -1555,6 +1716,8 @@ class SemanticCache:
                 with self._lock:
                     if not self._store.usable():
                         raise StoreError(f"the store at {self._store.where} is not usable right now")
+                    if self.index_kind == "pgvector":  # the engine's column and index exist first
+                        self._store.engine_search(vecs.shape[1], **self.index_params)  # type: ignore[attr-defined]
                     self._note_scope(sid, scope_obj.tenant)
                     ids.extend(self._store.put_many(rows))
                     self._sync()
@@ -1816,14 +1979,16 @@ class SemanticCache:
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:
         """Close the store. Further calls raise :class:`ConfigError`; closing twice is fine."""
+        self._warm_stop.set()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._flush_counters(force=True)
             try:
-                self._sync()
-                self._save_snapshot()
+                if not self._warming:
+                    self._sync()
+                    self._save_snapshot()
             except SemcacheError as exc:
                 log.warning("semcache: no snapshot written at close: %s", exc)
             self._store.close()

@@ -405,10 +405,15 @@ def test_engine_stopped_and_restarted_under_load() -> None:
             b.close()
 
 
-def test_cut_off_node_never_serves_an_entry_purged_meanwhile(pg_server: PgServer, pg_url: str) -> None:
+@pytest.mark.parametrize("cached", [False, True], ids=["no-completion-cache", "completion-cache"])
+def test_cut_off_node_never_serves_an_entry_purged_meanwhile(pg_server: PgServer, pg_url: str,
+                                                             cached: bool) -> None:
     dbname = pg_url.rsplit("/", 1)[1]
     proxy = TcpProxy(pg_server.port)
     opts = "?max_staleness=1&lookup_timeout=0.2&write_timeout=0.3&poll_interval=0.2"
+    # Without the completion cache a purge is never served once committed; with it, at most
+    # completion_staleness after the node last heard from the engine.
+    opts += "&completion_cache=1000&completion_staleness=0.3" if cached else "&completion_cache=0"
     a = SemanticCache(store=pg_url, embedder=HashEmbedder())
     b = SemanticCache(store=proxy.url(dbname) + opts, embedder=HashEmbedder())
     scope = {"tenant": "acme"}
@@ -416,11 +421,14 @@ def test_cut_off_node_never_serves_an_entry_purged_meanwhile(pg_server: PgServer
         a.put("the secret plan", "launch at dawn", scope=scope)
         wait_for(lambda: bool(b.get("the secret plan", scope=scope)))
         proxy.blackhole()  # b hears nothing, not even an error
+        t_cut = time.monotonic()
         assert a.purge(scope=scope) == 1
         t_end = time.monotonic() + 2.5
         while time.monotonic() < t_end:
             t0 = time.monotonic()
-            assert b.get("the secret plan", scope=scope) is MISS
+            hit = b.get("the secret plan", scope=scope)
+            if hit:
+                assert cached and t0 - t_cut < 0.3, t0 - t_cut
             assert time.monotonic() - t0 < 1.0  # the watchdog cuts a call the engine never answers
         assert not b._store.usable()
         proxy.heal()
@@ -503,8 +511,9 @@ def test_no_hit_ever_crosses_scope_or_tenant(pg_url: str) -> None:
 
 
 def test_hit_whose_row_is_gone_is_a_miss_and_leaves_the_index(pg_url: str) -> None:
+    # Behind the log's back, a row is seen gone only by a fetch: no completion cache.
     a = SemanticCache(store=pg_url, embedder=HashEmbedder())
-    b = SemanticCache(store=pg_url, embedder=HashEmbedder())
+    b = SemanticCache(store=pg_url + "?completion_cache=0", embedder=HashEmbedder())
     try:
         eid = a.put("vanishing", "soon gone")
         assert eid is not None
@@ -605,3 +614,52 @@ def test_invalid_records_are_skipped_and_counted(pg_url: str, stores: list[Postg
     batch = fresh.changes(0)
     assert batch.items is not None and [i for i, _ in batch.items] == ids[:1]
     assert fresh.skipped == 6
+
+
+def test_completion_cache_drops_what_the_log_deletes(pg_url: str) -> None:
+    a = SemanticCache(store=pg_url, embedder=HashEmbedder())
+    b = SemanticCache(store=pg_url + "?completion_cache=1000", embedder=HashEmbedder())
+    try:
+        ids = a.put_many(["kept one", "deleted one", "cleared one"], [{"n": 1}, {"n": 2}, {"n": 3}])
+        for p in ("kept one", "deleted one"):
+            wait_for(lambda p=p: bool(b.get(p)))
+        store = b._store
+        assert isinstance(store, PostgresStore)
+        hit = b.get("kept one")
+        assert hit and hit.completion == {"n": 1}
+        hit.completion["n"] = 99  # type: ignore[index]  # a caller mutating its copy changes nothing
+        assert b.get("kept one").completion == {"n": 1}
+        assert ids[0] in store._records and ids[1] in store._records
+        a.delete(ids[1])  # through the log: b drops it as its replica reads the delete
+        wait_for(lambda: ids[1] not in store._records)
+        assert b.get("deleted one") is MISS
+        a.clear()
+        wait_for(lambda: not store._records)
+        assert b.get("kept one") is MISS
+    finally:
+        a.close()
+        b.close()
+
+
+def test_open_with_the_engine_down_answers_miss_then_serves() -> None:
+    srv = PgServer()  # initialised, not started: nothing listens on its port yet
+    try:
+        t0 = time.monotonic()
+        cache = SemanticCache(store=srv.url() + "?poll_interval=0.2", embedder=HashEmbedder())
+        assert time.monotonic() - t0 < 1.5  # neither raised nor held the caller
+        try:
+            assert cache.get("anything") is MISS
+            assert cache.put("anything", "answer") is None
+            assert cache.stats().errors >= 2
+            srv.start()
+            wait_for(lambda: cache.put("anything", "answer") is not None, timeout=15.0, step=0.05)
+            hit = cache.get("anything")
+            assert hit and hit.completion == "answer"
+        finally:
+            cache.close()
+    finally:
+        srv.cleanup()
+    from semcache.errors import ConfigError
+
+    with pytest.raises(ConfigError):  # a bad option is still a clear error at open
+        SemanticCache(store=srv.url() + "?schema=Bad-Name", embedder=HashEmbedder())

@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -86,6 +86,8 @@ except ImportError as _exc:  # pragma: no cover - depends on the installation
         "the PostgreSQL store needs psycopg 3 and psycopg_pool: pip install 'semcache-llm[postgres]'"
     ) from _exc
 
+from semcache.stores.pgvector import EngineSearch, vector_text  # after psycopg: it needs it
+
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("semcache")
@@ -106,10 +108,14 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "max_entries": int,
     "janitor_interval": float,
     "log_retention": float,
+    "completion_cache": int,
+    "completion_staleness": float,
 }
 
 #: Records read per round trip when tailing the log.
 _FETCH_LIMIT = 5_000
+#: Characters of cached completions a process keeps at most (besides ``completion_cache``).
+_RECORD_CHARS_MAX = 64 * 1024 * 1024
 #: Buffered records beyond which a replica the cache does not drain reloads instead.
 _BUFFER_MAX = 1_000_000
 
@@ -235,6 +241,13 @@ class PostgresStore(Store):
         Seconds a log record is kept; a replica cut off for longer reloads everything.
     connect_timeout : float
         Seconds to wait for the first connections when opening.
+    completion_cache : int
+        Completions kept in this process after a hit (0, the default: fetch every hit's
+        completion, so a delete committed anywhere is a miss at once); see
+        :meth:`get_completion` for the bounded staleness a cache brings.
+    completion_staleness : float
+        Seconds after the replica's last complete sync during which a cached completion
+        is served (the replica then polls at least twice per this period).
     """
 
     def __init__(
@@ -252,6 +265,8 @@ class PostgresStore(Store):
         janitor_interval: float = 5.0,
         log_retention: float = 3600.0,
         connect_timeout: float = 10.0,
+        completion_cache: int = 0,
+        completion_staleness: float = 0.5,
     ) -> None:
         super().__init__()
         if not isinstance(schema, str) or not _SCHEMA.fullmatch(schema):
@@ -270,16 +285,22 @@ class PostgresStore(Store):
                                         or max_entries < 1):
             raise ConfigError(f"max_entries must be a positive int or None, got {max_entries!r}")
         self.max_entries = max_entries
+        if isinstance(completion_cache, bool) or not isinstance(completion_cache, int) \
+                or completion_cache < 0:
+            raise ConfigError(f"completion_cache must be an int >= 0, got {completion_cache!r}")
+        self.completion_cache = completion_cache
+        self.completion_staleness = _positive("completion_staleness", completion_staleness)
         self.conninfo, self.where = _split_url(url)
         self.channel = f"semcache_{schema}"
         # Advisory lock keys: per database and schema (crc32 is stable across processes).
         self._ddl_key = zlib.crc32(f"semcache-ddl:{schema}".encode())
         self._janitor_key = zlib.crc32(f"semcache-janitor:{schema}".encode())
+        self._build_key = zlib.crc32(f"semcache-hnsw-build:{schema}".encode())
 
         #: Counters for monitoring (read with :meth:`stats`).
         self.counters = dict.fromkeys(
             ("errors", "timeouts", "resyncs", "fetches", "records", "listener_reconnects",
-             "janitor_runs", "janitor_deleted", "hits_reported", "compacted"), 0)
+             "janitor_runs", "janitor_deleted", "hits_reported", "compacted", "backfilled"), 0)
         self._count_lock = threading.Lock()
         self._watchdog = _Watchdog()
         self._closed = False
@@ -297,18 +318,25 @@ class PostgresStore(Store):
         self._failing = False
         self._hits: dict[int, float] = {}
         self._hits_lock = threading.Lock()
+        # Completion cache: entry id -> record JSON text, least recently used first.
+        self._rec_lock = threading.Lock()
+        self._records: OrderedDict[int, str] = OrderedDict()
+        self._rec_chars = 0
+        self._rec_gen = 0
 
-        def pool(timeout_s: float, name: str) -> psycopg_pool.ConnectionPool[Any]:
-            return psycopg_pool.ConnectionPool(
-                self.conninfo,
-                kwargs={"autocommit": True, "connect_timeout": 2, "application_name": "semcache",
-                        "options": f"-c statement_timeout={_ms(timeout_s)}"},
-                min_size=1, max_size=pool_size, open=False, timeout=timeout_s, name=name,
-                num_workers=1, reconnect_timeout=3600.0,
-            )
-
-        self._lookup_pool = pool(self.lookup_timeout, f"semcache-lookup-{schema}")
-        self._write_pool = pool(self.write_timeout, f"semcache-write-{schema}")
+        self.pool_size = pool_size
+        #: Engine search per vector width (``index="pgvector"``), made by :meth:`engine_search`.
+        self._engines: dict[int, EngineSearch] = {}
+        #: Whether ``entries.embedding`` exists: puts then fill it (for the engine's index).
+        self._embedded = False
+        try:  # one plain connection first: an engine that refuses fails here at once, not
+            # after the pools have retried for connect_timeout
+            psycopg.connect(self.conninfo, connect_timeout=max(1, math.ceil(min(connect_timeout, 2.0))),
+                            application_name="semcache").close()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {self.where}: {exc}") from exc
+        self._lookup_pool = self._pool(self.lookup_timeout, f"semcache-lookup-{schema}")
+        self._write_pool = self._pool(self.write_timeout, f"semcache-write-{schema}")
         try:
             for p in (self._write_pool, self._lookup_pool):
                 p.open(wait=True, timeout=connect_timeout)
@@ -317,6 +345,7 @@ class PostgresStore(Store):
             raise StoreError(f"cannot connect to PostgreSQL at {self.where}: {exc}") from exc
         try:
             self._ensure_schema()
+            self._check_embedded()
             row = self._write(lambda c: c.execute(sql.render(sql.HEAD, schema)).fetchone())
             if row is None:
                 raise StoreError(f"the store at {self.where} has no head row (tables emptied by hand?)")
@@ -387,6 +416,23 @@ class PostgresStore(Store):
             self._count("errors")
             raise StoreError(f"PostgreSQL at {self.where} failed: {exc}") from exc
 
+    def _pool(self, timeout_s: float, name: str, options: str = "",
+              configure: Callable[[psycopg.Connection[Any]], None] | None = None,
+              ) -> psycopg_pool.ConnectionPool[Any]:
+        """A pool of autocommit connections whose statements time out after ``timeout_s``."""
+        pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+            self.conninfo,
+            kwargs={"autocommit": True, "connect_timeout": 2, "application_name": "semcache",
+                    "options": f"-c statement_timeout={_ms(timeout_s)} {options}".strip()},
+            min_size=1, max_size=self.pool_size, open=False, timeout=timeout_s, name=name,
+            num_workers=1, reconnect_timeout=3600.0, configure=configure,
+        )
+        return pool
+
+    def _close_pool(self, pool: psycopg_pool.ConnectionPool[Any]) -> None:
+        with contextlib.suppress(Exception):
+            pool.close(timeout=1.0)
+
     def _write(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._call(self._write_pool, self.write_timeout, fn)
 
@@ -408,6 +454,174 @@ class PostgresStore(Store):
         except StoreError as exc:
             raise StoreError(f"cannot create the tables of {head} at {self.where} (the role needs "
                              f"CREATE on the database or the schema, or pre-created tables): {exc}") from exc
+
+    # ------------------------------------------------------- search in the engine
+    def _check_embedded(self) -> bool:
+        """Read whether ``entries.embedding`` exists (another process may have added it)."""
+        if not self._embedded:
+            row = self._write(lambda c: c.execute(sql.HAS_EMBEDDING,
+                                                  {"entries": f'"{self.schema}".entries'}).fetchone())
+            self._embedded = bool(row and row[0])
+        return self._embedded
+
+    def engine_search(self, dim: int, *, m: int = 16, ef_construction: int = 64,
+                      build_mem_mb: int | None = None, **params: Any) -> EngineSearch:
+        """Search of ``dim``-wide vectors in the engine (``index="pgvector"``), set up once.
+
+        Adds the ``embedding`` column and the scope b-tree when missing (one short DDL
+        transaction under the schema's advisory lock), then the HNSW cosine index of this
+        width with ``CREATE INDEX CONCURRENTLY`` (other nodes keep reading and writing; over
+        many existing rows the build takes a while once, bounded by ``load_timeout``).
+        Rows without an embedding are backfilled by this process's background thread.
+
+        Parameters
+        ----------
+        dim : int
+            Vector width.
+        m, ef_construction : int
+            HNSW build parameters (used only when this call creates the index).
+        build_mem_mb : int, optional
+            ``maintenance_work_mem`` for that build (a graph that fits builds much faster).
+        **params
+            :class:`~semcache.stores.pgvector.EngineSearch` options (``k``, ``ef_search``,
+            ``max_scan_tuples``, ``iterative_scan``, ``exact_below``).
+
+        Raises
+        ------
+        StoreError
+            The engine failed, or the role may not create the extension/column/index.
+        ConfigError
+            Bad parameters.
+        """
+        engine = self._engines.get(dim)
+        if engine is not None:
+            return engine
+        for name, value in (("m", m), ("ef_construction", ef_construction)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 1000:
+                raise ConfigError(f"{name} must be an int in 2..1000, got {value!r}")
+        engine = EngineSearch(self, dim, **params)
+        index_sql = sql.render_dim(sql.ENGINE_INDEX, self.schema, dim)
+
+        index_sql = index_sql.replace("%(m)s", str(m)).replace("%(efc)s", str(ef_construction))
+        index_name = f'"{self.schema}".entries_hnsw_{dim}'
+
+        def run(conn: psycopg.Connection[Any]) -> None:
+            state = conn.execute(sql.ENGINE_STATE, {"entries": f'"{self.schema}".entries',
+                                                    "index": index_name}).fetchone()
+            has_column, valid = (bool(state[0]), state[1]) if state else (False, None)
+            if not has_column:
+                # Short: ADD COLUMN without a default rewrites nothing (its ACCESS EXCLUSIVE
+                # lock is held for milliseconds); the b-trees are built here too.
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL statement_timeout = {_ms(self.load_timeout)}")
+                    conn.execute(sql.DDL_LOCK, {"key": self._ddl_key})
+                    for stmt in sql.ENGINE_CREATE:
+                        conn.execute(self._q(stmt))
+            if valid is True:
+                return
+            # The HNSW build can take minutes on a filled table: CONCURRENTLY lets every node
+            # read and write meanwhile (queries scan without it until it is valid). A build
+            # that failed leaves an invalid index, which is dropped and built again.
+            # One builder at a time (session-level lock): another process's build in progress
+            # also reads as invalid and must not be dropped.
+            got = conn.execute("SELECT pg_try_advisory_lock(%(key)s)", {"key": self._build_key}).fetchone()
+            if not got or not got[0]:
+                return  # another process is building it; searches scan without it meanwhile
+            conn.execute(f"SET statement_timeout = {_ms(self.load_timeout)}")
+            try:
+                if build_mem_mb is not None:
+                    conn.execute(f"SET maintenance_work_mem = '{int(build_mem_mb)}MB'")
+                again = conn.execute(sql.ENGINE_STATE, {"entries": f'"{self.schema}".entries',
+                                                        "index": index_name}).fetchone()
+                if again is not None and again[1] is False:
+                    conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index_name}")
+                if again is None or again[1] is not True:
+                    conn.execute(index_sql)
+                    conn.execute(self._q("ANALYZE {s}.entries"))  # the planner's row estimates
+            finally:
+                conn.execute("RESET maintenance_work_mem")
+                conn.execute(f"SET statement_timeout = {_ms(self.write_timeout)}")
+                conn.execute("SELECT pg_advisory_unlock(%(key)s)", {"key": self._build_key})
+
+        try:
+            self._call(self._write_pool, self.load_timeout, run)
+        except StoreError as exc:
+            engine.close()
+            raise StoreError(f"cannot set up search in the engine at {self.where} (the role needs the "
+                             f"vector extension, or the right to create it, and CREATE on the schema): "
+                             f"{exc}") from exc
+        self._embedded = True
+        self._engines[dim] = engine
+        return engine
+
+    def backfill(self, limit: int = 2_000) -> int:
+        """Fill ``embedding`` of up to ``limit`` rows written without it; return how many."""
+        def run(conn: psycopg.Connection[Any]) -> int:
+            rows = conn.execute(self._q(sql.UNEMBEDDED), {"limit": limit}).fetchall()
+            ids, texts = [], []
+            for entry_id, raw in rows:
+                raw = bytes(raw)
+                if not raw or len(raw) % 4:
+                    continue  # corrupt: never served (load and search validate it)
+                ids.append(int(entry_id))
+                texts.append(vector_text(np.frombuffer(raw, dtype="<f4")))
+            if ids:
+                conn.execute(self._q(sql.BACKFILL), {"ids": ids, "emb": texts})
+            return len(ids)
+
+        n = self._write(run)
+        self._count("backfilled", n)
+        return n
+
+    def load_meta(self, fingerprint: str | None = None) -> Loaded:
+        """:meth:`load_all` without the vectors (``vectors`` has shape (n, 0)).
+
+        What an engine-search replica keeps. Rows are kept when their vector is as wide as
+        the majority of ``fingerprint``'s rows (the same rule as :meth:`load_all`).
+        """
+        def run(conn: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                conn.execute(f"SET LOCAL statement_timeout = {_ms(self.load_timeout)}")
+                head_row = conn.execute(self._q(sql.HEAD)).fetchone()
+                with conn.cursor(binary=True) as cur:
+                    rows = cur.execute(self._q(sql.LOAD_META)).fetchall()
+            return head_row, rows
+
+        with self._fetch_lock:
+            head_row, rows = self._call(self._write_pool, self.load_timeout, run)
+            if head_row is None:
+                raise StoreError(f"the store at {self.where} has no head row (tables emptied by hand?)")
+            own = [r[9] // 4 for r in rows if r[9] and r[9] % 4 == 0 and r[3] == fingerprint]
+            dim = majority_dim(own or [r[9] // 4 for r in rows if r[9] and r[9] % 4 == 0])
+            ids: list[int] = []
+            metas: list[EntryMeta] = []
+            skipped = 0
+            for r in rows:
+                if r[9] != 4 * (dim or 0):
+                    if fingerprint is not None and r[3] != fingerprint and r[9]:
+                        continue  # another embedder's rows: foreign, not corrupt
+                    self._skip(r[0], SerializationError(f"vector of {r[9]} bytes, expected {4 * (dim or 0)}"))
+                    skipped += 1
+                    continue
+                try:
+                    metas.append(check_meta(EntryMeta(scope=r[1], key=r[2], fingerprint=r[3], created=r[4],
+                                                      expires=r[5], threshold=r[6], wrong=r[7], right=r[8])))
+                except SerializationError as exc:
+                    self._skip(r[0], exc)
+                    skipped += 1
+                    continue
+                ids.append(int(r[0]))
+            head = int(head_row[0])
+            with self._buf_lock:
+                self._epoch = str(head_row[2])
+                self._buf.clear()
+                self._buf_start = self._seen = head
+                self._resync = False
+                self._last_ok = time.monotonic()
+            self._drop_records(None)  # a reload: deletes may have been missed
+        return Loaded(head, np.array(ids, dtype=np.int64), metas, np.empty((len(ids), 0), np.float32),
+                      skipped)
 
     # ------------------------------------------------------------ settings, blobs
     def load_settings(self) -> dict[str, Any] | None:
@@ -475,7 +689,11 @@ class PostgresStore(Store):
             "vector": [v.astype("<f4").tobytes() for v in vecs], "record": records,
             "channel": self.channel,
         }
-        row = self._write(lambda c: c.execute(self._q(sql.PUT), params).fetchone())
+        statement = sql.PUT
+        if self._embedded:  # engine search is on for this store: fill its column too
+            statement = sql.PUT_EMBEDDED
+            params["emb"] = [vector_text(v) for v in vecs]
+        row = self._write(lambda c: c.execute(self._q(statement), params).fetchone())
         assert row is not None
         hi, epoch = int(row[0]), str(row[1])
         lo = hi - len(rows) + 1
@@ -550,6 +768,9 @@ class PostgresStore(Store):
         the buffer; otherwise other writers committed in between and the log is read up to
         ``hi`` (a round trip), so nothing before our write is skipped.
         """
+        gone = [i for i, e in items if e is None]
+        if gone:
+            self._drop_records(None if CLEARED in gone else gone)
         with self._fetch_lock:
             with self._buf_lock:
                 if self._resync or epoch != self._epoch or self._seen >= hi:
@@ -567,13 +788,64 @@ class PostgresStore(Store):
 
     # -------------------------------------------------------------------- reads
     def get_completion(self, entry_id: int) -> tuple[str, JSONValue] | None:
-        row = self._call(self._lookup_pool, self.lookup_timeout,
-                         lambda c: c.execute(self._q(sql.GET_RECORD), {"id": int(entry_id)}).fetchone())
-        if row is None:
-            return None
+        """(prompt, completion) of an entry: from this process's completion cache, else by key.
+
+        Entries never change their completion (feedback rewrites metadata only) and ids are
+        never reused, so a cached record stays right until the entry is deleted; the replica
+        drops it when its log read sees the delete (or a clear, or a reload). A cached record
+        is served only while the replica's last complete sync is at most
+        ``completion_staleness`` old (it polls twice per that period), so an entry deleted
+        elsewhere, even while this node is cut off, is served at most that long after the
+        node last heard from the engine; otherwise the record is fetched (and a cut-off
+        engine makes that a MISS). ``completion_cache=0`` fetches every time: a delete is
+        then seen at once, including a row deleted *behind the log's back* (by hand).
+        """
+        entry_id = int(entry_id)
+        fresh = time.monotonic() - self._last_ok <= self.completion_staleness
+        with self._rec_lock:
+            text = self._records.get(entry_id) if fresh else None
+            if text is not None:
+                self._records.move_to_end(entry_id)
+            gen = self._rec_gen
+        if text is None:
+            row = self._call(self._lookup_pool, self.lookup_timeout,
+                             lambda c: c.execute(self._q(sql.GET_RECORD), {"id": entry_id}).fetchone())
+            if row is None:
+                return None
+            text = str(row[0])
+            out = loads_completion(text, entry_id)  # validated before it is cached
+            if self.completion_cache:
+                with self._rec_lock:
+                    if gen == self._rec_gen:  # no delete was applied while we read it
+                        self._records[entry_id] = text
+                        self._rec_chars += len(text)
+                        while len(self._records) > self.completion_cache or \
+                                self._rec_chars > _RECORD_CHARS_MAX:
+                            _, old = self._records.popitem(last=False)
+                            self._rec_chars -= len(old)
+        else:
+            out = loads_completion(text, entry_id)  # a fresh object per caller: they may mutate it
+        with self._hits_lock:
+            self._hits[entry_id] = time.time()
+        return out
+
+    def _drop_records(self, ids: Sequence[int] | None) -> None:
+        """Forget cached completions of ``ids`` (None: all of them)."""
+        with self._rec_lock:
+            self._rec_gen += 1
+            if ids is None:
+                self._records.clear()
+                self._rec_chars = 0
+                return
+            for i in ids:
+                old = self._records.pop(i, None)
+                if old is not None:
+                    self._rec_chars -= len(old)
+
+    def note_hit(self, entry_id: int) -> None:
+        """Record a hit served without :meth:`get_completion` (engine search), for the LRU."""
         with self._hits_lock:
             self._hits[int(entry_id)] = time.time()
-        return loads_completion(row[0], entry_id)
 
     def head(self) -> int:
         return self._seen
@@ -615,6 +887,7 @@ class PostgresStore(Store):
                                                {"since": since, "limit": _FETCH_LIMIT}).fetchall())
         self._count("fetches")
         if not rows:  # the head row is gone: the tables were emptied by hand
+            self._drop_records(None)
             with self._buf_lock:
                 self._resync = True
             return 0
@@ -636,6 +909,10 @@ class PostgresStore(Store):
                     records.append((seq, entry_id, entry))
         n_log = sum(1 for r in rows if r[3] is not None)
         complete = n_log < _FETCH_LIMIT
+        # Deletes and clears drop cached completions before the replica moves past them.
+        gone = [i for _, i, e in records if e is None]
+        if gone:
+            self._drop_records(None if CLEARED in gone else gone)
         with self._buf_lock:
             if self._seen != since:  # a load_all replaced the replica meanwhile
                 return 0
@@ -648,12 +925,14 @@ class PostgresStore(Store):
                 self._resync = True
                 self._buf.clear()
                 self._last_ok = time.monotonic()
+                self._drop_records(None)
                 return 0
             self._buf.extend(records)
             self._seen = head if complete else last
             if len(self._buf) > _BUFFER_MAX:
                 self._resync = True
                 self._buf.clear()
+                self._drop_records(None)
             if complete:
                 self._last_ok = time.monotonic()
         self._count("records", n_log)
@@ -693,6 +972,7 @@ class PostgresStore(Store):
                 self._buf_start = self._seen = loaded.head
                 self._resync = False
                 self._last_ok = time.monotonic()
+            self._drop_records(None)  # a reload: deletes may have been missed
         return loaded
 
     def _decode_all(self, head: int, rows: list[Any], dim: int | None,
@@ -868,6 +1148,10 @@ class PostgresStore(Store):
         next_janitor = time.monotonic() + random.uniform(0.5, 1.0) * self.janitor_interval
         next_compact = time.monotonic() + 60.0
         backoff = 0.05
+        # Polls keep the completion cache's freshness (see get_completion) when it is on.
+        every = min(self.poll_interval, self.completion_staleness / 2) if self.completion_cache \
+            else self.poll_interval
+        unannounced = 0
         while not self._stop.is_set():
             try:
                 if self._listener is None:
@@ -887,10 +1171,16 @@ class PostgresStore(Store):
                             got = self._fetch_locked()
                             n += got
                     if polled and n and not notified:
-                        # The poll found commits nobody announced: the listener may be dead.
-                        self._count("listener_reconnects")
-                        self._drop_listener()
-                    next_poll = time.monotonic() + self.poll_interval
+                        # Twice in a row a poll found commits nobody announced (once may be a
+                        # notification still on its way): the listener may be dead.
+                        unannounced += 1
+                        if unannounced >= 2:
+                            unannounced = 0
+                            self._count("listener_reconnects")
+                            self._drop_listener()
+                    elif notified:
+                        unannounced = 0
+                    next_poll = time.monotonic() + every
                 if self._failing:
                     log.warning("semcache: PostgreSQL at %s reachable again; replica in sync", self.where)
                     self._failing = False
@@ -901,6 +1191,9 @@ class PostgresStore(Store):
                 if now >= next_janitor:
                     next_janitor = now + random.uniform(0.8, 1.2) * self.janitor_interval
                     self.janitor()
+                    self._check_embedded()  # engine search enabled by another process?
+                    if self._engines:
+                        self.backfill()
                 if now >= next_compact:
                     next_compact = now + 60.0
                     self.compact()
@@ -922,9 +1215,10 @@ class PostgresStore(Store):
 
     # ---------------------------------------------------------------- lifetime
     def _close_pools(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
         for p in (self._lookup_pool, self._write_pool):
-            with contextlib.suppress(Exception):
-                p.close(timeout=1.0)
+            self._close_pool(p)
 
     def close(self) -> None:
         if self._closed:

@@ -224,3 +224,92 @@ ADD_COUNTERS: Final = """INSERT INTO {s}.counters (name, value)
 LOAD_COUNTERS: Final = "SELECT name, value FROM {s}.counters"
 
 LISTEN: Final = "LISTEN {channel}"
+
+# ------------------------------------------------------- search in the engine
+# ``index="pgvector"`` (see :mod:`semcache.stores.pgvector`). The vectors stay in ``vector``
+# (raw float32, what the exact re-rank reads); ``embedding`` holds the same values as a
+# pgvector ``vector`` for the HNSW index. The column has no fixed width (a store may hold
+# several embedders); each width gets its own partial expression index, and every query
+# names its width, so ``{d}`` below is an int formatted in by :func:`render_dim`.
+
+#: Whether ``entries.embedding`` exists (engine search was enabled on this store).
+HAS_EMBEDDING: Final = """SELECT EXISTS (SELECT 1 FROM pg_attribute
+    WHERE attrelid = to_regclass(%(entries)s) AND attname = 'embedding' AND NOT attisdropped)"""
+
+#: Whether ``entries.embedding`` exists, and whether the HNSW index of a width is valid
+#: (NULL: no such index; false: a concurrent build failed or is still running).
+ENGINE_STATE: Final = """SELECT
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%(entries)s)
+            AND attname = 'embedding' AND NOT attisdropped),
+    (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%(index)s))"""
+
+ENGINE_CREATE: Final = (
+    "CREATE EXTENSION IF NOT EXISTS vector",
+    "ALTER TABLE {s}.entries ADD COLUMN IF NOT EXISTS embedding vector",
+    # Inline in the row (pgvector's default storage moves it to TOAST once a row passes 2 kB):
+    # an exact scan and the candidates' fetch then read the heap only (~5 us/row from TOAST).
+    "ALTER TABLE {s}.entries ALTER COLUMN embedding SET STORAGE MAIN",
+    # Exact lookups and the per-scope exact scan of small scopes.
+    "CREATE INDEX IF NOT EXISTS entries_scope_key ON {s}.entries (scope, key)",
+    # Rows written by a process that did not know about the column yet (backfilled).
+    "CREATE INDEX IF NOT EXISTS entries_unembedded ON {s}.entries (id) WHERE embedding IS NULL",
+)
+
+#: The HNSW cosine index of one width.
+ENGINE_INDEX: Final = """CREATE INDEX CONCURRENTLY IF NOT EXISTS entries_hnsw_{d} ON {s}.entries
+    USING hnsw ((embedding::vector({d})) vector_cosine_ops) WITH (m = %(m)s, ef_construction = %(efc)s)
+    WHERE vector_dims(embedding) = {d}"""
+
+#: A put that also fills ``embedding`` (the vectors as pgvector text, one per entry).
+PUT_EMBEDDED: Final = PUT.replace(
+    "n_wrong, n_right, vector, record)\n    SELECT",
+    "n_wrong, n_right, vector, record, embedding)\n    SELECT",
+).replace(
+    "u.n_wrong, u.n_right, u.vector, u.record\n",
+    "u.n_wrong, u.n_right, u.vector, u.record, u.emb::vector\n",
+).replace(
+    "%(vector)s::bytea[], %(record)s::text[])",
+    "%(vector)s::bytea[], %(record)s::text[], %(emb)s::text[])",
+).replace(
+    "vector, record, ord)",
+    "vector, record, emb, ord)",
+)
+
+#: Rows whose ``embedding`` is still NULL, oldest first (the backfill).
+UNEMBEDDED: Final = """SELECT id, vector FROM {s}.entries WHERE embedding IS NULL ORDER BY id
+    LIMIT %(limit)s"""
+
+BACKFILL: Final = """UPDATE {s}.entries e SET embedding = u.emb::vector
+    FROM unnest(%(ids)s::bigint[], %(emb)s::text[]) AS u(id, emb)
+    WHERE e.id = u.id AND e.embedding IS NULL"""
+
+#: The candidates' vectors come from ``embedding`` (pgvector binary: int16 width, int16 0,
+#: big-endian float32s, the same values as ``vector``), which is in the row.
+_SEARCH_COLUMNS: Final = f"e.id, {_ENTRY_COLUMNS}, e.embedding, e.record"
+
+#: The ``k`` nearest live entries of one scope by the HNSW index (iterative scan: the
+#: session's ``hnsw.iterative_scan`` keeps scanning until ``k`` rows pass the filter).
+SEARCH: Final = f"""SELECT {_SEARCH_COLUMNS} FROM {{s}}.entries e
+WHERE e.scope = %(sid)s AND vector_dims(e.embedding) = {{d}}
+  AND (e.expires IS NULL OR e.expires > %(now)s)
+ORDER BY e.embedding::vector({{d}}) <=> %(q)s::vector({{d}}) LIMIT %(k)s"""
+
+#: The same, exactly: ``+ 0`` keeps the planner off the HNSW index (it can only serve
+#: ``ORDER BY indexed_expr <=> constant``), so the scope's rows come from
+#: ``entries_scope_key`` and are all compared. Used for scopes small enough that this is
+#: as fast as the graph.
+SEARCH_EXACT: Final = f"""SELECT {_SEARCH_COLUMNS} FROM {{s}}.entries e
+WHERE e.scope = %(sid)s AND vector_dims(e.embedding) = {{d}}
+  AND (e.expires IS NULL OR e.expires > %(now)s)
+ORDER BY (e.embedding::vector({{d}}) <=> %(q)s::vector({{d}})) + 0 LIMIT %(k)s"""
+
+#: Every live entry's metadata and vector width, without the vectors (engine-search
+#: replicas keep no vectors).
+LOAD_META: Final = f"SELECT e.id, {_ENTRY_COLUMNS}, octet_length(e.vector) FROM {{s}}.entries e ORDER BY e.id"
+
+
+def render_dim(sql: str, schema: str, dim: int) -> str:
+    """:func:`render` plus the vector width ``{d}`` (a positive int, checked here)."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= 16_000:
+        raise ValueError(f"vector width must be an int in 1..16000, got {dim!r}")
+    return render(sql, schema).replace("{d}", str(dim))
