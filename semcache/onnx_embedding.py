@@ -348,6 +348,7 @@ class OnnxEmbedder:
         self._config = model_config(self._src)
         self._session: Any = None
         self._tokenizer: Any = None
+        self._full_tokenizer: Any = None
         self._lock = threading.Lock()
         self._fingerprint: str | None = None
 
@@ -355,6 +356,28 @@ class OnnxEmbedder:
     def dim(self) -> int:
         """Output width ``d``."""
         return int(self._config["dim"])
+
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens the model reads, [CLS] and [SEP] included (256 for MiniLM)."""
+        return int(self._config["max_seq_length"])
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the tokens of ``text`` (no special tokens, no truncation).
+
+        What the cache's long-prompt window (:class:`semcache.prompts.EmbedWindow`) counts
+        tokens with, so a long prompt is windowed by this model's own tokens.
+        """
+        with self._lock:
+            if self._full_tokenizer is None:
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_file(str(self._src / "tokenizer.json"))
+                tok.no_padding()
+                tok.no_truncation()
+                self._full_tokenizer = tok
+        enc = self._full_tokenizer.encode(text, add_special_tokens=False)
+        return [(int(a), int(b)) for a, b in enc.offsets]
 
     @property
     def variant(self) -> str:
