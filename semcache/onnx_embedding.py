@@ -258,6 +258,10 @@ def export_model(model_path: str | Path | None = None, *, quantize: bool = True,
         if target.is_file():  # another process finished it while we waited
             return target
         t0 = time.perf_counter()
+        if not quantize:  # the slow step (int8 quantises this file in ~3 s)
+            # Once per machine and model; say so, or a first lookup that takes 15 s looks like a hang.
+            log.warning("semcache: exporting %s to ONNX under %s, once (~15 s); "
+                        "`semcache model export` does it ahead of time", src.name, final.parent)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
         try:
             if quantize:
