@@ -353,6 +353,7 @@ def request_key(
     *,
     base: Scope | None = None,
     tenant: str | None = None,
+    semantic_context: bool = False,
 ) -> CacheKey:
     """Build the cache key of an OpenAI request body.
 
@@ -364,6 +365,9 @@ def request_key(
     base : Scope, optional
         The adapter's own scope (namespace...); request fields are added to it.
     tenant : str, optional
+    semantic_context : bool
+        The earlier turns go into the scope as text (a cache with
+        ``context_match="semantic"``), see :meth:`semcache.messages.MessageKey.scope`.
 
     Returns
     -------
@@ -396,7 +400,8 @@ def request_key(
     try:
         mkey = split_messages(messages)
         prompt = normalize_prompt(mkey.prompt)
-        scope = mkey.scope((base or Scope()).replace(model=model, tenant=tenant, params=params))
+        scope = mkey.scope((base or Scope()).replace(model=model, tenant=tenant, params=params),
+                           semantic=semantic_context)
     except ValueError as exc:  # InvalidPromptError / ConfigError: not keyable, not our error
         raise NotCacheable(str(exc)) from exc
     options = body.get("stream_options")
@@ -652,7 +657,8 @@ class RequestCache:
         if not isinstance(who, str) or not who:
             return Plan(None, False, False, "no tenant", credential=digest)
         try:
-            key = request_key(endpoint, json.loads(body), base=self.scope, tenant=who)
+            key = request_key(endpoint, json.loads(body), base=self.scope, tenant=who,
+                              semantic_context=self.cache.context_match == "semantic")
         except (NotCacheable, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             return Plan(None, False, False, f"not cacheable: {exc}", credential=digest)
         except RecursionError:

@@ -139,7 +139,7 @@ def semantic_cache(
             if isinstance(value, str):
                 return normalize_prompt(value), base
             key = split_messages(value)
-            return key.prompt, key.scope(base)
+            return key.prompt, key.scope(base, semantic=cache.context_match == "semantic")
 
         def lookup(args: Any, kwargs: Any) -> tuple[Any, tuple[str, Scope] | None]:
             try:

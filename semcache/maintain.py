@@ -11,11 +11,14 @@ keeps its scope id, creation time and expiry. A scope id hashes the embedder's
 fingerprint, so lines written with another embedder are refused (nothing is
 written) instead of being stored where no lookup could ever reach them.
 
-The scope itself is not stored, only its hash: ``purge`` selects entries by scope
-id (``semcache stats`` lists them, ``--scope`` computes one from a scope), by age,
-expiry or embedder. These commands open the directory as a
-:class:`~semcache.cache.SemanticCache` with the default embedder; only ``import``
-loads the model.
+A scope is stored as its hash plus its tenant: ``purge`` selects entries by
+tenant, by scope id (``semcache stats`` lists them, ``--scope`` computes one from a
+scope), by age, expiry or embedder. ``stats`` tells the hit rate over every process
+that used the store (each adds its counts every few seconds and when it closes).
+
+Every command takes a cache directory or a store URL (``postgresql://...``). They
+open it as a :class:`~semcache.cache.SemanticCache` with the default embedder; only
+``import`` loads the model.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from semcache.scope import Scope
 __all__ = [
     "configure_export", "configure_import", "configure_purge", "configure_stats",
     "parse_duration", "read_export", "run_export", "run_import", "run_purge", "run_stats",
+    "tenant_matches",
 ]
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -50,10 +54,28 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
-def _open(directory: str) -> SemanticCache:
-    if not (Path(directory) / "cache.db").is_file():
-        raise ConfigError(f"{directory} is not a semcache directory (no cache.db)")
-    return SemanticCache(directory, fail_open=False)
+def _is_url(where: str) -> bool:
+    return re.match(r"^[a-z][a-z0-9+.-]*://", where) is not None
+
+
+def _open(where: str) -> SemanticCache:
+    if _is_url(where):
+        return SemanticCache(store=where, fail_open=False)
+    if not (Path(where) / "cache.db").is_file():
+        raise ConfigError(f"{where} is not a semcache directory (no cache.db)")
+    return SemanticCache(where, fail_open=False)
+
+
+def tenant_matches(stored: str, name: str) -> bool:
+    """Whether a scope's tenant ``stored`` belongs to tenant ``name``.
+
+    True for ``Scope(tenant=name)`` and for the tenants the HTTP adapters write for
+    it: ``tenant:name`` (a trusted tenant header), ``name`` narrowed by a tenant
+    header (``name|tenant:team``, a ``--keys`` tenant) and any credential narrowed to
+    ``tenant:name`` (``key:...|tenant:name``).
+    """
+    parts = stored.split("|")
+    return stored == name or parts[0] == name or f"tenant:{name}" in parts
 
 
 def _fail(command: str, exc: Exception) -> int:
@@ -63,7 +85,7 @@ def _fail(command: str, exc: Exception) -> int:
 
 # ------------------------------------------------------------------ export
 def configure_export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", help="cache directory")
+    parser.add_argument("directory", help="cache directory or store URL")
     parser.add_argument("-o", "--output", default="-", help="JSON Lines file to write (default: stdout)")
     parser.add_argument("--scope-id", default=None, help="only this scope id (see `semcache stats`)")
 
@@ -80,9 +102,12 @@ def run_export(args: argparse.Namespace) -> int:
         for e in cache.entries():
             if args.scope_id is not None and e.scope_id != args.scope_id:
                 continue
-            out.write(json.dumps({"prompt": e.prompt, "completion": e.completion, "scope_id": e.scope_id,
-                                  "created": e.created, "expires": e.expires,
-                                  "embedder": cache.fingerprint}, ensure_ascii=False) + "\n")
+            record: dict[str, Any] = {"prompt": e.prompt, "completion": e.completion, "scope_id": e.scope_id,
+                                      "created": e.created, "expires": e.expires,
+                                      "embedder": cache.fingerprint}
+            if e.tenant_known:
+                record["tenant"] = e.tenant
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
             n += 1
     finally:
         cache.close()
@@ -107,15 +132,19 @@ def read_export(lines: Iterator[str]) -> Iterator[tuple[str, CacheEntry]]:
         try:
             obj: dict[str, Any] = json.loads(line)
             expires = obj["expires"]
+            tenant = obj.get("tenant")
+            if tenant is not None and not isinstance(tenant, str):
+                raise TypeError(f"tenant is {type(tenant).__name__}, not a string")
             entry = CacheEntry(-1, str(obj["prompt"]), obj["completion"], str(obj["scope_id"]),
-                               float(obj["created"]), None if expires is None else float(expires))
+                               float(obj["created"]), None if expires is None else float(expires),
+                               "tenant" in obj, tenant)
             yield str(obj["embedder"]), entry
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"line {no} is not a semcache export record: {exc!r}") from exc
 
 
 def configure_import(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", help="cache directory (created if missing)")
+    parser.add_argument("directory", help="cache directory (created if missing) or store URL")
     parser.add_argument("file", help="JSON Lines written by `semcache export` ('-': stdin)")
 
 
@@ -125,7 +154,10 @@ def run_import(args: argparse.Namespace) -> int:
         src: IO[str] = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
         with src:
             records = list(read_export(iter(src)))
-        cache = SemanticCache(args.directory, fail_open=False)
+        if _is_url(args.directory):
+            cache = SemanticCache(store=args.directory, fail_open=False)
+        else:
+            cache = SemanticCache(args.directory, fail_open=False)
     except (OSError, SemcacheError) as exc:
         return _fail("import", exc)
     try:
@@ -149,9 +181,10 @@ def run_import(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------- stats
 def configure_stats(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", help="cache directory")
+    parser.add_argument("directory", help="cache directory or store URL")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--top", type=int, default=10, help="scopes to list, largest first (default 10)")
+    parser.add_argument("--top", type=int, default=10,
+                        help="scopes and tenants to list, largest first (default 10)")
 
 
 def _disk_bytes(directory: Path) -> int:
@@ -159,7 +192,7 @@ def _disk_bytes(directory: Path) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    """``semcache stats DIR``: size, per-scope counts, ages, feedback."""
+    """``semcache stats DIR``: size, hit rate, per-scope and per-tenant counts, ages."""
     try:
         cache = _open(args.directory)
     except SemcacheError as exc:
@@ -167,36 +200,50 @@ def run_stats(args: argparse.Namespace) -> int:
     try:
         entries = list(cache.entries())
         st = cache.stats()
+        totals, since = cache.store_counters()
+    except SemcacheError as exc:
+        return _fail("stats", exc)
     finally:
         cache.close()
     per_scope = Counter(e.scope_id for e in entries)
+    per_tenant = Counter((e.tenant or "(none)") if e.tenant_known else "(unknown)" for e in entries)
     now = time.time()
+    lookups = totals["hits"] + totals["misses"]
+    url = _is_url(args.directory)
     report: dict[str, Any] = {
-        "directory": str(Path(args.directory).absolute()),
+        "store": args.directory if url else str(Path(args.directory).absolute()),
         "embedder": cache.fingerprint,
         "entries": len(entries),
         "scopes": len(per_scope),
-        "disk_bytes": _disk_bytes(Path(args.directory)),
+        "disk_bytes": None if url else _disk_bytes(Path(args.directory)),
         "with_ttl": sum(e.expires is not None for e in entries),
         "foreign_entries": st.foreign_entries,
         "oldest_age_s": round(now - min(e.created for e in entries), 1) if entries else None,
         "newest_age_s": round(now - max(e.created for e in entries), 1) if entries else None,
         "index_kinds": st.index_kinds,
+        # Summed over every process that used the store (each adds its counts as it goes).
+        "lookups": lookups,
+        "hits": totals["hits"],
+        "exact_hits": totals["exact_hits"],
+        "misses": totals["misses"],
+        "probes": totals["probes"],
+        "puts": totals["puts"],
+        "hit_rate": round(totals["hits"] / lookups, 4) if lookups else None,
+        "counting_since": None if since is None
+        else time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(since)),
         "largest_scopes": dict(per_scope.most_common(max(args.top, 0))),
-        # Hits are counted by the process that serves them (cache.stats(), the proxy's
-        # /metrics), not written to the directory: a directory has no hit rate.
-        "hit_rate": None,
+        "largest_tenants": dict(per_tenant.most_common(max(args.top, 0))),
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     for k, v in report.items():
-        if k == "largest_scopes":
-            print(f"{'largest scopes':>16}:")
-            for sid, n in v.items():
-                print(f"{'':>18}{sid}  {n}")
+        if k in ("largest_scopes", "largest_tenants"):
+            print(f"{k.replace('_', ' '):>16}:")
+            for name, n in v.items():
+                print(f"{'':>18}{name}  {n}")
         elif k == "hit_rate":
-            print(f"{'hit rate':>16}: not stored in the directory; see cache.stats() or the proxy's /metrics")
+            print(f"{'hit rate':>16}: " + ("no lookups counted yet" if v is None else f"{v:.1%}"))
         else:
             print(f"{k.replace('_', ' '):>16}: {v}")
     return 0
@@ -204,7 +251,10 @@ def run_stats(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------- purge
 def configure_purge(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", help="cache directory")
+    parser.add_argument("directory", help="cache directory or store URL")
+    parser.add_argument("--tenant", default=None, metavar="NAME",
+                        help="every entry of this tenant, whatever its model or conversation: "
+                             "Scope(tenant=NAME), and the adapters' tenant:NAME / --keys tenant NAME")
     parser.add_argument("--scope-id", default=None, help="entries of this scope id (see `semcache stats`)")
     parser.add_argument("--scope", default=None, metavar="JSON|NAME",
                         help='entries of this scope: JSON such as \'{"model": "gpt-4o-mini", "tenant": '
@@ -227,15 +277,17 @@ def _scope_arg(text: str) -> Scope:
 
 
 def run_purge(args: argparse.Namespace) -> int:
-    """``semcache purge DIR --scope-id/--scope/--older-than/--expired/--foreign``.
+    """``semcache purge DIR --tenant/--scope-id/--scope/--older-than/--expired/--foreign``.
 
-    The conditions are combined with AND (``--scope-id X --older-than 30d``: the old
-    entries of X), except ``--foreign``, which adds the other embedder's entries.
+    The conditions are combined with AND (``--tenant acme --older-than 30d``: acme's
+    old entries), except ``--foreign``, which adds the other embedder's entries.
     """
-    if args.scope_id is None and args.scope is None and args.older_than is None and not (
-            args.expired or args.foreign):
-        return _fail("purge", ConfigError("say what to purge: --scope-id, --scope, --older-than, "
-                                          "--expired or --foreign"))
+    if args.tenant is None and args.scope_id is None and args.scope is None \
+            and args.older_than is None and not (args.expired or args.foreign):
+        return _fail("purge", ConfigError("say what to purge: --tenant, --scope-id, --scope, "
+                                          "--older-than, --expired or --foreign"))
+    if args.tenant is not None and not args.tenant:
+        return _fail("purge", ConfigError("--tenant needs a name"))
     try:
         cache = _open(args.directory)
     except SemcacheError as exc:
@@ -246,13 +298,18 @@ def run_purge(args: argparse.Namespace) -> int:
             sids.add(cache.scope_id(_scope_arg(args.scope)))
         if len(sids) > 1:
             raise ConfigError("--scope and --scope-id name different scopes")
+        owned: set[str] | None = None
+        if args.tenant is not None:
+            owned = {sid for sid, t in cache.scope_tenants().items()
+                     if t is not None and tenant_matches(t, args.tenant)}
         now = time.time()
         cutoff = None if args.older_than is None else now - args.older_than
-        selective = bool(sids) or cutoff is not None or args.expired
+        selective = bool(sids) or owned is not None or cutoff is not None or args.expired
         chosen: list[int] = []
 
         def pick(entry_id: int, meta: Any) -> bool:
             ok = (selective and (not sids or meta.scope in sids)
+                  and (owned is None or meta.scope in owned)
                   and (cutoff is None or meta.created < cutoff)
                   and (not args.expired or (meta.expires is not None and meta.expires <= now)))
             if ok:

@@ -41,15 +41,27 @@ class MessageKey:
         SHA-256 of everything else that shapes the answer (earlier turns, the last
         message's role if not ``user``, its non-text parts, tool calls), or None for
         a single user turn.
+    context_text : str or None
+        The earlier turns as text (``"user: ...\nassistant: ..."``) when they are
+        all plain text turns of a user and an assistant and the last message is a
+        plain user turn: what a cache with ``context_match="semantic"`` compares.
+        None otherwise (such a conversation is matched by :attr:`context` only).
     """
 
     prompt: str
     system: str | None
     context: str | None
+    context_text: str | None = None
 
-    def scope(self, base: Scope | None = None) -> Scope:
-        """``base`` (default: empty) with :attr:`system` and :attr:`context` filled in."""
-        return (base or Scope()).replace(system=self.system, context=self.context)
+    def scope(self, base: Scope | None = None, *, semantic: bool = False) -> Scope:
+        """``base`` (default: empty) with :attr:`system` and :attr:`context` filled in.
+
+        With ``semantic=True`` (a cache whose ``context_match`` is ``"semantic"``)
+        the context is :attr:`context_text` when there is one, so the cache can match
+        a paraphrased conversation; the digest otherwise.
+        """
+        context = self.context_text if semantic and self.context_text is not None else self.context
+        return (base or Scope()).replace(system=self.system, context=context)
 
 
 def _parts(content: Any, where: str) -> tuple[list[str], list[Any]]:
@@ -132,4 +144,21 @@ def split_messages(messages: Any) -> MessageKey:
         prompt = _NON_TEXT
     earlier = turns[:-1]
     context = _digest({"earlier": earlier, "last": extra}) if (earlier or extra) else None
-    return MessageKey(prompt=prompt, system="\n\n".join(system) if system else None, context=context)
+    return MessageKey(prompt=prompt, system="\n\n".join(system) if system else None, context=context,
+                      context_text=None if extra else _plain_text(earlier))
+
+
+def _plain_text(turns: list[Any]) -> str | None:
+    """Earlier turns as ``role: text`` lines, or None if any is more than a plain text turn."""
+    lines: list[str] = []
+    for turn in turns:
+        if set(turn) - {"role", "content"} or turn["role"] not in ("user", "assistant"):
+            return None
+        content = turn.get("content")
+        if not isinstance(content, str):
+            texts, other = _parts(content, "message")
+            if other:
+                return None
+            content = "\n".join(texts)
+        lines.append(f"{turn['role']}: {content}")
+    return "\n".join(lines) if lines else None

@@ -21,7 +21,7 @@ def test_entries_per_scope_and_without_expired(tmp_path: Path, hash_embedder: Ha
         every = list(cache.entries())
         assert [e.entry_id for e in every] == [a, b]
         assert every[0] == CacheEntry(a, "a", {"x": 1}, cache.scope_id(Scope(tenant="t1")),
-                                      every[0].created, None)
+                                      every[0].created, None, tenant_known=True, tenant="t1")
         assert every[1].expires is not None and every[1].expires > time.time()
         assert [e.prompt for e in cache.entries(Scope(tenant="t2"))] == ["b"]
         assert list(cache.entries("nothing-here")) == []
@@ -48,3 +48,4 @@ def test_add_entries_keeps_scope_ids_and_refuses_another_embedder(
         for e in exported:
             assert (got[e.prompt].scope_id, got[e.prompt].created, got[e.prompt].expires) == (
                 e.scope_id, e.created, e.expires)
+            assert (got[e.prompt].tenant_known, got[e.prompt].tenant) == (True, e.tenant)  # kept too

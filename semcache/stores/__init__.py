@@ -15,6 +15,7 @@ from pathlib import Path
 from semcache.errors import ConfigError
 from semcache.stores.base import (
     CLEARED,
+    COUNTER_NAMES,
     ChangeBatch,
     Digests,
     EntryMeta,
@@ -32,6 +33,7 @@ from semcache.stores.base import (
 
 __all__ = [
     "CLEARED",
+    "COUNTER_NAMES",
     "URL_SCHEMES",
     "ChangeBatch",
     "Digests",

@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from semcache.errors import InvalidPromptError, SerializationError
 
 __all__ = [
     "CLEARED",
+    "COUNTER_NAMES",
     "MAX_JSON_DEPTH",
     "NORM_TOLERANCE",
     "ChangeBatch",
@@ -41,8 +42,11 @@ __all__ = [
     "Row",
     "Store",
     "StoredEntry",
+    "check_counters",
     "check_meta",
+    "check_scope_tenants",
     "check_vector",
+    "counter_deltas",
     "dumps_completion",
     "loads_completion",
     "vector_digest",
@@ -65,6 +69,13 @@ NORM_TOLERANCE = 1e-3
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _MAX_FINGERPRINT = 512
+#: Longest tenant name a store keeps for a scope (a longer one is kept as unknown).
+MAX_TENANT = 1024
+
+#: Counters every process adds to its store (:meth:`Store.add_counters`): lookups
+#: served and not served, over the life of the store, so ``semcache stats`` can tell
+#: a hit rate across processes and restarts.
+COUNTER_NAMES: tuple[str, ...] = ("exact_hits", "hits", "misses", "probes", "puts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +245,42 @@ def check_meta(meta: EntryMeta) -> EntryMeta:
     _count(meta.wrong, "wrong")
     _count(meta.right, "right")
     return meta
+
+
+def check_scope_tenants(rows: Sequence[tuple[object, object]], where: str) -> dict[str, str | None]:
+    """Validate ``(scope id, tenant)`` rows read from a store; bad rows are left out (logged).
+
+    A scope whose tenant is unknown (written by an older semcache, or a tenant name
+    too long or not text) maps to None: it is never selected by a tenant.
+    """
+    out: dict[str, str | None] = {}
+    for sid, tenant in rows:
+        if not isinstance(sid, str) or not _HEX32.fullmatch(sid):
+            log.error("semcache: skipping invalid scope record %r in %s", str(sid)[:40], where)
+            continue
+        name: str | None = None
+        if isinstance(tenant, str) and 0 < len(tenant) <= MAX_TENANT:
+            try:
+                tenant.encode("utf-8")
+                name = tenant
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: unknown, never matched
+        out[sid] = name
+    return out
+
+
+def check_counters(rows: Sequence[tuple[object, object]]) -> dict[str, int]:
+    """Validate ``(name, value)`` counter rows: known names, non-negative ints (others dropped)."""
+    out = dict.fromkeys(COUNTER_NAMES, 0)
+    for name, value in rows:
+        if name in out and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62:
+            out[str(name)] = value
+    return out
+
+
+def counter_deltas(deltas: Mapping[str, int]) -> dict[str, int]:
+    """The positive deltas of known counters in ``deltas`` (what a store adds)."""
+    return {k: int(v) for k, v in deltas.items() if k in COUNTER_NAMES and int(v) > 0}
 
 
 def check_vector(data: object, dim: int | None = None) -> FloatArray:
@@ -503,6 +550,28 @@ class Store(abc.ABC):
             vhash=vector_digests(loaded.vectors[order]) if order else np.zeros(0, np.uint64),
             skipped=loaded.skipped,
         )
+
+    # who a scope belongs to, and the counters: small side tables, not in the log
+    @abc.abstractmethod
+    def note_scopes(self, tenants: Mapping[str, str | None]) -> None:
+        """Remember the tenant of each scope id (scope id -> ``Scope.tenant``).
+
+        Scope ids are hashes; this is what lets a tenant's entries be found again
+        (``purge(tenant=...)``, ``semcache purge --tenant``). A scope id hashes its
+        tenant, so a scope's tenant never changes: the first record is kept.
+        """
+
+    @abc.abstractmethod
+    def scope_tenants(self) -> dict[str, str | None]:
+        """Every scope id noted so far and its tenant (None: no tenant, or unknown)."""
+
+    @abc.abstractmethod
+    def add_counters(self, deltas: Mapping[str, int]) -> None:
+        """Add a process's counts (names in :data:`COUNTER_NAMES`) to the store's totals."""
+
+    @abc.abstractmethod
+    def load_counters(self) -> tuple[dict[str, int], float | None]:
+        """The store's counter totals, and the Unix time counting started (None: never)."""
 
     def compact(self) -> int:
         """Drop change-log records older than the retention horizon; return how many.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from semcache._types import FloatArray, JSONValue
 from semcache.stores.base import (
     CLEARED,
+    COUNTER_NAMES,
     OP_CLEAR,
     OP_DELETE,
     OP_PUT,
@@ -25,6 +27,7 @@ from semcache.stores.base import (
     StoredEntry,
     check_meta,
     check_vector,
+    counter_deltas,
     dumps_completion,
     fold_log,
     loads_completion,
@@ -47,6 +50,9 @@ class MemoryStore(Store):
         self._log: list[tuple[int, int, int]] = []  # (position, entry_id, op)
         self._next_id = 1
         self._head = 0
+        self._tenants: dict[str, str | None] = {}
+        self._counts: dict[str, int] = {}
+        self._since: float | None = None
 
     def load_settings(self) -> dict[str, Any] | None:
         with self._lock:
@@ -118,6 +124,27 @@ class MemoryStore(Store):
 
     def close(self) -> None:
         pass
+
+    def note_scopes(self, tenants: Mapping[str, str | None]) -> None:
+        with self._lock:
+            for sid, tenant in tenants.items():
+                self._tenants.setdefault(sid, tenant)
+
+    def scope_tenants(self) -> dict[str, str | None]:
+        with self._lock:
+            return dict(self._tenants)
+
+    def add_counters(self, deltas: Mapping[str, int]) -> None:
+        add = counter_deltas(deltas)
+        with self._lock:
+            if self._since is None:
+                self._since = time.time()
+            for k, v in add.items():
+                self._counts[k] = self._counts.get(k, 0) + v
+
+    def load_counters(self) -> tuple[dict[str, int], float | None]:
+        with self._lock:
+            return {k: self._counts.get(k, 0) for k in COUNTER_NAMES}, self._since
 
     def head(self) -> int:
         with self._lock:

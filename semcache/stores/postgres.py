@@ -49,7 +49,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -68,8 +68,11 @@ from semcache.stores.base import (
     Row,
     Store,
     StoredEntry,
+    check_counters,
     check_meta,
+    check_scope_tenants,
     check_vector,
+    counter_deltas,
     dumps_completion,
     loads_completion,
     majority_dim,
@@ -391,7 +394,8 @@ class PostgresStore(Store):
         head = f"{self.schema}.head"
 
         def run(conn: psycopg.Connection[Any]) -> None:
-            row = conn.execute(sql.TABLES_EXIST, {"head": f'"{self.schema}".head'}).fetchone()
+            row = conn.execute(sql.TABLES_EXIST, {"head": f'"{self.schema}".head',
+                                                  "newest": f'"{self.schema}".counters'}).fetchone()
             if row is not None and row[0]:
                 return
             with conn.transaction():
@@ -432,6 +436,27 @@ class PostgresStore(Store):
 
     def set_blob(self, name: str, data: bytes) -> None:
         self._write(lambda c: c.execute(self._q(sql.SET_BLOB), {"name": name, "data": bytes(data)}))
+
+    # --------------------------------------------------------- scopes, counters
+    def note_scopes(self, tenants: Mapping[str, str | None]) -> None:
+        if tenants:
+            params = {"scopes": list(tenants), "tenants": list(tenants.values())}
+            self._write(lambda c: c.execute(self._q(sql.NOTE_SCOPES), params))
+
+    def scope_tenants(self) -> dict[str, str | None]:
+        rows = self._write(lambda c: c.execute(self._q(sql.SCOPE_TENANTS)).fetchall())
+        return check_scope_tenants(rows, self.where)
+
+    def add_counters(self, deltas: Mapping[str, int]) -> None:
+        add = counter_deltas(deltas)
+        if add:
+            params = {"names": list(add), "values": list(add.values())}
+            self._write(lambda c: c.execute(self._q(sql.ADD_COUNTERS), params))
+
+    def load_counters(self) -> tuple[dict[str, int], float | None]:
+        rows = self._write(lambda c: c.execute(self._q(sql.LOAD_COUNTERS)).fetchall())
+        since = next((v for k, v in rows if k == "since" and isinstance(v, int) and v > 0), None)
+        return check_counters(rows), None if since is None else float(since)
 
     # ------------------------------------------------------------------- writes
     def put_many(self, rows: list[Row]) -> list[int]:

@@ -24,6 +24,11 @@ Tables
     (``entry_id = -1``). ``at`` lets the janitor compact records older than a horizon.
 ``settings``, ``blobs``
     The cache settings (JSON text, one row) and opaque blobs (the fitted projection).
+``scopes``
+    ``(scope, tenant)``: the tenant of each scope id, so a tenant's entries can be
+    found again (scope ids are hashes).
+``counters``
+    ``(name, value)``: hits, misses, puts... added by every node, and ``since``.
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ def render(sql: str, schema: str) -> str:
 
 
 # ----------------------------------------------------------------------- schema
-#: Whether the schema's tables exist (``to_regclass`` is NULL for a missing table).
-TABLES_EXIST: Final = "SELECT to_regclass(%(head)s) IS NOT NULL"
+#: Whether the schema's tables exist (``to_regclass`` is NULL for a missing table); asks
+#: for the newest table, so a schema made by an earlier version gets the tables it lacks.
+TABLES_EXIST: Final = "SELECT to_regclass(%(head)s) IS NOT NULL AND to_regclass(%(newest)s) IS NOT NULL"
 
 #: Serialises schema creation across processes (two concurrent CREATE TABLE IF NOT
 #: EXISTS can still collide on the catalog's unique indexes).
@@ -80,6 +86,8 @@ CREATE: Final = (
         one boolean PRIMARY KEY DEFAULT true CHECK (one),
         value text NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS {s}.blobs (name text PRIMARY KEY, data bytea NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {s}.scopes (scope text PRIMARY KEY, tenant text)",
+    "CREATE TABLE IF NOT EXISTS {s}.counters (name text PRIMARY KEY, value bigint NOT NULL)",
     "INSERT INTO {s}.head (one, seq, floor, epoch) VALUES (true, 0, 0, %(epoch)s) ON CONFLICT DO NOTHING",
 )
 
@@ -203,5 +211,16 @@ WITH d AS (
 UPDATE {s}.head SET floor = greatest(floor, (SELECT coalesce(max(seq), 0) FROM d)) WHERE one
 RETURNING (SELECT count(*) FROM d)
 """
+
+# ----------------------------------------------------------- scopes, counters
+NOTE_SCOPES: Final = """INSERT INTO {s}.scopes (scope, tenant)
+    SELECT * FROM unnest(%(scopes)s::text[], %(tenants)s::text[]) ON CONFLICT DO NOTHING"""
+SCOPE_TENANTS: Final = "SELECT scope, tenant FROM {s}.scopes"
+ADD_COUNTERS: Final = """INSERT INTO {s}.counters (name, value)
+    SELECT * FROM unnest(%(names)s::text[], %(values)s::bigint[])
+    UNION ALL SELECT 'since', extract(epoch FROM now())::bigint
+    ON CONFLICT (name) DO UPDATE SET value = {s}.counters.value + excluded.value
+    WHERE {s}.counters.name <> 'since'"""
+LOAD_COUNTERS: Final = "SELECT name, value FROM {s}.counters"
 
 LISTEN: Final = "LISTEN {channel}"

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -39,8 +39,11 @@ from semcache.stores.base import (
     Row,
     Store,
     StoredEntry,
+    check_counters,
     check_meta,
+    check_scope_tenants,
     check_vector,
+    counter_deltas,
     dumps_completion,
     fold_log,
     loads_completion,
@@ -100,6 +103,19 @@ CREATE TABLE IF NOT EXISTS log (
     at REAL NOT NULL
 );
 INSERT OR IGNORE INTO state (name, value) VALUES ('floor', 0);
+"""
+
+#: Side tables added after schema version 2 was released: created in an existing
+#: store too (an older semcache never reads them, so the version stays 2).
+_SIDE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scopes (
+    scope TEXT PRIMARY KEY,
+    tenant TEXT
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+)
 """
 
 _META_COLS = "id, scope, key, fingerprint, created, expires, threshold, wrong, right"
@@ -215,23 +231,24 @@ class SQLiteStore(Store):
             # NORMAL in WAL mode: a killed process loses nothing committed; only an OS crash
             # or power loss can roll back the last transactions.
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            if not tables:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    # Statement by statement: executescript() would commit early.
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-            else:
+            if tables:
                 missing = {"settings", "blobs", "state", "entries", "vectors", "completions",
                            "log"} - tables
                 if missing:
                     raise StoreError(f"{self.path} lacks tables {sorted(missing)}: not a semcache store")
+            if not tables or not {"scopes", "counters"} <= tables:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # Statement by statement: executescript() would commit early.
+                    for statement in (_SCHEMA if not tables else "").split(";") + _SIDE_SCHEMA.split(";"):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                    if not tables:
+                        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -444,6 +461,38 @@ class SQLiteStore(Store):
         self._write(run)
         with contextlib.suppress(StoreError):
             self._vacuum(force=True)
+
+    # ------------------------------------------------ scopes and counters
+    def note_scopes(self, tenants: Mapping[str, str | None]) -> None:
+        rows = list(tenants.items())
+        if rows:
+            self._write(lambda c: c.executemany(
+                "INSERT OR IGNORE INTO scopes (scope, tenant) VALUES (?, ?)", rows))
+
+    def scope_tenants(self) -> dict[str, str | None]:
+        # CAST AS BLOB: a bad byte in a crafted row makes that row unknown, not the scan fail.
+        rows = self._read(lambda c: c.execute(
+            "SELECT CAST(scope AS BLOB), CAST(tenant AS BLOB) FROM scopes").fetchall())
+        return check_scope_tenants([(_text(s) if isinstance(s, bytes) else s,
+                                     _text(t) if isinstance(t, bytes) else t) for s, t in rows], self.where)
+
+    def add_counters(self, deltas: Mapping[str, int]) -> None:
+        add = counter_deltas(deltas)
+        if not add:
+            return
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR IGNORE INTO counters (name, value) VALUES ('since', ?)", (int(time.time()),))
+            c.executemany("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) "
+                          "DO UPDATE SET value = value + excluded.value", list(add.items()))
+
+        self._write(run)
+
+    def load_counters(self) -> tuple[dict[str, int], float | None]:
+        rows = self._read(lambda c: c.execute("SELECT CAST(name AS BLOB), value FROM counters").fetchall())
+        rows = [(_text(k) if isinstance(k, bytes) else k, v) for k, v in rows]
+        since = next((v for k, v in rows if k == "since" and isinstance(v, int) and v > 0), None)
+        return check_counters(rows), None if since is None else float(since)
 
     def close(self) -> None:
         with self._lock:
