@@ -23,6 +23,7 @@ guards, feedback) come from ``semcache eval``.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from collections import defaultdict
@@ -48,9 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="cosine threshold (default: the cache's, 0.9)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for embedding (default 1: on a busy 2-core machine one "
-                             "thread embedded a prompt in 34 ms p50, two threads in 252 ms)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="embedding threads (default: $SEMCACHE_THREADS, else 1: on a busy 2-core "
+                             "machine one torch thread embedded a prompt in 34 ms p50, two in 252 ms)")
 
 
 @dataclass
@@ -179,9 +180,9 @@ def run(args: argparse.Namespace) -> int:
     from semcache.report import format_table
 
     t_start = time.perf_counter()
-    import torch  # sentence-transformers' backend
-
-    torch.set_num_threads(max(1, args.threads))
+    if args.threads is not None:
+        # The embedders' one threads setting (every backend reads it when it is built).
+        os.environ["SEMCACHE_THREADS"] = str(args.threads)
     kwargs: dict[str, Any] = {} if args.threshold is None else {"threshold": args.threshold}
     with SemanticCache(store="memory", **kwargs) as cache:
         print(f"semcache demo: threshold {cache.threshold} (cosine), embedder {cache.fingerprint}\n")

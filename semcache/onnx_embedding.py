@@ -15,7 +15,7 @@ imported): tokenisation from the model's ``tokenizer.json``, truncated to the
 model's ``max_seq_length`` (256 for MiniLM) and padded per batch, mean pooling
 over the attention mask inside the graph, L2 normalisation, as
 sentence-transformers does. The fingerprint is the torch embedder's with
-``/onnx-int8`` or ``/onnx-fp32`` appended: the vectors differ slightly, so their
+``/onnx-int8-r2`` (the int8 recipe) or ``/onnx-fp32`` appended: the vectors differ slightly, so their
 entries never mix.
 """
 
@@ -99,17 +99,30 @@ def model_config(model_path: Path) -> dict[str, Any]:
     }
 
 
+#: The export recipe. A changed recipe (exporter settings, graph fusion, quantiser options)
+#: is a new cache folder, so an existing export is never reused for another recipe. The
+#: int8 fingerprint names it too: the fused graph quantises other tensors (the attention's
+#: fused QKV weights), so its vectors differ from an earlier recipe's.
+RECIPE: Final = "r2-eager-fused"
+#: The fingerprint tag of int8 vectors of :data:`RECIPE` (fp32 vectors equal torch's
+#: to float rounding whatever the recipe, so the fp32 tag has none).
+_INT8_TAG: Final = "onnx-int8-r2"
+
+
 def _variant_dir(model_path: Path, quantize: bool, home: Path | None) -> tuple[Path, str]:
     digest = model_digest(model_path)
     if quantize:
         import onnxruntime
 
-        # The quantiser belongs to onnxruntime: another version may quantise differently.
+        # The quantiser and the fusion belong to onnxruntime: another version may
+        # produce another graph.
         variant = f"int8pc-ort{onnxruntime.__version__}"
     else:
-        variant = "fp32"
+        import onnxruntime
+
+        variant = f"fp32-ort{onnxruntime.__version__}"
     root = (home or cache_home()) / "onnx"
-    return root / f"{model_path.name}-{digest[:16]}-{variant}", digest
+    return root / f"{model_path.name}-{digest[:16]}-{RECIPE}-{variant}", digest
 
 
 @contextlib.contextmanager
@@ -134,7 +147,9 @@ def _export_fp32(model_path: Path, out: Path) -> None:
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     with _quiet():
-        hf = AutoModel.from_pretrained(str(model_path)).eval()
+        # Eager attention: its graph is the pattern onnxruntime's BERT optimizer fuses into
+        # one Attention node (the default SDPA export is not recognised and stays ~40 nodes).
+        hf = AutoModel.from_pretrained(str(model_path), attn_implementation="eager").eval()
 
     class Pooled(torch.nn.Module):
         def __init__(self, m: Any) -> None:
@@ -152,10 +167,39 @@ def _export_fp32(model_path: Path, out: Path) -> None:
     ids = torch.ones((2, 8), dtype=torch.long)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     axes = {n: {0: "batch", 1: "seq"} for n in names} | {"sentence_embedding": {0: "batch"}}
+    raw = out.with_name("raw.onnx")
     with _quiet(), torch.no_grad():
-        torch.onnx.export(wrapper, (ids, ids, torch.zeros_like(ids)), str(out), dynamo=False,
+        torch.onnx.export(wrapper, (ids, ids, torch.zeros_like(ids)), str(raw), dynamo=False,
                           input_names=names, output_names=["sentence_embedding"],
                           dynamic_axes=axes, opset_version=17, do_constant_folding=True)
+    _fuse(raw, out, hf.config)
+    raw.unlink()
+
+
+def _fuse(raw: Path, out: Path, config: Any) -> None:
+    """Fuse the BERT graph (embeddings + LayerNorm, attention, bias + GELU, skip + LayerNorm).
+
+    onnxruntime's transformer optimizer turns each layer's ~60 nodes into 4 fused
+    kernels. Measured by ``benchmarks/lab/onnx_fusion.py`` against recipe r1 (torch's
+    SDPA export, unfused): no speed gain (int8 4.09 vs 3.80 ms of CPU p50 per real
+    prompt, fp32 7.92 vs 8.31), int8 minimum cosine with torch 0.976 vs 0.966; the
+    fusion beats only an *eager* unfused export (5.4 ms). Kept for now because every
+    int8 number and the shipped int8 calibration were measured on this recipe.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet():
+        model = optimize_model(str(raw), model_type="bert", num_heads=int(config.num_attention_heads),
+                               hidden_size=int(config.hidden_size),
+                               optimization_options=FusionOptions("bert"), opt_level=0)
+    stats = model.get_fused_operator_statistics()
+    if stats.get("Attention", 0) != int(config.num_hidden_layers):
+        # Another transformers/onnxruntime version may export a pattern the optimizer
+        # does not recognise: the unfused graph is still correct, only slower.
+        log.warning("semcache: ONNX attention fusion matched %s of %s layers; the export is "
+                    "correct but slower", stats.get("Attention", 0), config.num_hidden_layers)
+    model.save_model_to_file(str(out))
 
 
 def _check_export(model_path: Path, onnx_file: Path, variant: str) -> float:
@@ -202,7 +246,7 @@ def export_model(model_path: str | Path | None = None, *, quantize: bool = True,
     src = Path(model_path) if model_path is not None else bundled_model_path()
     model_config(src)  # refuse unsupported pipelines before spending a minute on them
     try:
-        import onnx  # noqa: F401  (needed by the exporter and the quantiser)
+        import onnx
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise ConfigError(_INSTALL_HINT) from exc
@@ -216,6 +260,10 @@ def export_model(model_path: str | Path | None = None, *, quantize: bool = True,
         if target.is_file():  # another process finished it while we waited
             return target
         t0 = time.perf_counter()
+        if not quantize:  # the slow step (int8 quantises this file in ~3 s)
+            # Once per machine and model; say so, or a first lookup that takes 15 s looks like a hang.
+            log.warning("semcache: exporting %s to ONNX under %s, once (~15 s); "
+                        "`semcache model export` does it ahead of time", src.name, final.parent)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
         try:
             if quantize:
@@ -226,13 +274,16 @@ def export_model(model_path: str | Path | None = None, *, quantize: bool = True,
                     # Per-channel scales: one scale per weight tensor (the default) gave
                     # cosine 0.956 mean / 0.79 min against fp32 on 300 real prompts,
                     # per output channel 0.993 / 0.98 at the same speed.
+                    # DefaultTensorType: the fused nodes (Attention, BiasGelu) are in
+                    # Microsoft's domain, which ONNX shape inference does not type.
                     quantize_dynamic(str(fp32), str(tmp / "model.onnx"), weight_type=QuantType.QInt8,
-                                     per_channel=True)
+                                     per_channel=True,
+                                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             else:
                 _export_fp32(src, tmp / "model.onnx")
             low = _check_export(src, tmp / "model.onnx", variant)
             (tmp / "meta.json").write_text(json.dumps({
-                "source": str(src), "source_digest": digest, "variant": variant,
+                "source": str(src), "source_digest": digest, "variant": variant, "recipe": RECIPE,
                 "min_cosine_vs_torch": low, "seconds": round(time.perf_counter() - t0, 2),
                 "created": time.time()}, indent=1))
             os.rename(tmp, final)
@@ -303,6 +354,7 @@ class OnnxEmbedder:
         self._config = model_config(self._src)
         self._session: Any = None
         self._tokenizer: Any = None
+        self._full_tokenizer: Any = None
         self._lock = threading.Lock()
         self._fingerprint: str | None = None
 
@@ -312,18 +364,40 @@ class OnnxEmbedder:
         return int(self._config["dim"])
 
     @property
+    def max_seq_length(self) -> int:
+        """Tokens the model reads, [CLS] and [SEP] included (256 for MiniLM)."""
+        return int(self._config["max_seq_length"])
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the tokens of ``text`` (no special tokens, no truncation).
+
+        What the cache's long-prompt window (:class:`semcache.prompts.EmbedWindow`) counts
+        tokens with, so a long prompt is windowed by this model's own tokens.
+        """
+        with self._lock:
+            if self._full_tokenizer is None:
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_file(str(self._src / "tokenizer.json"))
+                tok.no_padding()
+                tok.no_truncation()
+                self._full_tokenizer = tok
+        enc = self._full_tokenizer.encode(text, add_special_tokens=False)
+        return [(int(a), int(b)) for a, b in enc.offsets]
+
+    @property
     def variant(self) -> str:
         """``"int8"`` or ``"fp32"``."""
         return "int8" if self.quantize else "fp32"
 
     @property
     def fingerprint(self) -> str:
-        """The torch embedder's fingerprint of the same directory, plus ``/onnx-int8`` or ``/onnx-fp32``."""
+        """The torch embedder's fingerprint of the same directory plus ``/onnx-int8-r2`` or ``/onnx-fp32``."""
         if self._fingerprint is None:
             digest = model_digest(self._src)
             cut = "" if self.max_chars == 8192 else f"/c{self.max_chars}"
-            self._fingerprint = (f"{model_name(self.model_path)}@{digest[:16]}/{self.dim}/l2{cut}"
-                                 f"/onnx-{self.variant}")
+            tag = _INT8_TAG if self.quantize else "onnx-fp32"
+            self._fingerprint = f"{model_name(self.model_path)}@{digest[:16]}/{self.dim}/l2{cut}/{tag}"
         return self._fingerprint
 
     def _load(self) -> None:

@@ -47,6 +47,12 @@ DEFAULT_WINDOW_CHARS = 1024
 _BOUNDARIES = (". ", "? ", "! ", ": ", "; ", "\u3002", "\uff1f", "\uff01")
 
 
+def _has_offsets(embedder: object) -> bool:
+    """An embedder that counts its own tokens (``token_offsets`` + ``max_seq_length``)."""
+    tokens = getattr(embedder, "max_seq_length", None)
+    return callable(getattr(embedder, "token_offsets", None)) and isinstance(tokens, int) and tokens > 2
+
+
 class Window:
     """What an embedder reads of a text, and the part of a long prompt it is shown.
 
@@ -61,7 +67,8 @@ class Window:
     ----------
     embedder : object
         A :class:`~semcache.embedding.SentenceTransformerEmbedder` is asked for its
-        model's ``max_seq_length`` and tokenizer (exact token counts). Any other
+        model's ``max_seq_length`` and tokenizer (exact token counts), an embedder
+        with ``token_offsets(text)`` and ``max_seq_length`` (the ONNX one) for those. Any other
         embedder may expose ``max_tokens`` (an int): then a text of at most
         ``max_tokens - 2`` characters fits (a token covers at least one character).
         Otherwise :data:`DEFAULT_WINDOW_CHARS` characters are assumed.
@@ -78,7 +85,8 @@ class Window:
             self.chars = tokens - 2
         from semcache.embedding import SentenceTransformerEmbedder
 
-        if isinstance(embedder, SentenceTransformerEmbedder):
+        self._offsets_fn: Callable[[str], list[tuple[int, int]]] | None = None
+        if isinstance(embedder, SentenceTransformerEmbedder) or _has_offsets(embedder):
             # Nothing is known to fit until the model's tokenizer says so (first use).
             self.chars = 0
 
@@ -97,9 +105,17 @@ class Window:
             # Anything up to this many characters fits without counting tokens.
             self.chars = min(tokens - 2 if tokens > 2 else DEFAULT_WINDOW_CHARS,
                              self._embedder.max_chars)
+        elif _has_offsets(self._embedder):
+            emb: Any = self._embedder
+            tokens = int(emb.max_seq_length)
+            self._offsets_fn, self._max_tokens = emb.token_offsets, tokens - 2
+            self._tokenizer = emb  # resolved: token counts are exact
+            self.chars = min(tokens - 2, int(getattr(emb, "max_chars", tokens - 2)))
         self._resolved = True
 
     def _offsets(self, text: str) -> list[tuple[int, int]]:
+        if self._offsets_fn is not None:
+            return self._offsets_fn(text)
         tok: Any = self._tokenizer
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
                   verbose=False)

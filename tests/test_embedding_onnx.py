@@ -106,7 +106,41 @@ def test_fingerprints_keep_backends_apart(onnx_int8: OnnxEmbedder, onnx_fp32: On
                                           torch_embedder: Embedder) -> None:
     fps = {torch_embedder.fingerprint, onnx_fp32.fingerprint, onnx_int8.fingerprint}
     assert len(fps) == 3
-    assert onnx_int8.fingerprint.endswith("/onnx-int8") and onnx_fp32.fingerprint.endswith("/onnx-fp32")
+    assert onnx_int8.fingerprint.endswith("/onnx-int8-r2") and onnx_fp32.fingerprint.endswith("/onnx-fp32")
+
+
+def test_export_is_the_fused_graph(onnx_home: Path, onnx_int8: OnnxEmbedder) -> None:
+    """Every layer's attention is one fused kernel (the speed of the export depends on it)."""
+    import onnx
+
+    layers = json.loads((bundled_model_path() / "config.json").read_text())["num_hidden_layers"]
+    for quantize, attention in ((False, "Attention"), (True, "QAttention")):
+        ops = [n.op_type for n in onnx.load(str(export_model(home=onnx_home, quantize=quantize))).graph.node]
+        assert ops.count(attention) == layers, (attention, sorted(set(ops)))
+        assert "Softmax" not in ops  # nothing of the unfused attention is left
+
+
+def test_a_changed_recipe_is_another_export(onnx_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from semcache import onnx_embedding
+
+    now, _ = onnx_embedding._variant_dir(bundled_model_path(), True, onnx_home)
+    monkeypatch.setattr(onnx_embedding, "RECIPE", "r-other")
+    other, _ = onnx_embedding._variant_dir(bundled_model_path(), True, onnx_home)
+    assert now != other and now.parent == other.parent
+
+
+def test_long_prompts_are_windowed_by_the_models_tokens(onnx_int8: OnnxEmbedder,
+                                                        torch_embedder: Embedder) -> None:
+    """The cache's long-prompt window counts the ONNX model's tokens exactly as the torch model's."""
+    from semcache.prompts import Window
+
+    texts = ["short question", "word " * 300 + "what is the end?", "x" * 2000, "日本語の文章。" * 80,
+             "a" * 253, "The quick brown fox. " * 13]
+    onnx_w, torch_w = Window(onnx_int8), Window(torch_embedder)
+    for t in texts:
+        assert onnx_w.fits(t) == torch_w.fits(t), t[:40]
+        assert onnx_w.view(t) == torch_w.view(t), t[:40]
+    assert not onnx_w.fits(texts[1]) and onnx_w.fits(texts[0])
 
 
 def test_entries_never_mix_between_backends(tmp_path: Path, onnx_int8: OnnxEmbedder,
