@@ -33,8 +33,9 @@ A distance-sensitive filter can sit in front of the engine: it would wrap
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import psycopg
@@ -47,8 +48,31 @@ from semcache.errors import ConfigError, SerializationError, StoreError
 from semcache.stores import postgres_sql as sql
 from semcache.stores.base import EntryMeta, check_meta, check_vector, loads_completion
 
-if TYPE_CHECKING:
-    from semcache.stores.postgres import PostgresStore
+T = TypeVar("T")
+
+
+class PostgresStore(Protocol):
+    """What :class:`EngineSearch` uses of :class:`semcache.stores.postgres.PostgresStore`.
+
+    A protocol, not an import: ``postgres`` imports this module, and a circle is refused
+    (``tests/test_layout.py``).
+    """
+
+    schema: str
+    where: str
+    lookup_timeout: float
+    write_timeout: float
+
+    def _pool(self, timeout_s: float, name: str, options: str = "",
+              configure: Callable[[psycopg.Connection[Any]], None] | None = None,
+              ) -> psycopg_pool.ConnectionPool[Any]: ...
+
+    def _close_pool(self, pool: psycopg_pool.ConnectionPool[Any]) -> None: ...
+
+    def _call(self, pool: psycopg_pool.ConnectionPool[Any], timeout_s: float,
+              fn: Callable[[psycopg.Connection[Any]], T]) -> T: ...
+
+    def _skip(self, entry_id: object, exc: Exception) -> None: ...
 
 __all__ = ["EngineCandidate", "EngineIndex", "EngineSearch", "vector_text"]
 
