@@ -42,12 +42,13 @@ The transports are plain ``httpx`` transports, which the OpenAI SDK accepts as
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from semcache import Hit, SemanticCache
 from semcache.cache import ScopeLike
@@ -61,6 +62,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "semcache.adapters.openai needs httpx: pip install 'semcache-llm[openai]'"
     ) from exc
+
+#: The inner transport of a caching transport (sync or async).
+TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 __all__ = [
     "AsyncCachingTransport",
@@ -321,7 +325,41 @@ class _AsyncTeeStream(httpx.AsyncByteStream):
             await self._finish(False)
 
 
-class CachingTransport(httpx.BaseTransport):
+class _Caching(abc.ABC, Generic[TransportT]):
+    """What both transports hold: the request cache, the flights in progress, the inner transport."""
+
+    def __init__(
+        self,
+        cache: SemanticCache,
+        transport: TransportT | None = None,
+        *,
+        scope: ScopeLike = None,
+        threshold: float | None = None,
+        ttl: float | None = None,
+        tenant_header: str | None = DEFAULT_TENANT_HEADER,
+        cache_truncated: bool = False,
+        cache_tool_calls: bool = False,
+        allow_anonymous: bool = False,
+        trust_tenant_header: bool = False,
+        coalesce: bool = True,
+        coalesce_wait: float = 60.0,
+    ) -> None:
+        self.rc = RequestCache(
+            cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
+            cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
+            allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
+        )
+        self.coalesce = coalesce
+        self.coalesce_wait = float(coalesce_wait)
+        self._flights = _Flights()
+        self.inner: TransportT = transport if transport is not None else self._new_transport()
+
+    @abc.abstractmethod
+    def _new_transport(self) -> TransportT:
+        """The inner transport used when none is given (each transport names its default)."""
+
+
+class CachingTransport(_Caching[httpx.BaseTransport], httpx.BaseTransport):
     """An httpx transport that answers OpenAI API requests from a semantic cache.
 
     Parameters
@@ -355,31 +393,8 @@ class CachingTransport(httpx.BaseTransport):
         Seconds a waiter waits for the call in flight before calling upstream itself.
     """
 
-    def __init__(
-        self,
-        cache: SemanticCache,
-        transport: httpx.BaseTransport | None = None,
-        *,
-        scope: ScopeLike = None,
-        threshold: float | None = None,
-        ttl: float | None = None,
-        tenant_header: str | None = DEFAULT_TENANT_HEADER,
-        cache_truncated: bool = False,
-        cache_tool_calls: bool = False,
-        allow_anonymous: bool = False,
-        trust_tenant_header: bool = False,
-        coalesce: bool = True,
-        coalesce_wait: float = 60.0,
-    ) -> None:
-        self.rc = RequestCache(
-            cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
-            cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
-            allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
-        )
-        self.coalesce = coalesce
-        self.coalesce_wait = float(coalesce_wait)
-        self._flights = _Flights()
-        self.inner: httpx.BaseTransport = transport or httpx.HTTPTransport()
+    def _new_transport(self) -> httpx.BaseTransport:
+        return httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Serve a hit, or forward the request and store a complete answer."""
@@ -459,38 +474,15 @@ class CachingTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-class AsyncCachingTransport(httpx.AsyncBaseTransport):
+class AsyncCachingTransport(_Caching[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
     """The async twin of :class:`CachingTransport` (lookups run off the event loop).
 
     Parameters are those of :class:`CachingTransport`, with an
     ``httpx.AsyncBaseTransport`` (default ``httpx.AsyncHTTPTransport()``).
     """
 
-    def __init__(
-        self,
-        cache: SemanticCache,
-        transport: httpx.AsyncBaseTransport | None = None,
-        *,
-        scope: ScopeLike = None,
-        threshold: float | None = None,
-        ttl: float | None = None,
-        tenant_header: str | None = DEFAULT_TENANT_HEADER,
-        cache_truncated: bool = False,
-        cache_tool_calls: bool = False,
-        allow_anonymous: bool = False,
-        trust_tenant_header: bool = False,
-        coalesce: bool = True,
-        coalesce_wait: float = 60.0,
-    ) -> None:
-        self.rc = RequestCache(
-            cache, scope=scope, threshold=threshold, ttl=ttl, tenant_header=tenant_header,
-            cache_truncated=cache_truncated, cache_tool_calls=cache_tool_calls,
-            allow_anonymous=allow_anonymous, trust_tenant_header=trust_tenant_header,
-        )
-        self.coalesce = coalesce
-        self.coalesce_wait = float(coalesce_wait)
-        self._flights = _Flights()
-        self.inner: httpx.AsyncBaseTransport = transport or httpx.AsyncHTTPTransport()
+    def _new_transport(self) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Serve a hit, or forward the request and store a complete answer."""
