@@ -579,17 +579,8 @@ class PostgresStore(Store):
         What an engine-search replica keeps. Rows are kept when their vector is as wide as
         the majority of ``fingerprint``'s rows (the same rule as :meth:`load_all`).
         """
-        def run(conn: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                conn.execute(f"SET LOCAL statement_timeout = {_ms(self.load_timeout)}")
-                head_row = conn.execute(self._q(sql.HEAD)).fetchone()
-                with conn.cursor(binary=True) as cur:
-                    rows = cur.execute(self._q(sql.LOAD_META)).fetchall()
-            return head_row, rows
-
         with self._fetch_lock:
-            head_row, rows = self._call(self._write_pool, self.load_timeout, run)
+            head_row, rows = self._snapshot_read(sql.LOAD_META)
             if head_row is None:
                 raise StoreError(f"the store at {self.where} has no head row (tables emptied by hand?)")
             own = [r[9] // 4 for r in rows if r[9] and r[9] % 4 == 0 and r[3] == fingerprint]
@@ -949,20 +940,26 @@ class PostgresStore(Store):
             self._skip(entry_id, exc)
             return None
 
-    def load_all(self, dim: int | None = None, fingerprint: str | None = None) -> Loaded:
-        timeout_s = self.load_timeout
+    def _snapshot_read(self, statement: str) -> tuple[Any, list[Any]]:
+        """The head row and every row of ``statement``, read in ONE consistent snapshot.
 
+        REPEATABLE READ, read only, bounded by ``load_timeout``: the rows are exactly the
+        entries as of that head, so a reader tails the log from it with no gap.
+        """
         def run(conn: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                conn.execute(f"SET LOCAL statement_timeout = {_ms(timeout_s)}")
+                conn.execute(f"SET LOCAL statement_timeout = {_ms(self.load_timeout)}")
                 head_row = conn.execute(self._q(sql.HEAD)).fetchone()
                 with conn.cursor(binary=True) as cur:
-                    rows = cur.execute(self._q(sql.LOAD_ALL)).fetchall()
+                    rows = cur.execute(self._q(statement)).fetchall()
             return head_row, rows
 
+        return self._call(self._write_pool, self.load_timeout, run)
+
+    def load_all(self, dim: int | None = None, fingerprint: str | None = None) -> Loaded:
         with self._fetch_lock:
-            head_row, rows = self._call(self._write_pool, timeout_s, run)
+            head_row, rows = self._snapshot_read(sql.LOAD_ALL)
             if head_row is None:
                 raise StoreError(f"the store at {self.where} has no head row (tables emptied by hand?)")
             loaded = self._decode_all(int(head_row[0]), rows, dim, fingerprint)
