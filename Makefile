@@ -9,13 +9,18 @@ STAMP  := $(VENV)/.semcache-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
+# setuptools announces every editable install ("Editable installation ... be careful with
+# folders ... with the same name as your package"); the adapters/ -> semcache.adapters
+# mapping needs that install mode, so the notice says nothing to act on: filter it alone.
+EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e
+
 .PHONY: setup demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(EDITABLE) ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,7 +38,7 @@ unit: setup
 test: lint unit
 
 bench: setup
-	$(PY) -m pip install --quiet -e ".[bench]"
+	$(EDITABLE) ".[bench]"
 	$(PY) benchmarks/index_bench.py --quick
 
 clean:
