@@ -68,6 +68,7 @@ from semcache.stores import (
     COUNTER_NAMES,
     EntryMeta,
     Loaded,
+    Row,
     Store,
     dumps_completion,
     make_store,
@@ -1286,10 +1287,7 @@ class SemanticCache:
             vec = self._embed([norm], [key])[0]
             row = (EntryMeta(gsid, key, self.fingerprint, time.time(), None), vec, text, own)
             with self._lock:
-                if not self._store.usable():
-                    raise StoreError(f"the store at {self._store.where} is not usable right now")
-                self._note_scope(gsid, scope.tenant)
-                self._store.put_many([row])
+                self._write([row], {gsid: scope.tenant})
                 self._sync()
         return scope.replace(context=own)
 
@@ -1714,12 +1712,7 @@ class SemanticCache:
                     for i in range(s, min(s + batch_size, len(prompts)))
                 ]
                 with self._lock:
-                    if not self._store.usable():
-                        raise StoreError(f"the store at {self._store.where} is not usable right now")
-                    if self.index_kind == "pgvector":  # the engine's column and index exist first
-                        self._store.engine_search(vecs.shape[1], **self.index_params)  # type: ignore[attr-defined]
-                    self._note_scope(sid, scope_obj.tenant)
-                    ids.extend(self._store.put_many(rows))
+                    ids.extend(self._write(rows, {sid: scope_obj.tenant}))
                     self._sync()
                     self._counters["puts"] += len(rows)
                     self._reclaim(now)
@@ -1730,11 +1723,31 @@ class SemanticCache:
             return ids
         return ids
 
-    def _note_scope(self, sid: str, tenant: str | None) -> None:
-        """Tell the store whose scope ``sid`` is (once per process), so purge(tenant=) finds it."""
-        if sid not in self._noted:
-            self._store.note_scopes({sid: tenant})
-            self._noted.add(sid)
+    def _write(self, rows: list[Row], tenants: Mapping[str, str | None]) -> list[int]:
+        """Write ``rows`` in one store transaction; return their ids (the caller holds the lock).
+
+        ``tenants`` maps the rows' scope ids to their tenants; the store is told the ones
+        this process has not told it yet, so ``purge(tenant=...)`` finds them. The caller
+        then syncs: the ids are committed (acknowledged) even if that sync fails.
+
+        Raises
+        ------
+        StoreError
+            The store is not usable now (a remote store past ``max_staleness``) or failed.
+        """
+        if not self._store.usable():
+            raise StoreError(f"the store at {self._store.where} is not usable right now")
+        if self.index_kind == "pgvector":  # the engine's column and index exist first
+            self._store.engine_search(rows[0][1].shape[0], **self.index_params)  # type: ignore[attr-defined]
+        self._note_scopes(tenants)
+        return self._store.put_many(rows)
+
+    def _note_scopes(self, tenants: Mapping[str, str | None]) -> None:
+        """Tell the store whose scopes these are (each once per process)."""
+        new = {sid: tenant for sid, tenant in tenants.items() if sid not in self._noted}
+        if new:
+            self._store.note_scopes(new)
+            self._noted.update(new)
 
     #: Seconds between two additions of this process's counters to the store's totals.
     counter_flush_interval: float = 10.0
@@ -2094,11 +2107,7 @@ class SemanticCache:
             rows = [(EntryMeta(e.scope_id, k, self.fingerprint, e.created, e.expires), v, e.prompt,
                      e.completion) for e, k, v in zip(batch, keys, vecs, strict=True)]
             with self._lock:
-                known = {e.scope_id: e.tenant for e in batch
-                         if e.tenant_known and e.scope_id not in self._noted}
-                if known:
-                    self._store.note_scopes(known)
-                    self._noted.update(known)
+                self._note_scopes({e.scope_id: e.tenant for e in batch if e.tenant_known})
                 ids.extend(self._store.put_many(rows))
                 self._sync()
                 self._counters["puts"] += len(rows)
