@@ -518,13 +518,22 @@ def check_scope_tenants(rows: Sequence[tuple[object, object]], where: str) -> di
     return out
 
 
-def check_counters(rows: Sequence[tuple[object, object]]) -> dict[str, int]:
-    """Validate ``(name, value)`` counter rows: known names, non-negative ints (others dropped)."""
+def check_counters(rows: Sequence[tuple[object, object]]) -> tuple[dict[str, int], float | None]:
+    """Validate ``(name, value)`` counter rows: known names, non-negative ints (others dropped).
+
+    Returns the counts and the Unix time counting started (the ``since`` row; None: never),
+    what :meth:`Store.load_counters` returns.
+    """
     out = dict.fromkeys(COUNTER_NAMES, 0)
+    since: float | None = None
     for name, value in rows:
-        if name in out and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62:
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if name in out and 0 <= value < 2**62:
             out[str(name)] = value
-    return out
+        elif name == "since" and value > 0:
+            since = float(value)
+    return out, since
 
 
 def counter_deltas(deltas: Mapping[str, int]) -> dict[str, int]:

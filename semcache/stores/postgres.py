@@ -660,8 +660,7 @@ class PostgresStore(Store):
 
     def load_counters(self) -> tuple[dict[str, int], float | None]:
         rows = self._write(lambda c: c.execute(self._q(sql.LOAD_COUNTERS)).fetchall())
-        since = next((v for k, v in rows if k == "since" and isinstance(v, int) and v > 0), None)
-        return check_counters(rows), None if since is None else float(since)
+        return check_counters(rows)
 
     # ------------------------------------------------------------------- writes
     def put_many(self, rows: list[Row]) -> list[int]:

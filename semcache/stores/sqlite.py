@@ -644,8 +644,7 @@ class SQLiteStore(Store):
     def load_counters(self) -> tuple[dict[str, int], float | None]:
         rows = self._read(lambda c: c.execute("SELECT CAST(name AS BLOB), value FROM counters").fetchall())
         rows = [(_text(k) if isinstance(k, bytes) else k, v) for k, v in rows]
-        since = next((v for k, v in rows if k == "since" and isinstance(v, int) and v > 0), None)
-        return check_counters(rows), None if since is None else float(since)
+        return check_counters(rows)
 
     def close(self) -> None:
         with self._lock:
