@@ -58,12 +58,17 @@ def _is_url(where: str) -> bool:
     return re.match(r"^[a-z][a-z0-9+.-]*://", where) is not None
 
 
-def _open(where: str) -> SemanticCache:
+def _cache_at(where: str) -> SemanticCache:
+    """A cache on a store URL or a directory (created if missing), errors raised."""
     if _is_url(where):
         return SemanticCache(store=where, fail_open=False)
-    if not (Path(where) / "cache.db").is_file():
-        raise ConfigError(f"{where} is not a semcache directory (no cache.db)")
     return SemanticCache(where, fail_open=False)
+
+
+def _open(where: str) -> SemanticCache:
+    if not _is_url(where) and not (Path(where) / "cache.db").is_file():
+        raise ConfigError(f"{where} is not a semcache directory (no cache.db)")
+    return _cache_at(where)
 
 
 def tenant_matches(stored: str, name: str) -> bool:
@@ -154,10 +159,7 @@ def run_import(args: argparse.Namespace) -> int:
         src: IO[str] = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
         with src:
             records = list(read_export(iter(src)))
-        if _is_url(args.directory):
-            cache = SemanticCache(store=args.directory, fail_open=False)
-        else:
-            cache = SemanticCache(args.directory, fail_open=False)
+        cache = _cache_at(args.directory)
     except (OSError, SemcacheError) as exc:
         return _fail("import", exc)
     try:
